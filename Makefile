@@ -1,0 +1,43 @@
+# Two entry points for a new user (see README): `make demo` and `make test`.
+# Both set everything up on a fresh machine: a virtualenv with the pinned
+# Python dependencies (constraints.txt) and Apache Kafka's jars from Maven Central.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/interest-stream
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint typecheck unit integration clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(CLI) kafka install
+	touch $@
+
+demo: install
+	$(CLI) demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy interest_stream streams models index
+
+unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: install
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# The whole suite: lint, types, unit and integration tests against a real Kafka
+# broker that the test session starts itself (never skipped).
+test: install lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,511 @@
+"""The ``interest-stream`` console script: one thin click layer over the packages.
+
+Exit codes: 0 success; 1 a failure while running; 2 bad usage or configuration
+(click's own usage errors too); 3 Kafka unreachable; 4 a missing or invalid
+input (event file, model checkpoint). Every error is printed as one line
+``error: ...`` on stderr (with ``--json``: a JSON object ``{"error": ...}``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from interest_stream import __version__
+from interest_stream.errors import ConfigError, EventFileError, InterestStreamError
+from interest_stream.logs import configure_logging
+from interest_stream.settings import Settings, load_settings, settings_table
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_KAFKA = 3
+EXIT_INPUT = 4
+
+
+def _exit_code(exc: InterestStreamError) -> int:
+    from streams.topics import KafkaUnavailable
+
+    if isinstance(exc, KafkaUnavailable):
+        return EXIT_KAFKA
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    if isinstance(exc, EventFileError):
+        return EXIT_INPUT
+    try:
+        from models.errors import ModelError
+    except ImportError:  # pragma: no cover - models extra missing
+        return EXIT_FAILURE
+    if isinstance(exc, ModelError):
+        return EXIT_INPUT
+    return EXIT_FAILURE
+
+
+def _fail(exc: BaseException, as_json: bool) -> NoReturn:
+    code = _exit_code(exc) if isinstance(exc, InterestStreamError) else EXIT_FAILURE
+    if as_json:
+        click.echo(json.dumps({"error": str(exc), "type": type(exc).__name__}), err=True)
+    else:
+        click.echo(f"error: {exc}", err=True)
+    sys.exit(code)
+
+
+def _emit(data: Any, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    elif human is not None:
+        click.echo(human(data))
+    else:
+        click.echo(json.dumps(data, indent=2, default=str))
+
+
+def json_option(f: F) -> F:
+    """``--json``: machine-readable output on stdout."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON (machine-readable).")(f)
+
+
+def _settings(**overrides: Any) -> Settings:
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    s = load_settings(**clean)
+    configure_logging(s.log_level, json_lines=s.log_json)
+    return s
+
+
+def _guard(as_json: bool, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except InterestStreamError as exc:
+        _fail(exc, as_json)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="interest-stream")
+def main() -> None:
+    """interest-stream: streaming real-time user-interest vectors.
+
+    Settings come from INTEREST_* environment variables (see `interest-stream config`);
+    options given on the command line win over them.
+    """
+
+
+# --------------------------------------------------------------------------- config
+@main.command("config")
+@click.option("--markdown", is_flag=True, help="Print the settings table (README format).")
+@json_option
+def config_cmd(markdown: bool, as_json: bool) -> None:
+    """Show the effective settings (secrets masked), or the table of every setting."""
+    if markdown:
+        click.echo(settings_table())
+        return
+    s = _guard(as_json, _settings)
+    _emit(s.safe_dump(), True)
+
+
+# --------------------------------------------------------------------------- kafka
+@main.group("kafka")
+def kafka_group() -> None:
+    """A local single-node Apache Kafka (KRaft) for development, tests and the demo."""
+
+
+def _broker_cfg(port: int | None, data_dir: Path | None) -> Any:
+    from streams.kafka_local.broker import BrokerConfig
+
+    kwargs: dict[str, Any] = {}
+    if port is None:
+        # default: the port of INTEREST_KAFKA_BOOTSTRAP when it points at this machine
+        first = load_settings().kafka_bootstrap.split(",")[0].strip()
+        host, _, text = first.rpartition(":")
+        if host in ("127.0.0.1", "localhost", "::1", "[::1]") and text.isdigit():
+            port = int(text)
+    if port is not None:
+        kwargs["port"] = port
+    if data_dir is not None:
+        kwargs["data_dir"] = data_dir
+    return BrokerConfig(**kwargs)
+
+
+_port_opt = click.option(
+    "--port", type=click.IntRange(1, 65535), default=None,
+    help="Broker port (default: the port of INTEREST_KAFKA_BOOTSTRAP, else 9092).",
+)  # fmt: skip
+_data_opt = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None,
+    help="Broker data and logs [env INTEREST_KAFKA_DATA_DIR].",
+)  # fmt: skip
+
+
+def _status_line(st: dict[str, Any]) -> str:
+    if st.get("answering"):
+        return f"{st['bootstrap']}  (running, pid {st.get('pid')}, logs {st.get('log_file')})"
+    if st.get("running"):
+        return f"{st['bootstrap']}  (process {st.get('pid')} running but not answering yet)"
+    return "not running"
+
+
+@kafka_group.command("start")
+@_port_opt
+@_data_opt
+@click.option("--timeout", type=float, default=120.0, help="Seconds to wait for the broker.")
+@json_option
+def kafka_start(port: int | None, data_dir: Path | None, timeout: float, as_json: bool) -> None:
+    """Install (first time, from Maven Central) and start Kafka; print the bootstrap address."""
+    from streams.kafka_local import broker
+
+    def run() -> dict[str, Any]:
+        cfg = _broker_cfg(port, data_dir)
+        st = broker.start(cfg, timeout=timeout, progress=not as_json)
+        return dict(st.to_dict())
+
+    st = _guard(as_json, run)
+    _emit(st, as_json, lambda d: d["bootstrap"])
+
+
+@kafka_group.command("install")
+@json_option
+def kafka_install(as_json: bool) -> None:
+    """Fetch Apache Kafka's jars from Maven Central (once; later calls are no-ops)."""
+    from streams.kafka_local import broker
+
+    home = _guard(as_json, lambda: broker.install(_broker_cfg(None, None), progress=not as_json))
+    _emit({"home": str(home)}, as_json, lambda d: f"kafka installed in {d['home']}")
+
+
+@kafka_group.command("stop")
+@_port_opt
+@_data_opt
+@json_option
+def kafka_stop(port: int | None, data_dir: Path | None, as_json: bool) -> None:
+    """Stop the local Kafka started by `kafka start` (idempotent)."""
+    from streams.kafka_local import broker
+
+    stopped = _guard(as_json, lambda: broker.stop(_broker_cfg(port, data_dir)))
+    _emit(
+        {"stopped": bool(stopped)}, as_json, lambda d: "stopped" if d["stopped"] else "not running"
+    )
+
+
+@kafka_group.command("status")
+@_port_opt
+@_data_opt
+@click.option("--lines", type=int, default=20, help="Log lines to show.")
+@json_option
+def kafka_status(port: int | None, data_dir: Path | None, lines: int, as_json: bool) -> None:
+    """Show whether the local Kafka runs and answers, and the tail of its log."""
+    from streams.kafka_local import broker
+
+    st = _guard(as_json, lambda: broker.status(_broker_cfg(port, data_dir)).to_dict())
+
+    def human(d: dict[str, Any]) -> str:
+        tail = "\n".join(d.get("log_tail", [])[-lines:])
+        return _status_line(d) + (f"\n--- {d.get('log_file')}\n{tail}" if tail else "")
+
+    _emit(st, as_json, human)
+    if not st.get("answering"):
+        sys.exit(EXIT_KAFKA)
+
+
+# --------------------------------------------------------------------------- topics
+@main.command("topics")
+@click.option("--bootstrap", default=None, help="Kafka bootstrap [env INTEREST_KAFKA_BOOTSTRAP].")
+@json_option
+def topics_cmd(bootstrap: str | None, as_json: bool) -> None:
+    """Create the event, DLQ and output topics if missing (idempotent)."""
+    from streams.topics import ensure_topics
+
+    counts = _guard(as_json, lambda: ensure_topics(_settings(kafka_bootstrap=bootstrap)))
+    _emit(counts, as_json, lambda d: "\n".join(f"{t}: {n} partitions" for t, n in d.items()))
+
+
+# --------------------------------------------------------------------------- replay
+_events_opt = click.option(
+    "--events", "events_path", required=True, type=click.Path(path_type=Path),
+    help="Event file: canonical CSV/Parquet (gzip ok), or a shared Taobao / MovieLens file.",
+)  # fmt: skip
+_format_opt = click.option(
+    "--format", "fmt", type=click.Choice(["auto", "canonical", "taobao", "movielens"]),
+    default="auto", help="Layout of the event file.",
+)  # fmt: skip
+
+
+@main.command("replay")
+@_events_opt
+@_format_opt
+@click.option("--rate", type=float, default=None, help="Events per second (default: max).")
+@click.option("--speed", type=float, default=None, help="Replay event time N times faster.")
+@click.option("--topic", default=None, help="One topic for all events (default: by type).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N events.")
+@click.option("--bootstrap", default=None, help="Kafka bootstrap [env INTEREST_KAFKA_BOOTSTRAP].")
+@click.option("--no-create-topics", is_flag=True, help="Do not create missing topics first.")
+@json_option
+def replay_cmd(
+    events_path: Path,
+    fmt: str,
+    rate: float | None,
+    speed: float | None,
+    topic: str | None,
+    limit: int | None,
+    bootstrap: str | None,
+    no_create_topics: bool,
+    as_json: bool,
+) -> None:
+    """Publish an event file to Kafka (key = user_id, JSON values), with a progress bar."""
+    from interest_stream.eventfile import read_events
+    from streams.replay import replay_events
+    from streams.topics import ensure_topics
+
+    def run() -> dict[str, Any]:
+        s = _settings(kafka_bootstrap=bootstrap)
+        df = read_events(events_path, fmt)  # type: ignore[arg-type]
+        if limit is not None:
+            df = df.head(limit)
+        if not no_create_topics:
+            ensure_topics(s)
+        stats = replay_events(df, s, topic=topic, rate=rate, speed=speed, progress=not as_json)
+        return stats.to_dict()
+
+    out = _guard(as_json, run)
+    _emit(
+        out, as_json, lambda d: f"sent {d['sent']} events in {d['seconds']:.1f}s ({d['rate']} ev/s)"
+    )
+
+
+# --------------------------------------------------------------------------- worker
+@main.command("worker")
+@click.option("--bootstrap", default=None, help="Kafka bootstrap [env INTEREST_KAFKA_BOOTSTRAP].")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+              help="RocksDB state folder [env INTEREST_STATE_DIR].")  # fmt: skip
+@click.option("--model-dir", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint to encode with [env INTEREST_MODEL_DIR].")  # fmt: skip
+@click.option("--web-port", type=int, default=None,
+              help="Metrics/health port [env INTEREST_WORKER_WEB_PORT].")  # fmt: skip
+def worker_cmd(
+    bootstrap: str | None, state_dir: Path | None, model_dir: Path | None, web_port: int | None
+) -> None:
+    """Run a stream worker (Faust app); run N of them for N-way scale-out."""
+    from streams.worker import run_worker
+
+    def run() -> None:
+        s = _settings(
+            kafka_bootstrap=bootstrap,
+            state_dir=state_dir,
+            model_dir=model_dir,
+            worker_web_port=web_port,
+        )
+        run_worker(s)
+
+    _guard(False, run)
+
+
+# --------------------------------------------------------------------------- serve
+@main.command("serve")
+@click.option("--host", default=None, help="Bind address [env INTEREST_API_HOST].")
+@click.option("--port", type=int, default=None, help="Port [env INTEREST_API_PORT].")
+@click.option("--bootstrap", default=None, help="Kafka bootstrap [env INTEREST_KAFKA_BOOTSTRAP].")
+@click.option("--model-dir", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint for the item index [env INTEREST_MODEL_DIR].")  # fmt: skip
+def serve_cmd(
+    host: str | None, port: int | None, bootstrap: str | None, model_dir: Path | None
+) -> None:
+    """Run the HTTP API (consumes the output topic into FAISS indexes)."""
+    from interest_stream.api import serve
+
+    def run() -> None:
+        s = _settings(api_host=host, api_port=port, kafka_bootstrap=bootstrap, model_dir=model_dir)
+        serve(s)
+
+    _guard(False, run)
+
+
+# --------------------------------------------------------------------------- train / evaluate
+@main.command("train")
+@_events_opt
+@_format_opt
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Most epochs.")
+@click.option("--seed", type=int, default=None, help="Random seed.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--items", "items_path", type=click.Path(path_type=Path), default=None,
+              help="Item text for cold start (MovieLens u.item); found beside u.data.")  # fmt: skip
+@json_option
+def train_cmd(
+    events_path: Path,
+    fmt: str,
+    out: Path,
+    epochs: int | None,
+    seed: int | None,
+    device: str,
+    items_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Train the interest encoder on an event file and write a checkpoint folder."""
+    from interest_stream.eventfile import read_events
+
+    def run() -> dict[str, Any]:
+        from models import TrainConfig, train
+
+        _settings()
+        df = read_events(events_path, fmt)  # type: ignore[arg-type]
+        overrides: dict[str, Any] = {"device": device}
+        if epochs is not None:
+            overrides["epochs"] = epochs
+        if seed is not None:
+            overrides["seed"] = seed
+        cfg = TrainConfig(**overrides)
+        item_text = _item_text(events_path, items_path)
+        result = train(df, out, cfg, progress=not as_json, item_text=item_text)
+        return dict(result.to_dict())
+
+    res = _guard(as_json, run)
+    _emit(
+        res,
+        as_json,
+        lambda d: f"checkpoint written to {out}\n{json.dumps(d, indent=2, default=str)}",
+    )
+
+
+def _item_text(events_path: Path, items_path: Path | None) -> Any:
+    from interest_stream.eventfile import movielens_items
+
+    folder = items_path.parent if items_path is not None else events_path.parent
+    if items_path is not None or (folder / "u.item.gz").exists() or (folder / "u.item").exists():
+        return movielens_items(folder)
+    return None
+
+
+@main.command("evaluate")
+@_events_opt
+@_format_opt
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint folder from `train`.")  # fmt: skip
+@click.option("--cutoff-quantile", type=click.FloatRange(0.05, 0.95), default=0.8,
+              help="Global temporal cutoff at this quantile of event time.")  # fmt: skip
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for the JSON of every figure and the PNG chart.")  # fmt: skip
+@json_option
+def evaluate_cmd(
+    events_path: Path,
+    fmt: str,
+    model_dir: Path,
+    cutoff_quantile: float,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Evaluate a checkpoint against baselines with full ranking and bootstrap CIs."""
+    from interest_stream.eventfile import read_events
+
+    def run() -> dict[str, Any]:
+        from models import evaluate
+
+        _settings()
+        df = read_events(events_path, fmt)  # type: ignore[arg-type]
+        return dict(
+            evaluate(
+                df,
+                model_dir,
+                cutoff_quantile=cutoff_quantile,
+                out_dir=out,
+                progress=not as_json,
+                item_text=_item_text(events_path, None),
+            )
+        )
+
+    res = _guard(as_json, run)
+    _emit(res, as_json)
+
+
+# --------------------------------------------------------------------------- bench
+@main.group("bench")
+def bench_group() -> None:
+    """Benchmarks that print measured figures next to a baseline from the same run."""
+
+
+@bench_group.command("encoder")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint (default: train a small one on the Taobao slice).")  # fmt: skip
+@click.option("--batch-sizes", default="1,64,512", help="Comma-separated batch sizes.")
+@json_option
+def bench_encoder_cmd(model_dir: Path | None, batch_sizes: str, as_json: bool) -> None:
+    """Users encoded per second at several batch sizes, vs a per-user loop."""
+
+    def run() -> dict[str, Any]:
+        from models.bench import bench_encoder
+
+        _settings()
+        sizes = tuple(int(x) for x in batch_sizes.split(",") if x.strip())
+        return dict(bench_encoder(model_dir, batch_sizes=sizes, progress=not as_json))
+
+    _emit(_guard(as_json, run), as_json)
+
+
+@bench_group.command("ingest")
+@click.option("--events", "events_path", type=click.Path(path_type=Path), default=None,
+              help="Event file (default: the shared Taobao user_histories slice).")  # fmt: skip
+@click.option("--bootstrap", default=None, help="Kafka bootstrap [env INTEREST_KAFKA_BOOTSTRAP].")
+@json_option
+def bench_ingest_cmd(events_path: Path | None, bootstrap: str | None, as_json: bool) -> None:
+    """Events/s the worker applies vs a bare aiokafka consumer on the same topics."""
+    from interest_stream.eventfile import read_events, shared_data_dir
+
+    def run() -> dict[str, Any]:
+        from streams.bench import bench_ingest
+
+        s = _settings(kafka_bootstrap=bootstrap)
+        path = events_path or shared_data_dir() / "taobao-userbehavior" / "user_histories.csv.gz"
+        return dict(bench_ingest(s, read_events(path)))
+
+    _emit(_guard(as_json, run), as_json)
+
+
+@bench_group.command("index")
+@click.option("--users", type=int, default=1_000_000, help="Synthetic users.")
+@click.option("--dim", type=int, default=64, help="Vector dimension.")
+@json_option
+def bench_index_cmd(users: int, dim: int, as_json: bool) -> None:
+    """Audience query latency/recall over synthetic users, and upsert throughput."""
+
+    def run() -> dict[str, Any]:
+        from index.bench import bench_index
+
+        _settings()
+        return dict(bench_index(n_users=users, dim=dim, progress=not as_json))
+
+    _emit(_guard(as_json, run), as_json)
+
+
+@bench_group.command("api")
+@click.option("--users", type=int, default=100_000, help="Users in the index.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint for the item catalogue (default: synthetic).")  # fmt: skip
+@click.option("--rate", type=float, default=500.0, help="Open-loop request rate.")
+@click.option("--duration", type=float, default=20.0, help="Seconds per phase.")
+@json_option
+def bench_api_cmd(
+    users: int, model_dir: Path | None, rate: float, duration: float, as_json: bool
+) -> None:
+    """API latency p50/p99 and throughput under a loopback load generator."""
+
+    def run() -> dict[str, Any]:
+        from interest_stream.api.bench import bench_api
+
+        _settings()
+        return dict(bench_api(n_users=users, model_dir=model_dir, rate=rate, duration=duration))
+
+    _emit(_guard(as_json, run), as_json)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,269 @@
+"""One settings object per process, read from ``INTEREST_*`` environment variables.
+
+Precedence, highest first: explicit keyword arguments, environment variables,
+the optional TOML config file named by ``INTEREST_CONFIG_FILE``, then defaults.
+Lists are given in the environment as comma-separated strings
+(``INTEREST_EVENT_TOPICS=events.view,events.click``).
+
+The README's configuration table is generated from this class
+(``interest-stream config --markdown``), so every field carries a description.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from interest_stream.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "load_settings", "settings_table"]
+
+ENV_PREFIX = "INTEREST_"
+
+DEFAULT_EVENT_TOPICS = (
+    "events.view",
+    "events.click",
+    "events.cart",
+    "events.fav",
+    "events.purchase",
+)
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Reads the ``[interest]`` table (or the top level) of ``INTEREST_CONFIG_FILE``."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        path = os.environ.get(f"{ENV_PREFIX}CONFIG_FILE")
+        if path:
+            try:
+                with open(path, "rb") as fh:
+                    raw = tomllib.load(fh)
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"INTEREST_CONFIG_FILE={path!r} cannot be read: {exc}") from exc
+            table = raw.get("interest", raw)
+            self._data = {str(k).lower(): v for k, v in table.items()}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+class Settings(BaseSettings):
+    """Every setting of interest-stream; env var = ``INTEREST_`` + upper-case name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # --- Kafka -----------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated host:port."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol, passed to every Kafka client."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when the protocol is SASL_*."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL.")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Client private key (mutual TLS).")
+
+    # --- topics ----------------------------------------------------------------
+    event_topics: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_EVENT_TOPICS,
+        description="Event topics the worker consumes, comma-separated. "
+        "A topic named events.<type> implies the event type.",
+    )
+    topic_partitions: int = Field(
+        4, ge=1, le=1024, description="Partitions for topics the project creates."
+    )
+    dlq_topic: str = Field("events.dlq", description="Dead-letter topic for invalid events.")
+    output_topic: str = Field(
+        "user-interest", description="Compacted output topic of user vectors (key = user_id)."
+    )
+    app_id: str = Field(
+        "interest-stream",
+        description="Worker consumer group / Faust app id; also prefixes internal topics.",
+    )
+
+    # --- state -----------------------------------------------------------------
+    state_dir: Path = Field(
+        Path(".interest-stream/state"), description="Folder for RocksDB state and snapshots."
+    )
+    store: Literal["rocksdb", "memory"] = Field(
+        "rocksdb", description="Table store of the worker (memory is for tests only)."
+    )
+    short_window_events: int = Field(
+        50, ge=1, le=10_000, description="Short-term window: at most this many latest events."
+    )
+    short_window_minutes: float = Field(
+        30.0, gt=0, description="Short-term window: events within this many minutes of the newest."
+    )
+    long_history_events: int = Field(
+        200, ge=1, le=100_000, description="Long-term history: at most this many latest events."
+    )
+    long_half_life_hours: float = Field(
+        72.0, gt=0, description="Half-life of the decayed per-type counts of the long-term history."
+    )
+    dedupe_ids: int = Field(
+        256, ge=0, le=100_000, description="Recent event_ids remembered per user for dedupe."
+    )
+    max_event_bytes: int = Field(
+        65_536, ge=256, le=16 * 1024 * 1024, description="Events larger than this go to the DLQ."
+    )
+    max_future_ms: int = Field(
+        86_400_000,
+        ge=0,
+        description="Events dated more than this many ms after the wall clock go to the DLQ.",
+    )
+
+    # --- worker ----------------------------------------------------------------
+    batch_max: int = Field(
+        2000, ge=1, le=100_000, description="Most events the worker takes from Kafka per batch."
+    )
+    batch_within_ms: int = Field(
+        20, ge=1, le=60_000, description="Longest the worker waits to fill a batch (ms)."
+    )
+    flush_ms: int = Field(
+        20, ge=1, le=60_000, description="Re-encode flush interval for touched users (ms)."
+    )
+    encode_batch_max: int = Field(
+        512, ge=1, le=100_000, description="Most users re-encoded in one model call."
+    )
+    long_refresh_s: float = Field(
+        60.0, ge=0, description="Least seconds between two long-term re-encodes of one user."
+    )
+    worker_web_port: int = Field(
+        6066, ge=0, le=65535, description="Worker's metrics/health port (0 = pick a free one)."
+    )
+
+    # --- model -----------------------------------------------------------------
+    model_dir: Path | None = Field(None, description="Model checkpoint folder (from `train`).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Torch device for the encoder: auto = cuda if available, else cpu."
+    )
+
+    # --- API -------------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address the HTTP API binds.")
+    api_port: int = Field(8000, ge=0, le=65535, description="Port the HTTP API binds.")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for admin calls (forget a user, reload); unset = disabled."
+    )
+    max_k: int = Field(1000, ge=1, le=100_000, description="Largest k a query may ask for.")
+
+    # --- logging ---------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of the entry points."
+    )
+    log_json: bool = Field(False, description="Write logs as JSON lines.")
+
+    @field_validator("event_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [t.strip() for t in value.split(",") if t.strip()]
+        return tuple(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.event_topics:
+            raise ValueError("INTEREST_EVENT_TOPICS must name at least one topic")
+        for topic in self.event_topics:
+            if topic in (self.dlq_topic, self.output_topic):
+                raise ValueError(
+                    f"INTEREST_EVENT_TOPICS contains {topic!r}, which is also the DLQ or "
+                    "output topic"
+                )
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
+            raise ValueError("INTEREST_KAFKA_SASL_MECHANISM is required for SASL protocols")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Explicit arguments, then env vars, then the TOML file, then defaults."""
+        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """Security options in the keyword form shared by kafka-python and aiokafka."""
+        cfg: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            cfg["sasl_mechanism"] = self.kafka_sasl_mechanism
+            cfg["sasl_plain_username"] = self.kafka_sasl_username
+            cfg["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        if self.kafka_ssl_cafile:
+            cfg["ssl_cafile"] = str(self.kafka_ssl_cafile)
+        if self.kafka_ssl_certfile:
+            cfg["ssl_certfile"] = str(self.kafka_ssl_certfile)
+        if self.kafka_ssl_keyfile:
+            cfg["ssl_keyfile"] = str(self.kafka_ssl_keyfile)
+        return cfg
+
+    def safe_dump(self) -> dict[str, Any]:
+        """All settings as JSON-able values, secrets masked."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[name] = value
+        return out
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation failures into one clear :class:`ConfigError`."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            env = f"{ENV_PREFIX}{loc.upper()}" if err["loc"] else "settings"
+            parts.append(f"{env}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(parts)) from exc
+
+
+def settings_table() -> str:
+    """A Markdown table of every setting: env var, default and description."""
+    rows = ["| env var | default | description |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        shown = "" if default is None else str(default)
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | `{shown}` | {field.description or ''} |")
+    return "\n".join(rows)
