@@ -149,6 +149,8 @@ _data_opt = click.option(
 
 
 def _status_line(st: dict[str, Any]) -> str:
+    if st.get("answering") and not st.get("running"):
+        return f"{st['bootstrap']}  (answering; not started by interest-stream)"
     if st.get("answering"):
         return f"{st['bootstrap']}  (running, pid {st.get('pid')}, logs {st.get('log_file')})"
     if st.get("running"):
@@ -503,6 +505,52 @@ def bench_api_cmd(
 
         _settings()
         return dict(bench_api(n_users=users, model_dir=model_dir, rate=rate, duration=duration))
+
+    _emit(_guard(as_json, run), as_json)
+
+
+# --------------------------------------------------------------------------- demo
+@main.command("demo")
+@click.option("--events", "events_path", type=click.Path(path_type=Path), default=None,
+              help="Event file (default: the shared Taobao user_histories slice).")  # fmt: skip
+@click.option("--rate", type=float, default=1500.0, help="Replay pace, events per second.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Replay only N events.")
+@click.option("--duration", type=float, default=None,
+              help="Non-interactive: stay up N seconds after the replay, then stop.")  # fmt: skip
+@click.option("--work-dir", type=click.Path(path_type=Path), default=Path(".interest-stream/demo"),
+              help="Model, state and logs of the demo.")  # fmt: skip
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs.")
+@click.option("--retrain", is_flag=True, help="Train even if a checkpoint exists.")
+@json_option
+def demo_cmd(
+    events_path: Path | None,
+    rate: float,
+    limit: int | None,
+    duration: float | None,
+    work_dir: Path,
+    epochs: int | None,
+    retrain: bool,
+    as_json: bool,
+) -> None:
+    """Everything end to end on the bundled sample: Kafka, training, worker, API, replay."""
+    from interest_stream.demo import DemoOptions, run_demo
+
+    def say(text: str) -> None:
+        click.echo(text, err=as_json)
+
+    def run() -> dict[str, Any]:
+        s = _settings()
+        opts = DemoOptions(
+            events=events_path,
+            work_dir=work_dir,
+            rate=rate,
+            duration=duration,
+            limit=limit,
+            epochs=epochs,
+            retrain=retrain,
+            say=say,
+        )
+        return run_demo(s, opts)
 
     _emit(_guard(as_json, run), as_json)
 

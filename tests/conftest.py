@@ -42,7 +42,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from streams.kafka_local.broker import BrokerConfig, free_port, start, stop
 
     data_dir = tmp_path_factory.mktemp("kafka")
-    cfg = BrokerConfig(data_dir=data_dir, port=free_port(), controller_port=free_port())
+    cfg = BrokerConfig(data_dir=data_dir, port=free_port())
     status = start(cfg, timeout=180.0)
     try:
         yield status.bootstrap
