@@ -1,0 +1,56 @@
+"""Vector indexes: the FAISS item index and the live user index.
+
+Public surface:
+
+* :class:`VectorIndex` - the backend interface; :func:`create_index` - the
+  factory (``"faiss"``, ``"numpy"`` or a dotted path);
+* :class:`FaissIndex` + :class:`FaissConfig` - exact / IVF / GPU-replica backend;
+  :class:`NumpyIndex` - brute-force reference;
+* :class:`UserIndex` + :class:`UserRecord` - short/long/blend user vectors with
+  versioned upserts and snapshots; :class:`ItemIndex` - the catalogue from a
+  model checkpoint;
+* errors: :class:`VectorIndexError` and its subclasses.
+
+Only numpy is imported eagerly; faiss is imported when a FAISS index is created.
+"""
+
+from __future__ import annotations
+
+from index.base import METRICS, VectorIndex, create_index
+from index.errors import (
+    DimensionMismatch,
+    IndexNotBuilt,
+    MissingIndexDependency,
+    SnapshotError,
+    UnknownId,
+    VectorIndexError,
+)
+from index.faiss_backend import FaissConfig, FaissIndex, get_threads, gpu_count, set_threads
+from index.item_index import ItemIndex, write_item_vectors
+from index.numpy_backend import NumpyIndex
+from index.user_index import HORIZONS, Horizon, UpsertResult, UserIndex, UserRecord
+
+__all__ = [
+    "HORIZONS",
+    "METRICS",
+    "DimensionMismatch",
+    "FaissConfig",
+    "FaissIndex",
+    "Horizon",
+    "IndexNotBuilt",
+    "ItemIndex",
+    "MissingIndexDependency",
+    "NumpyIndex",
+    "SnapshotError",
+    "UnknownId",
+    "UpsertResult",
+    "UserIndex",
+    "UserRecord",
+    "VectorIndex",
+    "VectorIndexError",
+    "create_index",
+    "get_threads",
+    "gpu_count",
+    "set_threads",
+    "write_item_vectors",
+]

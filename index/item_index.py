@@ -1,0 +1,303 @@
+"""The item index: the catalogue's item vectors from a model checkpoint, searchable.
+
+A checkpoint folder (written by ``interest-stream train``) holds ``items.json``
+(the item ids in row order), ``item_vectors.npy`` (float32 ``[n_items, dim]``),
+``config.json`` (``model_version``, ``dim``, ``metric``) and optionally
+``item_meta.json`` (item -> ``{"category": ..., "cold": ...}``, or item -> category).
+
+Reading goes through ``models.load_item_vectors`` (numpy + json only, no torch)
+when the models package is importable, else through an equivalent reader here,
+so ``index`` never needs torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from index.base import VectorIndex, Vectors, as_matrix, create_index
+from index.errors import DimensionMismatch, SnapshotError, UnknownId
+from index.faiss_backend import FaissConfig
+
+__all__ = ["ItemIndex", "read_checkpoint", "write_item_vectors"]
+
+logger = logging.getLogger(__name__)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except FileNotFoundError as exc:
+        raise SnapshotError(f"{path}: missing; is {path.parent} a model checkpoint?") from exc
+    except (OSError, ValueError) as exc:
+        raise SnapshotError(f"{path}: unreadable JSON: {exc}") from exc
+
+
+def _fallback_read(folder: Path) -> tuple[list[str], Vectors, dict[str, Any]]:
+    """``models.load_item_vectors`` without the models package (same files, same checks)."""
+    if not folder.is_dir():
+        raise SnapshotError(f"{folder}: no such checkpoint folder")
+    cfg = _read_json(folder / "config.json")
+    if not isinstance(cfg, dict) or "dim" not in cfg:
+        raise SnapshotError(f"{folder / 'config.json'}: not a checkpoint config (no 'dim')")
+    items = _read_json(folder / "items.json")
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise SnapshotError(f"{folder / 'items.json'}: expected a JSON list of item id strings")
+    try:
+        vectors = np.load(folder / "item_vectors.npy", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SnapshotError(f"{folder / 'item_vectors.npy'}: missing or unreadable: {exc}") from exc
+    if vectors.ndim != 2 or vectors.shape != (len(items), int(cfg["dim"])):
+        raise SnapshotError(
+            f"{folder}: item_vectors.npy has shape {vectors.shape}, expected "
+            f"({len(items)}, {cfg['dim']})"
+        )
+    return list(items), np.ascontiguousarray(vectors, dtype=np.float32), cfg
+
+
+def read_checkpoint(
+    folder: Path | str,
+) -> tuple[list[str], Vectors, dict[str, Any], dict[str, Any]]:
+    """Item ids, vectors ``[n, dim]``, config and per-item metadata of a checkpoint.
+
+    Raises:
+        SnapshotError: (or ``models.errors.CheckpointError``) missing/inconsistent files.
+    """
+    path = Path(folder)
+    try:  # imported dynamically: index/ must not need (or type-check) the models package
+        load_item_vectors = importlib.import_module("models").load_item_vectors
+    except (ImportError, AttributeError):
+        ids, vecs, cfg = _fallback_read(path)
+    else:
+        ids, vecs, cfg = load_item_vectors(path)
+    meta_file = path / "item_meta.json"
+    meta: dict[str, Any] = {}
+    if meta_file.exists():
+        raw = _read_json(meta_file)
+        if not isinstance(raw, dict):
+            raise SnapshotError(f"{meta_file}: expected a JSON object item -> metadata")
+        meta = raw
+    return ids, np.ascontiguousarray(vecs, dtype=np.float32), dict(cfg), meta
+
+
+def write_item_vectors(
+    folder: Path | str,
+    ids: Sequence[str],
+    vectors: Any,
+    *,
+    model_version: str = "synthetic",
+    blend_alpha: float = 0.5,
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the serving half of a checkpoint: the files :meth:`ItemIndex.from_checkpoint` reads.
+
+    ``config.json`` (format 1, ``model_version``, ``dim``, ``metric``,
+    ``n_items``, ``train.blend_alpha``), ``items.json``, ``item_vectors.npy`` and,
+    when given, ``item_meta.json``. There are no encoder weights, so the worker
+    cannot encode with it: it is for API tests, benchmarks and demos.
+
+    Returns:
+        The folder.
+    """
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    vecs = as_matrix(vectors, None, what="item vectors")
+    ids = list(ids)
+    if len(ids) != vecs.shape[0]:
+        raise ValueError(f"got {len(ids)} ids for {vecs.shape[0]} vectors")
+    config = {
+        "format_version": 1,
+        "model_version": model_version,
+        "dim": int(vecs.shape[1]),
+        "metric": "ip",
+        "n_items": len(ids),
+        "train": {"blend_alpha": float(blend_alpha)},
+        "note": "item vectors only (no encoder weights): written by index.write_item_vectors",
+    }
+    np.save(path / "item_vectors.npy", vecs)
+    (path / "items.json").write_text(json.dumps(ids, ensure_ascii=False), "utf-8")
+    if meta is not None:
+        (path / "item_meta.json").write_text(json.dumps(dict(meta), ensure_ascii=False), "utf-8")
+    (path / "config.json").write_text(json.dumps(config, indent=2), "utf-8")
+    return path
+
+
+class ItemIndex:
+    """Item vectors of one model version with nearest-item queries.
+
+    The catalogue is fixed for the life of the object (a new checkpoint means
+    a new ItemIndex); searches are thread safe.
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        vectors: Any,
+        *,
+        model_version: str | None = None,
+        metric: str = "ip",
+        meta: Mapping[str, Any] | None = None,
+        backend: str = "faiss",
+        config: FaissConfig | None = None,
+        source: Path | None = None,
+    ) -> None:
+        """Index ``vectors`` ``[n, dim]`` under item ``ids``.
+
+        Args:
+            ids: Item ids, row order of ``vectors``.
+            vectors: Item vectors ``[n, dim]``.
+            model_version: Version of the model the vectors come from.
+            metric: ``"ip"``.
+            meta: Item -> category string, or item -> ``{"category": ...}``.
+            backend: Index backend (``"faiss"`` or ``"numpy"``).
+            config: FAISS knobs.
+            source: Checkpoint folder (informational).
+
+        Raises:
+            ValueError: No items, duplicate ids or NaN/inf.
+        """
+        vecs = as_matrix(vectors, None, what="item vectors")
+        if vecs.shape[0] == 0:
+            raise ValueError("the item catalogue is empty")
+        opts: dict[str, Any] = {"config": config} if backend == "faiss" and config else {}
+        self._index: VectorIndex = create_index(
+            backend, dim=int(vecs.shape[1]), metric=metric, **opts
+        )
+        self._index.build(list(ids), vecs)
+        self.model_version = model_version
+        self.source = source
+        self.config: dict[str, Any] = {}
+        self._meta: dict[str, Any] = dict(meta or {})
+
+    @classmethod
+    def from_checkpoint(
+        cls, folder: Path | str, *, backend: str = "faiss", config: FaissConfig | None = None
+    ) -> ItemIndex:
+        """Build the item index of a model checkpoint folder.
+
+        Raises:
+            SnapshotError: (or ``models.errors.CheckpointError``) missing or
+                inconsistent files.
+            DimensionMismatch: ``config.json``'s metric is not ``ip``.
+        """
+        path = Path(folder)
+        ids, vecs, cfg, meta = read_checkpoint(path)
+        metric = str(cfg.get("metric", "ip"))
+        if metric != "ip":
+            raise DimensionMismatch(
+                f"{path}: metric {metric!r}, the index serves 'ip'", expected="ip", got=metric
+            )
+        out = cls(
+            ids, vecs, model_version=cfg.get("model_version"), metric=metric, meta=meta,
+            backend=backend, config=config, source=path,
+        )  # fmt: skip
+        out.config = cfg
+        logger.info(
+            "item index: %d items, dim %d, model %s from %s",
+            out.count(), out.dim, out.model_version, path,
+        )  # fmt: skip
+        return out
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return self._index.dim
+
+    @property
+    def metric(self) -> str:
+        """Similarity metric."""
+        return self._index.metric
+
+    def count(self) -> int:
+        """Number of items."""
+        return self._index.count()
+
+    def __len__(self) -> int:
+        """Same as :meth:`count`."""
+        return self._index.count()
+
+    def __contains__(self, item_id: object) -> bool:
+        """Whether the item is in the catalogue."""
+        return isinstance(item_id, str) and self._index.contains(item_id)
+
+    @property
+    def blend_alpha(self) -> float:
+        """Weight of the short vector in the blend the model was trained with (0.5 if unknown)."""
+        train = self.config.get("train")
+        alpha = train.get("blend_alpha", 0.5) if isinstance(train, Mapping) else 0.5
+        try:
+            return float(alpha)
+        except (TypeError, ValueError):
+            return 0.5
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """The underlying vector index."""
+        return self._index
+
+    # ------------------------------------------------------------------ reads
+    def vector(self, item_id: str) -> npt.NDArray[np.float32]:
+        """The item's vector ``[dim]``.
+
+        Raises:
+            UnknownId: Not in the catalogue.
+        """
+        try:
+            return self._index.get(item_id)
+        except UnknownId as exc:
+            raise UnknownId(item_id, "item") from exc
+
+    def category(self, item_id: str) -> str | None:
+        """The item's category from ``item_meta.json`` (``None`` when unknown)."""
+        m = self._meta.get(item_id)
+        if isinstance(m, Mapping):
+            cat = m.get("category")
+            return None if cat is None else str(cat)
+        return None if m is None else str(m)
+
+    def search(
+        self, query: Any, k: int, *, exclude: Collection[str] | None = None
+    ) -> list[tuple[str, float]]:
+        """The ``k`` items nearest one query vector ``[dim]``, best first.
+
+        Args:
+            query: A user (or any) vector of the catalogue's dimension.
+            k: Items to return.
+            exclude: Item ids never to return.
+
+        Raises:
+            DimensionMismatch: The query has another dimension.
+            ValueError: ``k < 1`` or NaN/inf.
+        """
+        ids, scores = self._index.search(query, k, exclude=exclude)
+        return [(i, float(s)) for i, s in zip(ids[0], scores[0].tolist(), strict=False)]
+
+    def similar(
+        self, item_id: str, k: int, *, exclude: Collection[str] | None = None
+    ) -> list[tuple[str, float]]:
+        """The ``k`` items nearest ``item_id`` (itself excluded).
+
+        Raises:
+            UnknownId: Not in the catalogue.
+        """
+        vec = self.vector(item_id)
+        skip = {item_id, *(exclude or ())}
+        return self.search(vec, k, exclude=skip)
+
+    def stats(self) -> dict[str, Any]:
+        """Size, dimension, model version and index structure."""
+        return {
+            "items": self.count(),
+            "dim": self.dim,
+            "model_version": self.model_version,
+            "source": None if self.source is None else str(self.source),
+            "index": self._index.stats(),
+        }

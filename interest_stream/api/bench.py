@@ -1,0 +1,510 @@
+"""API benchmark: latency and throughput of ``/interest`` and ``/recommendations``.
+
+Called by ``interest-stream bench api`` and ``bench/bench_api.py``.
+
+Two child processes on loopback:
+
+* the **server**: :func:`create_app` with ``n_users`` synthetic users in the user
+  index and a catalogue (the checkpoint's items, or ``n_items`` synthetic ones
+  of the model's dimension) served by uvicorn, as ``interest-stream serve`` does
+  (no Kafka: the users are loaded directly);
+* the **load generator**: an asyncio HTTP/1.1 keep-alive client (a minimal one by
+  default: ``httpx.AsyncClient`` costs more CPU per request than the server on
+  this machine; ``client="httpx"`` selects it for comparison). The *fixed-rate* phase is
+  an open loop: request ``i`` is due at ``t0 + i / rate`` whatever happened
+  before, and its latency counts from that due time (so a stalled server cannot
+  hide its queueing - no coordinated omission). The *max-throughput* phase is a
+  closed loop of ``concurrency`` connections sending back to back.
+
+Both processes share the machine's cores (2 here), so the max-throughput figure
+is a floor for a server with cores of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["bench_api", "main"]
+
+logger = logging.getLogger(__name__)
+
+ENDPOINTS = {
+    "interest": "/v1/users/{user}/interest",
+    "recommendations": "/v1/users/{user}/recommendations?k=10",
+}
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[bench api] {msg}", file=sys.stderr, flush=True)
+    logger.info(msg)
+
+
+def _summary(lat_s: Sequence[float], errors: int, seconds: float) -> dict[str, Any]:
+    arr = np.asarray(lat_s, dtype=np.float64) * 1000.0
+    out: dict[str, Any] = {"requests": int(arr.size), "errors": errors,
+                           "seconds": round(seconds, 2)}  # fmt: skip
+    if arr.size:
+        out.update(
+            p50_ms=round(float(np.percentile(arr, 50)), 3),
+            p90_ms=round(float(np.percentile(arr, 90)), 3),
+            p99_ms=round(float(np.percentile(arr, 99)), 3),
+            p999_ms=round(float(np.percentile(arr, 99.9)), 3),
+            max_ms=round(float(arr.max()), 3),
+            throughput_rps=round(arr.size / seconds, 1),
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- server
+def _serve(args: argparse.Namespace) -> None:
+    """Child process: build the indexes and serve them with uvicorn."""
+    import uvicorn
+
+    from index import FaissConfig, ItemIndex, UserIndex, UserRecord
+    from index.bench import synthetic_users
+    from interest_stream.api.app import create_app
+    from interest_stream.settings import load_settings
+
+    class _NoPublisher:
+        def tombstone(self, user_id: str) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    t0 = time.perf_counter()
+    if args.model_dir:
+        items = ItemIndex.from_checkpoint(args.model_dir)
+        dim = items.dim
+    else:
+        dim = args.dim
+        vecs, _ = synthetic_users(args.items, dim, n_queries=1, seed=11)
+        items = ItemIndex([f"i{j}" for j in range(args.items)], vecs, model_version="synthetic")
+    short, _ = synthetic_users(args.users, dim, n_queries=1, seed=1)
+    long, _ = synthetic_users(args.users, dim, n_queries=1, seed=2)
+    users = UserIndex(dim, config=FaissConfig(), blend_weight=items.blend_alpha,
+                      model_version=items.model_version)  # fmt: skip
+    for s in range(0, args.users, 10_000):
+        e = min(args.users, s + 10_000)
+        users.upsert_many([
+            UserRecord(f"u{j}", 1, short[j], long[j], 1_700_000_000_000, 1_700_000_000_000,
+                       items.model_version)
+            for j in range(s, e)
+        ])  # fmt: skip
+    settings = load_settings(api_host="127.0.0.1", api_port=args.port, max_k=1000)
+    app = create_app(settings, item_index=items, user_index=users, start_consumer=False,
+                     publisher=_NoPublisher(), offload_search=args.offload)  # fmt: skip
+    info = {
+        "users": users.count(),
+        "items": items.count(),
+        "dim": dim,
+        "build_s": round(time.perf_counter() - t0, 1),
+        "user_index": users.stats()["sets"]["blend"],
+        "item_index": items.stats()["index"],
+    }
+    Path(args.info).write_text(json.dumps(info, default=str))
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
+                server_header=False)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- load
+class _Conn:
+    """One keep-alive HTTP/1.1 connection speaking just enough HTTP for GETs.
+
+    httpx's asyncio client costs 1.4-3 ms of CPU per request on this machine
+    (measured): it cannot offer 500 req/s from one core, so the benchmark would
+    measure the client. This one costs ~0.2 ms.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> _Conn:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def get(self, path: str, host: str) -> int:
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _RawClient:
+    """A pool of :class:`_Conn` (opened on demand, up to ``max_conns``)."""
+
+    def __init__(self, url: str, max_conns: int) -> None:
+        hostport = url.split("://", 1)[1].rstrip("/")
+        self.host, _, port = hostport.partition(":")
+        self.port = int(port or 80)
+        self.idle: list[_Conn] = []
+        self.open = 0
+        self.max = max_conns
+        self.freed = asyncio.Event()
+
+    async def get(self, path: str) -> int:
+        while not self.idle and self.open >= self.max:
+            self.freed.clear()
+            await self.freed.wait()
+        reused = bool(self.idle)
+        if reused:
+            conn = self.idle.pop()
+        else:
+            self.open += 1
+            try:
+                conn = await _Conn.open(self.host, self.port)
+            except OSError:
+                self.open -= 1
+                raise
+        try:
+            status = await conn.get(path, self.host)
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            conn.close()
+            if not reused:
+                self.open -= 1
+                self.freed.set()
+                raise
+            # a kept-alive connection the server closed meanwhile: retry once on a new one
+            try:
+                conn = await _Conn.open(self.host, self.port)
+                status = await conn.get(path, self.host)
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+                conn.close()
+                self.open -= 1
+                self.freed.set()
+                raise
+        self.idle.append(conn)
+        self.freed.set()
+        return status
+
+    async def aclose(self) -> None:
+        for c in self.idle:
+            c.close()
+
+
+class _HttpxClient:
+    """The same interface over ``httpx.AsyncClient`` (for comparison)."""
+
+    def __init__(self, url: str, max_conns: int) -> None:
+        import httpx
+
+        limits = httpx.Limits(max_connections=max_conns, max_keepalive_connections=max_conns)
+        self.client = httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0)
+
+    async def get(self, path: str) -> int:
+        return int((await self.client.get(path)).status_code)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _client(kind: str, url: str, max_conns: int) -> _RawClient | _HttpxClient:
+    return _HttpxClient(url, max_conns) if kind == "httpx" else _RawClient(url, max_conns)
+
+
+async def _open_loop(
+    url: str, paths: list[str], rate: float, duration: float, kind: str = "raw"
+) -> dict[str, Any]:
+    n = int(rate * duration)
+    lat: list[float] = []
+    errors = 0
+    client = _client(kind, url, 256)
+
+    async def one(path: str, due: float) -> None:
+        nonlocal errors
+        try:
+            ok = await client.get(path) == 200
+        except Exception:
+            ok = False
+        if ok:
+            lat.append(time.perf_counter() - due)
+        else:
+            errors += 1
+
+    tasks = []
+    late = 0
+    t0 = time.perf_counter() + 0.05
+    for i in range(n):
+        due = t0 + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.001:
+            late += 1
+        tasks.append(asyncio.create_task(one(paths[i % len(paths)], due)))
+    await asyncio.gather(*tasks)
+    seconds = time.perf_counter() - t0
+    await client.aclose()
+    out = _summary(lat, errors, seconds)
+    out.update(target_rps=rate, late_sends=late)
+    return out
+
+
+async def _closed_loop(
+    url: str, paths: list[str], concurrency: int, duration: float, kind: str = "raw"
+) -> dict[str, Any]:
+    lat: list[float] = []
+    errors = 0
+    client = _client(kind, url, concurrency)
+    stop = time.perf_counter() + duration
+
+    async def worker(w: int) -> None:
+        nonlocal errors
+        i = w
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            try:
+                ok = await client.get(paths[i % len(paths)]) == 200
+            except Exception:
+                ok = False
+            if ok:
+                lat.append(time.perf_counter() - t)
+            else:
+                errors += 1
+            i += concurrency
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    seconds = time.perf_counter() - t0
+    await client.aclose()
+    out = _summary(lat, errors, seconds)
+    out["concurrency"] = concurrency
+    return out
+
+
+def _load(args: argparse.Namespace) -> None:
+    """Child process: run one load phase and print its JSON summary."""
+    rng = random.Random(args.seed)  # noqa: S311 - a request mix, not a secret
+    template = ENDPOINTS[args.endpoint]
+    paths = [template.format(user=f"u{rng.randrange(args.users)}") for _ in range(50_000)]
+    if args.mode == "open":
+        warm = asyncio.run(
+            _open_loop(args.url, paths[:1000], min(args.rate, 500.0), 1.0, args.client)
+        )
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        out = asyncio.run(_open_loop(args.url, paths, args.rate, args.duration, args.client))
+    else:
+        warm = asyncio.run(_closed_loop(args.url, paths, args.concurrency, 1.0, args.client))
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        out = asyncio.run(
+            _closed_loop(args.url, paths, args.concurrency, args.duration, args.client)
+        )
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    done = out["requests"] + out["errors"]
+    out["warmup_requests"] = warm.get("requests", 0) + warm.get("errors", 0)
+    out["warmup_errors"] = warm.get("errors", 0)
+    out["client"] = args.client
+    out["client_cpu_ms_per_request"] = round(1000 * cpu / max(done, 1), 3)
+    print(json.dumps(out))
+
+
+# --------------------------------------------------------------------------- driver
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bench server exited with code {proc.returncode}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("bench server did not become ready")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux ``/proc``; ``None`` elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _module_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "interest_stream.api.bench", *args]
+
+
+def bench_api(
+    n_users: int = 100_000,
+    model_dir: Path | str | None = None,
+    rate: float = 500.0,
+    duration: float = 20.0,
+    *,
+    n_items: int = 55_000,
+    dim: int = 64,
+    concurrency: int = 32,
+    endpoints: Sequence[str] = ("interest", "recommendations"),
+    client: str = "raw",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the API benchmark; returns the figures (JSON-able).
+
+    Args:
+        n_users: Users in the user index.
+        model_dir: Checkpoint for the catalogue (default: ``n_items`` synthetic items).
+        rate: Requests per second of the fixed-rate phase.
+        duration: Seconds per phase.
+        n_items: Synthetic catalogue size (without ``model_dir``).
+        dim: Synthetic vector dimension (without ``model_dir``; the encoder's default 64).
+        concurrency: Connections of the max-throughput phase.
+        client: ``raw`` (a minimal asyncio HTTP/1.1 keep-alive client, default) or
+            ``httpx`` (``httpx.AsyncClient``: ~1.4-3 ms of client CPU per request
+            here, so it cannot offer 500 req/s from one core).
+        endpoints: Which of ``interest`` and ``recommendations`` to load.
+        seed: Seed of the request mix.
+        progress: Print progress to stderr.
+
+    Returns:
+        ``{"server", "params", "machine", "targets"}`` plus, per endpoint,
+        ``{"fixed_rate": {...}, "max_throughput": {...}}``.
+    """
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        info_file = Path(tmp) / "server.json"
+        cmd = _module_cmd(
+            "serve", "--port", str(port), "--users", str(n_users), "--items", str(n_items),
+            "--dim", str(dim), "--info", str(info_file),
+        )  # fmt: skip
+        if model_dir is not None:
+            cmd += ["--model-dir", str(model_dir)]
+        _say(progress, f"starting the server ({n_users:,} users) on {url} ...")
+        server = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        try:
+            _wait_ready(url, server, timeout=600)
+            info = json.loads(info_file.read_text())
+            _say(progress, f"server ready: {info}")
+            result: dict[str, Any] = {
+                "server": info,
+                "params": {"users": n_users, "rate": rate, "duration_s": duration,
+                           "concurrency": concurrency, "model_dir": None if model_dir is None
+                           else str(model_dir)},
+                "machine": {"cpus": os.cpu_count(),
+                            "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+                            "server": "uvicorn, 1 process, asyncio loop, faiss 1 thread",
+                            "client": f"{client} asyncio client, 1 process, HTTP/1.1 keep-alive"},
+            }  # fmt: skip
+            for ep in endpoints:
+                res: dict[str, Any] = {}
+                for mode in ("open", "closed"):
+                    _say(progress, f"{ep}: {'fixed rate' if mode == 'open' else 'max throughput'} "
+                                   f"for {duration:.0f}s ...")  # fmt: skip
+                    cpu0 = _cpu_seconds(server.pid)
+                    load0 = round(os.getloadavg()[0], 2)
+                    out = subprocess.run(
+                        _module_cmd("load", "--url", url, "--endpoint", ep, "--mode", mode,
+                                    "--rate", str(rate), "--duration", str(duration),
+                                    "--concurrency", str(concurrency), "--users", str(n_users),
+                                    "--seed", str(seed), "--client", client),
+                        check=True, capture_output=True, text=True,
+                    )  # fmt: skip
+                    key = "fixed_rate" if mode == "open" else "max_throughput"
+                    res[key] = json.loads(out.stdout.strip().splitlines()[-1])
+                    cpu1 = _cpu_seconds(server.pid)
+                    if cpu0 is not None and cpu1 is not None:
+                        n_req = res[key]["requests"] + res[key]["errors"]
+                        n_req += res[key]["warmup_requests"]
+                        res[key]["server_cpu_ms_per_request"] = round(
+                            1000 * (cpu1 - cpu0) / max(n_req, 1), 3
+                        )
+                    res[key]["loadavg_1m_at_start"] = load0
+                    _say(progress, f"{ep} {key}: {res[key]}")
+                result[ep] = res
+        finally:
+            server.terminate()
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(5)
+    p99 = {ep: result[ep]["fixed_rate"].get("p99_ms") for ep in endpoints}
+    result["targets"] = {
+        "p99_ms_at_fixed_rate": 10.0,
+        "met": all(v is not None and v < 10.0 for v in p99.values()),
+    }
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m interest_stream.api.bench {serve|load|run}`` (the children, or a run)."""
+    p = argparse.ArgumentParser(prog="python -m interest_stream.api.bench")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--users", type=int, default=100_000)
+    s.add_argument("--items", type=int, default=55_000)
+    s.add_argument("--dim", type=int, default=64)
+    s.add_argument("--model-dir", default=None)
+    s.add_argument("--info", required=True)
+    s.add_argument("--offload", action="store_true", help="item searches in the thread pool")
+    ld = sub.add_parser("load")
+    ld.add_argument("--url", required=True)
+    ld.add_argument("--endpoint", choices=sorted(ENDPOINTS), required=True)
+    ld.add_argument("--mode", choices=["open", "closed"], required=True)
+    ld.add_argument("--rate", type=float, default=500.0)
+    ld.add_argument("--duration", type=float, default=20.0)
+    ld.add_argument("--concurrency", type=int, default=32)
+    ld.add_argument("--users", type=int, default=100_000)
+    ld.add_argument("--seed", type=int, default=0)
+    ld.add_argument("--client", choices=["raw", "httpx"], default="raw")
+    r = sub.add_parser("run")
+    r.add_argument("--users", type=int, default=100_000)
+    r.add_argument("--model-dir", default=None)
+    r.add_argument("--rate", type=float, default=500.0)
+    r.add_argument("--duration", type=float, default=20.0)
+    r.add_argument("--client", choices=["raw", "httpx"], default="raw")
+    args = p.parse_args(argv)
+    if args.cmd == "serve":
+        _serve(args)
+    elif args.cmd == "load":
+        _load(args)
+    else:
+        out = bench_api(args.users, args.model_dir, args.rate, args.duration, client=args.client)
+        print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
