@@ -298,7 +298,7 @@ def worker_cmd(
     bootstrap: str | None, state_dir: Path | None, model_dir: Path | None, web_port: int | None
 ) -> None:
     """Run a stream worker (Faust app); run N of them for N-way scale-out."""
-    from streams.worker import run_worker
+    from streams.service import run as run_worker
 
     def run() -> None:
         s = _settings(
@@ -307,7 +307,9 @@ def worker_cmd(
             model_dir=model_dir,
             worker_web_port=web_port,
         )
-        run_worker(s)
+        code = run_worker(s)
+        if code:
+            sys.exit(code)
 
     _guard(False, run)
 
@@ -369,7 +371,13 @@ def train_cmd(
         cfg = TrainConfig(**overrides)
         item_text = _item_text(events_path, items_path)
         result = train(df, out, cfg, progress=not as_json, item_text=item_text)
-        return dict(result.to_dict())
+        return {
+            "out_dir": str(result.out_dir),
+            "model_version": result.model_version,
+            "best_epoch": result.best_epoch,
+            "val_ndcg10": result.val_ndcg10,
+            "seconds": round(result.seconds, 1),
+        }
 
     res = _guard(as_json, run)
     _emit(
@@ -384,7 +392,9 @@ def _item_text(events_path: Path, items_path: Path | None) -> Any:
 
     folder = items_path.parent if items_path is not None else events_path.parent
     if items_path is not None or (folder / "u.item.gz").exists() or (folder / "u.item").exists():
-        return movielens_items(folder)
+        items = movielens_items(folder)
+        items["text"] = items["title"] + " | " + items["genres"].str.replace("|", ", ")
+        return items[["item_id", "text"]]
     return None
 
 
@@ -420,8 +430,7 @@ def evaluate_cmd(
                 model_dir,
                 cutoff_quantile=cutoff_quantile,
                 out_dir=out,
-                progress=not as_json,
-                item_text=_item_text(events_path, None),
+                dataset=events_path.name,
             )
         )
 
@@ -448,7 +457,7 @@ def bench_encoder_cmd(model_dir: Path | None, batch_sizes: str, as_json: bool) -
 
         _settings()
         sizes = tuple(int(x) for x in batch_sizes.split(",") if x.strip())
-        return dict(bench_encoder(model_dir, batch_sizes=sizes, progress=not as_json))
+        return dict(bench_encoder(model_dir, batch_sizes=sizes))
 
     _emit(_guard(as_json, run), as_json)
 
@@ -468,6 +477,43 @@ def bench_ingest_cmd(events_path: Path | None, bootstrap: str | None, as_json: b
         s = _settings(kafka_bootstrap=bootstrap)
         path = events_path or shared_data_dir() / "taobao-userbehavior" / "user_histories.csv.gz"
         return dict(bench_ingest(s, read_events(path)))
+
+    _emit(_guard(as_json, run), as_json)
+
+
+@bench_group.command("pipeline")
+@click.option("--events", "events_path", type=click.Path(path_type=Path), default=None,
+              help="Event file (default: the shared Taobao user_histories slice).")  # fmt: skip
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
+              help="Checkpoint the worker encodes with.")  # fmt: skip
+@click.option(
+    "--rates", default="1000,2000", help="Fixed replay rates (events/s), comma-separated."
+)
+@click.option("--bootstrap", default=None, help="Kafka bootstrap [env INTEREST_KAFKA_BOOTSTRAP].")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the JSON here.")
+@json_option
+def bench_pipeline_cmd(
+    events_path: Path | None,
+    model_dir: Path,
+    rates: str,
+    bootstrap: str | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Whole system: applied events/s, re-encodes/s, freshness, RSS; ceiling and floor."""
+    from interest_stream.eventfile import read_events, shared_data_dir
+
+    def run() -> dict[str, Any]:
+        from streams.bench_pipeline import bench_pipeline
+
+        s = _settings(kafka_bootstrap=bootstrap)
+        path = events_path or shared_data_dir() / "taobao-userbehavior" / "user_histories.csv.gz"
+        rs = tuple(float(x) for x in rates.split(",") if x.strip())
+        res = bench_pipeline(s, read_events(path), model_dir, rates=rs)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(res, indent=2))
+        return res
 
     _emit(_guard(as_json, run), as_json)
 

@@ -114,7 +114,8 @@ class Service:
         extra_env: Mapping[str, str] | None = None,
     ) -> Service:
         """A service running ``interest-stream <verb...>`` with this interpreter."""
-        args = [sys.executable, "-m", "interest_stream.cli", *verb]
+        # -P: never let the working directory shadow the packages (e.g. a ./models folder)
+        args = [sys.executable, "-P", "-m", "interest_stream.cli", *verb]
         return cls(name, args, settings, log_dir, extra_env=extra_env)
 
     def start(self) -> Service:

@@ -142,7 +142,7 @@ class Settings(BaseSettings):
         2000, ge=1, le=100_000, description="Most events the worker takes from Kafka per batch."
     )
     batch_within_ms: int = Field(
-        20, ge=1, le=60_000, description="Longest the worker waits to fill a batch (ms)."
+        100, ge=1, le=60_000, description="Longest the worker waits to fill a batch (ms)."
     )
     flush_ms: int = Field(
         20, ge=1, le=60_000, description="Re-encode flush interval for touched users (ms)."
@@ -170,6 +170,12 @@ class Settings(BaseSettings):
         None, description="Bearer token for admin calls (forget a user, reload); unset = disabled."
     )
     max_k: int = Field(1000, ge=1, le=100_000, description="Largest k a query may ask for.")
+    api_max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest request body (413 above)."
+    )
+    index_threads: int = Field(
+        1, ge=1, le=256, description="FAISS threads per search (1 is best for many small queries)."
+    )
 
     # --- logging ---------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

@@ -1,0 +1,237 @@
+"""`interest-stream demo`: the whole product, end to end, on the bundled Taobao sample.
+
+1. starts the local Kafka (or uses the one at ``INTEREST_KAFKA_BOOTSTRAP`` if it answers);
+2. trains a model on the shared Taobao ``user_histories`` slice, or reuses the
+   checkpoint already in the model folder;
+3. starts a worker and the API as child processes;
+4. replays the events at a visible pace, printing live throughput and freshness;
+5. prints example queries against a real user, then keeps everything up until
+   Ctrl-C (or for ``--duration`` seconds) and stops it all cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from interest_stream.errors import InterestStreamError
+from interest_stream.eventfile import read_events, shared_data_dir
+from interest_stream.procs import Service, http_get_json, wait_http
+from interest_stream.settings import Settings
+
+__all__ = ["DemoOptions", "run_demo"]
+
+log = logging.getLogger(__name__)
+
+DEMO_TRAIN_SECONDS = 300.0
+
+
+@dataclass
+class DemoOptions:
+    """What the demo does; the CLI fills it."""
+
+    events: Path | None = None
+    work_dir: Path = Path(".interest-stream/demo")
+    rate: float = 1500.0
+    duration: float | None = None
+    limit: int | None = None
+    epochs: int | None = None
+    retrain: bool = False
+    stop_kafka: bool | None = None
+    say: Callable[[str], None] = field(default=print)
+
+
+def _metric(text: str, name: str) -> float | None:
+    """Sum of a Prometheus metric's samples named exactly ``name`` (any labels)."""
+    total: float | None = None
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        base = head.split("{", 1)[0]
+        if base == name:
+            try:
+                total = (total or 0.0) + float(value)
+            except ValueError:
+                continue
+    return total
+
+
+def _ensure_kafka(settings: Settings, opts: DemoOptions) -> tuple[Settings, Any]:
+    from streams.kafka_local import broker
+    from streams.topics import KafkaUnavailable, admin_client
+
+    try:
+        admin_client(settings, timeout_s=3.0).close()
+        opts.say(f"[kafka] using the broker at {settings.kafka_bootstrap}")
+        return settings, None
+    except KafkaUnavailable:
+        pass
+    _host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+    cfg = broker.BrokerConfig(port=int(port) if port.isdigit() else 9092)
+    opts.say("[kafka] starting a local Apache Kafka (first run downloads its jars)...")
+    st = broker.start(cfg, timeout=180.0, progress=True)
+    opts.say(f"[kafka] up at {st.bootstrap} (logs: {st.log_file})")
+    return settings.model_copy(update={"kafka_bootstrap": st.bootstrap}), cfg
+
+
+def _ensure_model(events_path: Path, model_dir: Path, opts: DemoOptions) -> None:
+    from models import TrainConfig, train
+
+    if (model_dir / "config.json").exists() and not opts.retrain:
+        opts.say(f"[model] reusing the checkpoint in {model_dir}")
+        return
+    opts.say(
+        f"[model] training on {events_path.name} -> {model_dir} "
+        f"(at most {DEMO_TRAIN_SECONDS / 60:.0f} minutes)"
+    )
+    df = read_events(events_path)
+    # the demo bounds training time; `interest-stream train` has no such budget
+    kwargs: dict[str, Any] = {"max_train_seconds": DEMO_TRAIN_SECONDS}
+    if opts.epochs is not None:
+        kwargs["epochs"] = opts.epochs
+    t0 = time.monotonic()
+    result = train(df, model_dir, TrainConfig(**kwargs), progress=True)
+    opts.say(
+        f"[model] trained in {time.monotonic() - t0:.0f}s: {result.model_version}, "
+        f"best epoch {result.best_epoch}, validation NDCG@10 {result.val_ndcg10}"
+    )
+
+
+def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
+    """Run the demo; returns a summary (also printed). Stops everything on exit."""
+    from streams.replay import replay_events
+    from streams.topics import ensure_topics
+
+    events_path = opts.events or (
+        shared_data_dir() / "taobao-userbehavior" / "user_histories.csv.gz"
+    )
+    work = opts.work_dir.resolve()
+    model_dir = settings.model_dir or work / "model"
+    settings, kafka_cfg = _ensure_kafka(settings, opts)
+    run_id = time.strftime("%Y%m%d%H%M%S")
+    ns = f"demo{run_id}"
+    settings = settings.model_copy(
+        update={
+            "model_dir": model_dir,
+            "app_id": f"interest-{ns}",
+            "event_topics": tuple(
+                f"{ns}.events.{t}" for t in ("view", "click", "cart", "fav", "purchase")
+            ),
+            "dlq_topic": f"{ns}.events.dlq",
+            "output_topic": f"{ns}.user-interest",
+            "state_dir": work / "state" / ns,
+        }
+    )
+    _ensure_model(events_path, model_dir, opts)
+    ensure_topics(settings)
+    api_url = f"http://{settings.api_host}:{settings.api_port}"
+    worker_url = f"http://127.0.0.1:{settings.worker_web_port}"
+    logs = work / "logs" / ns
+    worker = Service.cli("worker", ["worker"], settings, logs)
+    api = Service.cli("api", ["serve"], settings, logs)
+    summary: dict[str, Any] = {"api": api_url, "logs": str(logs)}
+    try:
+        worker.start()
+        api.start()
+        wait_http(f"{api_url}/healthz", timeout=120)
+        wait_http(f"{worker_url}/healthz/", timeout=120)
+        opts.say(f"[run] worker pid {worker.pid}, API {api_url} (pid {api.pid}); logs in {logs}")
+        df = read_events(events_path)
+        if opts.limit:
+            df = df.head(opts.limit)
+        done = threading.Event()
+        stats: dict[str, Any] = {}
+
+        def replay() -> None:
+            try:
+                stats["replay"] = replay_events(df, settings, rate=opts.rate).to_dict()
+            except InterestStreamError as exc:
+                stats["error"] = str(exc)
+            finally:
+                done.set()
+
+        opts.say(f"[replay] {len(df):,} events at {opts.rate:,.0f} ev/s")
+        threading.Thread(target=replay, name="replay", daemon=True).start()
+        prev_applied, prev_t = 0.0, time.monotonic()
+        done_at: float | None = None
+        while not done.is_set() or _lagging(worker_url, len(df)):
+            done.wait(2.0)
+            worker.check()
+            api.check()
+            _, wtext = http_get_json(f"{worker_url}/metrics")
+            _, fresh = http_get_json(f"{api_url}/v1/stats")
+            applied = _metric(
+                wtext if isinstance(wtext, str) else "", "interest_worker_events_applied_total"
+            )
+            now = time.monotonic()
+            rate = ((applied or 0.0) - prev_applied) / max(now - prev_t, 1e-6)
+            prev_applied, prev_t = applied or 0.0, now
+            st = fresh if isinstance(fresh, dict) else {}
+            f = st.get("freshness") or {}
+            opts.say(
+                f"[live] applied {int(applied or 0):>7,} events ({rate:>6,.0f} ev/s) | "
+                f"users in API {st.get('users', '?')} | freshness p50 {f.get('p50_ms', '?')} ms "
+                f"p99 {f.get('p99_ms', '?')} ms"
+            )
+            if done.is_set():
+                done_at = done_at or now
+                if now - done_at > 120:
+                    opts.say("[live] the worker is still catching up; moving on")
+                    break
+        if "error" in stats:
+            raise InterestStreamError(f"replay failed: {stats['error']}")
+        summary["replay"] = stats.get("replay")
+        _, summary["freshness"] = http_get_json(f"{api_url}/v1/stats")
+        user = str(df["user_id"].value_counts().index[0])
+        summary["example_user"] = user
+        opts.say("\nTry these while it runs:")
+        for path in (
+            f"/v1/users/{user}/interest",
+            f"/v1/users/{user}/recommendations?k=5&horizon=blend",
+            f"/v1/items/{df['item_id'].iloc[-1]}/similar?k=5",
+            "/metrics",
+            "/  (the dashboard, in a browser)",
+        ):
+            opts.say(f"  curl -s '{api_url}{path}'")
+        opts.say(
+            f"  curl -s -X POST {api_url}/v1/audience -H 'content-type: application/json' "
+            f'-d \'{{"item_id": "{df["item_id"].iloc[-1]}", "k": 5}}\''
+        )
+        _, rec = http_get_json(f"{api_url}/v1/users/{user}/recommendations?k=5&horizon=blend")
+        summary["example_recommendations"] = rec
+        if opts.duration is not None:
+            opts.say(f"\n[demo] up for {opts.duration:.0f}s more (--duration)")
+            time.sleep(opts.duration)
+        else:
+            opts.say("\n[demo] running; press Ctrl-C to stop everything")
+            while True:
+                time.sleep(1.0)
+                worker.check()
+                api.check()
+    except KeyboardInterrupt:
+        opts.say("\n[demo] stopping...")
+    finally:
+        api.stop()
+        worker.stop()
+        if kafka_cfg is not None and opts.stop_kafka is not False:
+            from streams.kafka_local import broker
+
+            broker.stop(kafka_cfg)
+            opts.say("[kafka] stopped")
+    return summary
+
+
+def _lagging(worker_url: str, total: int) -> bool:
+    _, text = http_get_json(f"{worker_url}/metrics")
+    if not isinstance(text, str):
+        return False
+    applied = (_metric(text, "interest_worker_events_applied_total") or 0) + (
+        _metric(text, "interest_worker_events_duplicate_total") or 0
+    )
+    return applied < total

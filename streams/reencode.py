@@ -1,0 +1,418 @@
+"""The re-encode loop: users touched by events are re-encoded together and published.
+
+The worker hands every applied batch's touched windows to :meth:`Reencoder.submit`.
+Submissions are **coalesced per user** (a user touched 30 times in a few ms is
+encoded once, from its newest window) and flushed by :meth:`Reencoder.run`
+every ``INTEREST_FLUSH_MS`` or as soon as ``INTEREST_ENCODE_BATCH_MAX`` users
+wait. One flush is one batched model call on the model's device, run in a
+thread so the event loop keeps consuming:
+
+* the **short-term** vector is re-encoded on every flush;
+* the **long-term** vector only when the user has none cached or it is older
+  than ``INTEREST_LONG_REFRESH_S`` (it moves slowly; refreshing it per event is
+  waste). Cached long vectors live in a bounded LRU.
+
+Back-pressure: when encoding falls behind, more users wait and each flush takes
+a full batch; once ``max_pending`` users wait, :meth:`submit` blocks, which
+pauses consumption (Kafka keeps the backlog) instead of growing memory.
+
+Hot reload: :meth:`Reencoder.maybe_reload` notices a new checkpoint in the model
+folder (its ``model_version``), loads it off the loop and swaps it in; the
+worker then sweeps its local users through :meth:`submit` at a bounded pace so
+every user is progressively re-encoded with the new model. Every record carries
+the ``model_version`` that produced it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from interest_stream.events import Interaction
+from streams.window import BehaviorWindow
+
+__all__ = [
+    "Encoder",
+    "Publish",
+    "ReencodeMetrics",
+    "Reencoder",
+    "build_record",
+    "checkpoint_version",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ReencodeMetrics:
+    """The re-encode loop's collectors, in the worker's registry (``/metrics``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry if registry is not None else CollectorRegistry()
+        self.registry = r
+        self.reencoded = Counter(
+            "interest_reencoded_users", "Users re-encoded, by horizon.", ["horizon"], registry=r
+        )
+        self.published = Counter(
+            "interest_output_records", "Records published to the output topic.", registry=r
+        )
+        self.batch_users = Histogram(
+            "interest_reencode_batch_users",
+            "Users per re-encode flush.",
+            buckets=(1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096),
+            registry=r,
+        )
+        self.encode_ms = Histogram(
+            "interest_reencode_latency_ms",
+            "Model time per flush (ms).",
+            buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=r,
+        )
+        self.pending = Gauge(
+            "interest_reencode_pending_users", "Users waiting to be re-encoded.", registry=r
+        )
+        self.model = Gauge(
+            "interest_model_loaded", "1 for the model version in use.", ["model_version"],
+            registry=r,
+        )  # fmt: skip
+
+
+RECENT_IN_RECORD = 20
+PURCHASED_IN_RECORD = 50
+
+
+class Encoder(Protocol):
+    """What the loop needs from a model (``models.InterestModel`` satisfies it)."""
+
+    model_version: str
+    dim: int
+
+    def encode_short(self, histories: Sequence[Sequence[Interaction]]) -> np.ndarray:
+        """Short-term vectors, float32 ``[B, dim]``."""
+        ...
+
+    def encode_long(self, histories: Sequence[Sequence[Interaction]]) -> np.ndarray:
+        """Long-term vectors, float32 ``[B, dim]``."""
+        ...
+
+
+Publish = Callable[[Sequence[tuple[bytes, bytes | None]]], Awaitable[None]]
+"""Sends ``(key, value)`` records to the output topic; waits until they are queued."""
+
+
+def _floats(vec: np.ndarray) -> list[float]:
+    return [float(x) for x in np.round(vec.astype(np.float64), 6)]
+
+
+def build_record(
+    user_id: str,
+    window: BehaviorWindow,
+    short: np.ndarray,
+    long: np.ndarray,
+    model_version: str,
+    *,
+    produced_at: int | None = None,
+    now_ms: int | None = None,
+) -> dict[str, Any]:
+    """The output record of DESIGN.md, plus context the API and dashboard use.
+
+    Besides ``user_id, version, event_time, updated_at, model_version, short,
+    long`` it carries ``recent`` (latest events, newest last, as
+    ``[item_id, event_type, ts]``), ``purchased`` (item ids bought, newest last)
+    and ``produced_at`` (Kafka timestamp of the newest applied source message,
+    which the API uses to measure freshness).
+    """
+    history = window.long()
+    purchased: list[str] = []
+    for it in reversed(history):
+        if it.event_type == "purchase" and it.item_id not in purchased:
+            purchased.append(it.item_id)
+            if len(purchased) >= PURCHASED_IN_RECORD:
+                break
+    rec: dict[str, Any] = {
+        "user_id": user_id,
+        "version": int(window.version),
+        "event_time": int(window.event_time),
+        "updated_at": int(time.time() * 1000) if now_ms is None else now_ms,
+        "model_version": model_version,
+        "short": _floats(short),
+        "long": _floats(long),
+        "recent": [[i.item_id, i.event_type, int(i.ts)] for i in history[-RECENT_IN_RECORD:]],
+        "purchased": purchased[::-1],
+        "counts": dict(window.type_counts),
+    }
+    if produced_at is not None:
+        rec["produced_at"] = int(produced_at)
+    return rec
+
+
+def checkpoint_version(model_dir: Path) -> str | None:
+    """The ``model_version`` in a checkpoint's ``config.json`` (``None`` if unreadable)."""
+    try:
+        with open(model_dir / "config.json", encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    version = cfg.get("model_version")
+    return str(version) if version is not None else None
+
+
+@dataclass
+class _Pending:
+    window: BehaviorWindow
+    produced_at: int | None
+
+
+class Reencoder:
+    """Coalescing, batching re-encoder with back-pressure and hot model reload.
+
+    Args:
+        model: The encoder in use.
+        publish: Coroutine sending records to the output topic.
+        flush_ms: Longest a touched user waits before its flush starts.
+        batch_max: Most users per model call.
+        long_refresh_s: Least seconds between two long-term encodes of a user.
+        max_pending: Users waiting beyond which :meth:`submit` blocks.
+        long_cache_users: Bound of the cached long-term vectors (LRU).
+        loader: Loads a checkpoint folder (for hot reload).
+        registry: Prometheus registry for the loop's metrics (default: a private one).
+    """
+
+    def __init__(
+        self,
+        model: Encoder,
+        publish: Publish,
+        *,
+        flush_ms: int = 20,
+        batch_max: int = 512,
+        long_refresh_s: float = 60.0,
+        max_pending: int | None = None,
+        long_cache_users: int = 200_000,
+        loader: Callable[[Path], Encoder] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.model = model
+        self._publish = publish
+        self.flush_s = flush_ms / 1000.0
+        self.batch_max = batch_max
+        self.long_refresh_s = long_refresh_s
+        self.max_pending = max_pending or batch_max * 16
+        self._long_cache_users = long_cache_users
+        self._loader = loader
+        self._pending: dict[str, _Pending] = {}
+        self._long: OrderedDict[str, tuple[float, np.ndarray]] = OrderedDict()
+        self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
+        self._stopping = False
+        self.flushes = 0
+        self.metrics = ReencodeMetrics(registry)
+        self.metrics.model.labels(model.model_version).set(1)
+
+    # ------------------------------------------------------------------ intake
+    @property
+    def pending(self) -> int:
+        """Users waiting to be re-encoded."""
+        return len(self._pending)
+
+    async def submit(
+        self,
+        windows: Mapping[str, BehaviorWindow],
+        produced_at: Mapping[str, int] | None = None,
+    ) -> None:
+        """Queue touched users (their newest windows); blocks while the queue is full."""
+        while len(self._pending) >= self.max_pending and not self._stopping:
+            self._room.clear()
+            await self._room.wait()
+        for user, window in windows.items():
+            ts = produced_at.get(user) if produced_at else None
+            old = self._pending.get(user)
+            if old is not None and old.produced_at is not None:
+                ts = old.produced_at if ts is None else max(ts, old.produced_at)
+            # coalesce: the newest window replaces the older one, keeping queue position
+            self._pending[user] = _Pending(window, ts)
+        self.metrics.pending.set(len(self._pending))
+        if self._pending:
+            self._wakeup.set()
+
+    def forget(self, user_id: str) -> None:
+        """Drop a user from the queue and the caches (right to be forgotten)."""
+        self._pending.pop(user_id, None)
+        self._long.pop(user_id, None)
+
+    # ------------------------------------------------------------------ encoding
+    def _take(self) -> list[tuple[str, _Pending]]:
+        batch: list[tuple[str, _Pending]] = []
+        for user in list(self._pending)[: self.batch_max]:
+            batch.append((user, self._pending.pop(user)))
+        self.metrics.pending.set(len(self._pending))
+        if len(self._pending) < self.max_pending:
+            self._room.set()
+        return batch
+
+    def _encode(
+        self, model: Encoder, batch: list[tuple[str, _Pending]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Short vectors for all, long vectors for the users due (runs in the encode thread)."""
+        now = time.monotonic()
+        cached = [self._long.get(user) for user, _ in batch]
+        short = model.encode_short([p.window.short() for _, p in batch])
+        due = [i for i, c in enumerate(cached) if c is None or now - c[0] >= self.long_refresh_s]
+        long = np.empty_like(short)
+        if due:
+            fresh = model.encode_long([batch[i][1].window.long() for i in due])
+            long[due] = fresh
+        for i, c in enumerate(cached):
+            if c is not None and now - c[0] < self.long_refresh_s:
+                long[i] = c[1]
+        self.metrics.reencoded.labels("short").inc(len(batch))
+        self.metrics.reencoded.labels("long").inc(len(due))
+        return short, long
+
+    def _remember_long(self, batch: list[tuple[str, _Pending]], long: np.ndarray) -> None:
+        now = time.monotonic()
+        for i, (user, _) in enumerate(batch):
+            cached = self._long.get(user)
+            if cached is None or now - cached[0] >= self.long_refresh_s:
+                self._long[user] = (now, long[i].copy())
+            self._long.move_to_end(user)
+        while len(self._long) > self._long_cache_users:
+            self._long.popitem(last=False)
+
+    async def flush_once(self) -> int:
+        """Encode and publish up to one batch; returns the users published."""
+        batch = self._take()
+        if not batch:
+            return 0
+        model = self.model
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        short, long = await loop.run_in_executor(self._executor, self._encode, model, batch)
+        self.metrics.encode_ms.observe((time.perf_counter() - t0) * 1000.0)
+        self.metrics.batch_users.observe(len(batch))
+        self._remember_long(batch, long)
+        now_ms = int(time.time() * 1000)
+        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        records = [
+            (
+                user.encode(),
+                dumps(
+                    build_record(
+                        user,
+                        p.window,
+                        short[i],
+                        long[i],
+                        model.model_version,
+                        produced_at=p.produced_at,
+                        now_ms=now_ms,
+                    )
+                ).encode(),
+            )
+            for i, (user, p) in enumerate(batch)
+        ]
+        await self._publish(records)
+        self.metrics.published.inc(len(records))
+        self.flushes += 1
+        return len(records)
+
+    async def run(self) -> None:
+        """Flush loop: wait for work, give it ``flush_ms`` to coalesce, flush, repeat."""
+        while not self._stopping:
+            if not self._pending:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+                except TimeoutError:
+                    continue
+                if len(self._pending) < self.batch_max:
+                    await asyncio.sleep(self.flush_s)
+            try:
+                await self.flush_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("re-encode flush failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Flush everything pending (at shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            await self.flush_once()
+
+    def close(self) -> None:
+        """Stop the loop and the encode thread."""
+        self._stopping = True
+        self._room.set()
+        self._wakeup.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ hot reload
+    async def maybe_reload(self, model_dir: Path) -> bool:
+        """Swap in the checkpoint in ``model_dir`` if its version differs; True if swapped."""
+        version = checkpoint_version(model_dir)
+        if version is None or version == self.model.model_version or self._loader is None:
+            return False
+        loader = self._loader
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.run_in_executor(self._executor, loader, model_dir)
+        except Exception:
+            log.exception("new checkpoint %s in %s cannot be loaded; keeping %s",
+                          version, model_dir, self.model.model_version)  # fmt: skip
+            return False
+        if new.dim != self.model.dim:
+            log.warning(
+                "checkpoint %s has dim %d, the running model %d: swapping anyway; "
+                "API replicas must load the same checkpoint",
+                new.model_version, new.dim, self.model.dim,
+            )  # fmt: skip
+        self.metrics.model.labels(self.model.model_version).set(0)
+        self.model = new
+        self.metrics.model.labels(new.model_version).set(1)
+        self._long.clear()
+        log.info("model %s swapped in; re-encoding users progressively", new.model_version)
+        return True
+
+    async def sweep(
+        self,
+        windows: AsyncIterator[tuple[str, BehaviorWindow]] | Iterable[tuple[str, BehaviorWindow]],
+        *,
+        per_second: float = 2000.0,
+    ) -> int:
+        """Submit every given user at a bounded pace (after a model swap); returns the count."""
+        n = 0
+        chunk: dict[str, BehaviorWindow] = {}
+        step = max(1, int(per_second * 0.1))
+
+        async def push() -> None:
+            await self.submit(dict(chunk))
+            chunk.clear()
+            await asyncio.sleep(0.1)
+
+        if hasattr(windows, "__aiter__"):
+            async for user, window in windows:
+                chunk[user] = window
+                n += 1
+                if len(chunk) >= step:
+                    await push()
+        else:
+            for user, window in windows:
+                chunk[user] = window
+                n += 1
+                if len(chunk) >= step:
+                    await push()
+        if chunk:
+            await push()
+        return n

@@ -1,0 +1,149 @@
+"""The worker process as a product: state (``streams.worker``) + re-encode loop + output topic.
+
+:func:`run` is what ``interest-stream worker`` calls. With a model checkpoint
+(``INTEREST_MODEL_DIR``) it loads the encoder on the configured device, plugs a
+:class:`~streams.reencode.Reencoder` into the worker's batch hook, publishes
+every re-encoded user to the compacted output topic, and polls the model folder
+for a new checkpoint (hot reload). Without a checkpoint it keeps state only and
+says so in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from faust.types import EventT
+
+from interest_stream.settings import Settings
+from streams.reencode import Encoder, Reencoder
+from streams.window import BehaviorWindow, StateCodecError
+from streams.worker import WindowWorker, run_worker
+
+__all__ = ["MODEL_POLL_S", "ReencodingWorker", "attach_reencoder", "run"]
+
+log = logging.getLogger(__name__)
+
+MODEL_POLL_S = 5.0
+STARTUP_SWEEP_PER_S = 2000.0
+
+
+def _load_model(path: Path, device: str) -> Encoder:
+    from models import InterestModel
+
+    model: Encoder = InterestModel.load(path, device=device)
+    return model
+
+
+class ReencodingWorker(WindowWorker):
+    """The state worker plus what the re-encode loop needs from each batch.
+
+    It notes, per user, the Kafka timestamp of the newest message of the batch
+    being processed (``produced_at`` in the output record, for freshness), and
+    can iterate the windows of the partitions it holds (for re-encoding
+    everyone after a model swap).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.produced_at: dict[str, int] = {}
+
+    async def process_batch(self, events: Sequence[EventT[Any]]) -> Any:
+        """Note each user's newest Kafka timestamp, then process as usual."""
+        produced: dict[str, int] = {}
+        for ev in events:
+            key = ev.message.key
+            if not key:
+                continue
+            user = key.decode("utf-8", errors="replace") if isinstance(key, bytes) else str(key)
+            ts = int(ev.message.timestamp * 1000)
+            if ts > produced.get(user, 0):
+                produced[user] = ts
+        self.produced_at = produced
+        return await super().process_batch(events)
+
+    def iter_windows(self) -> Iterator[tuple[str, BehaviorWindow]]:
+        """Every window in this worker's local store (the partitions it holds)."""
+        for key, value in list(self.table.data.items()):
+            if value is None:
+                continue
+            try:
+                window = BehaviorWindow.from_bytes(bytes(value), self.config)
+            except StateCodecError:
+                log.warning("skipping a corrupt window for key %r", key[:64])
+                continue
+            user = key.decode("utf-8") if isinstance(key, bytes) else str(key)
+            yield user, window
+
+
+def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
+    """Wire a re-encode loop into ``worker``: hook, flush task, hot reload, output topic."""
+    s = worker.settings
+    app = worker.app
+    out_topic = s.output_topic
+
+    async def publish(records: Sequence[tuple[bytes, bytes | None]]) -> None:
+        producer = app.producer
+        futures = [await producer.send(out_topic, k, v, None, None, None) for k, v in records]
+        await asyncio.gather(*futures)
+
+    device = s.device
+    reencoder = Reencoder(
+        model,
+        publish,
+        flush_ms=s.flush_ms,
+        batch_max=s.encode_batch_max,
+        long_refresh_s=s.long_refresh_s,
+        loader=lambda p: _load_model(p, device),
+        registry=worker.metrics.registry,
+    )
+
+    async def on_batch(windows: Mapping[str, BehaviorWindow]) -> None:
+        await reencoder.submit(windows, worker.produced_at)
+
+    worker.on_batch = on_batch
+
+    async def reencode_loop() -> None:
+        try:
+            await reencoder.run()
+        except asyncio.CancelledError:
+            # shutdown: publish what is already applied, then stop
+            await asyncio.shield(reencoder.drain(timeout=10.0))
+            reencoder.close()
+            raise
+
+    model_dir = s.model_dir
+    swept = False
+
+    async def watch_model() -> None:
+        nonlocal swept
+        if not swept and worker.held_partitions() and not app.rebalancing:
+            # once per start: re-send every local user (outputs lost with a crash)
+            swept = True
+            n = await reencoder.sweep(worker.iter_windows(), per_second=STARTUP_SWEEP_PER_S)
+            log.info("startup sweep re-encoded %d local users", n)
+        if model_dir is not None and await reencoder.maybe_reload(Path(model_dir)):
+            n = await reencoder.sweep(worker.iter_windows(), per_second=STARTUP_SWEEP_PER_S)
+            log.info("re-encoded %d local users with model %s", n, reencoder.model.model_version)
+
+    app.task(reencode_loop)
+    app.timer(interval=MODEL_POLL_S)(watch_model)
+    return reencoder
+
+
+def run(settings: Settings) -> int:
+    """Run one worker process (blocking until SIGTERM/SIGINT); returns the exit code."""
+    worker = ReencodingWorker(settings)
+    if settings.model_dir is None:
+        log.warning("INTEREST_MODEL_DIR is not set: keeping state only, no vectors are published")
+    else:
+        model = _load_model(Path(settings.model_dir), settings.device)
+        attach_reencoder(worker, model)
+        log.info(
+            "re-encoding with model %s (dim %d) into %s",
+            model.model_version, model.dim, settings.output_topic,
+        )  # fmt: skip
+    return run_worker(settings, worker=worker)

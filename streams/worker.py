@@ -1,0 +1,877 @@
+"""The stream worker: Kafka events -> per-user behaviour windows in a Faust table.
+
+``interest-stream worker`` (or ``python -m streams.worker``) runs one process of
+a Faust app; start N of them with the same ``INTEREST_APP_ID`` to share the
+partitions (a consumer group). Per batch of up to ``INTEREST_BATCH_MAX`` messages
+(``Stream.take_events``, waiting at most ``INTEREST_BATCH_WITHIN_MS``):
+
+1. every message is validated with :func:`interest_stream.events.parse_event`;
+   an invalid one is produced to ``INTEREST_DLQ_TOPIC`` as a
+   :func:`~interest_stream.events.dlq_record` (key = the original key) -- nothing
+   is dropped silently;
+2. a valid event is applied to its user's window, read once per batch from the
+   table store of the message's own partition; duplicates (source offset at or
+   below the window's mark for that topic-partition, or a remembered
+   ``event_id``) are skipped;
+3. each touched user's window is encoded once and produced to the table's
+   changelog topic (``<app_id>-windows-changelog``) **with an explicit
+   partition: the partition of that user's messages** -- a batch spans many
+   partitions, so nothing relies on Faust's "current event" to route writes;
+4. the worker awaits the broker's acknowledgement (``acks=all``) of every
+   changelog and DLQ record of the batch, then writes the windows to the local
+   store (RocksDB via rocksdict, or memory) through
+   :meth:`faust.Table.apply_changelog_batch` with the acknowledged changelog
+   offsets, so the store's persisted offset matches the changelog exactly;
+5. the optional ``on_batch`` hook (:class:`BatchHook`) gets every written
+   window; only then does the batch end and Faust ack its messages.
+
+**Exactly-once decision.** Faust only commits offsets of *acked* messages, and
+``take_events`` acks a batch's messages when the agent asks for the next batch,
+i.e. after step 5. A source offset is therefore never committed before the
+changelog records that hold its effect are acknowledged by the broker.
+Faust's own safety net (``producer.flush()`` before a commit) is not relied on:
+in faust-streaming 0.15.3 ``ProducerBuffer.flush`` gives up after 0.1 s without
+progress, and table writes through ``Table.__setitem__`` go through that buffer.
+After a crash, messages after the last commit are re-delivered; their effects
+are either in the recovered window (then the window's per-topic-partition
+offset mark skips them) or not (then they are applied now) -- per-user counts and
+versions end up exactly as if every event had been applied once. A user whose
+messages were all redelivered is still written again, so a changelog record
+that was lost with the crash is re-sent. The DLQ is at-least-once: a malformed
+message can reach it twice after a crash (its ``source`` offsets identify it).
+Faust's ``processing_guarantee="exactly_once"`` (Kafka transactions) was not
+used: it needs one transactional producer per partition group, commits only
+every ``broker_commit_interval`` (latency), and offset marks already give
+exactly-once *state*; the only benefit would be a duplicate-free DLQ.
+
+One more guard sits on Faust's commit bookkeeping: after a recovery re-seek,
+faust-streaming 0.15.3 can ack offsets below the committed one a second time
+(commits of that partition then freeze for good) and can drop the message at
+the committed offset (Faust would then commit past it). Both were seen in the
+crash test; ``_guard_commit_bookkeeping`` drops the stale entries, never
+commits past a missing message and re-reads the partition from it.
+
+Unexpected errors while a batch is half done (a producer failure, a bug) stop
+the process at once without committing (``os._exit(70)``): a restart then
+re-delivers the batch. Any other shutdown (SIGTERM, SIGINT) is graceful: Faust
+waits for the batch in flight, then stops.
+
+HTTP (Faust's web server on ``127.0.0.1:INTEREST_WORKER_WEB_PORT``):
+``GET /windows/{user_id}/`` (the window, or 404 when unknown or on a partition
+this worker does not hold), ``GET /assignment/``, ``GET /healthz/`` and
+``GET /metrics`` (Prometheus text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import socket
+import ssl
+import sys
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import Token
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, Protocol, cast
+
+import faust
+from faust.streams import _current_event  # Faust has no public setter for it
+from faust.types import TP, EventT, StreamT
+from faust.types.auth import CredentialsT
+from faust.types.tuples import Message
+from faust.web import Request, Response, View
+from mode import BaseSignalT
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from interest_stream.errors import InterestStreamError, InvalidEvent
+from interest_stream.events import dlq_record, parse_event
+from interest_stream.settings import Settings, load_settings
+from streams.window import BehaviorWindow, StateCodecError, WindowConfig
+
+__all__ = [
+    "TABLE_NAME",
+    "BatchHook",
+    "BatchResult",
+    "WindowWorker",
+    "WorkerError",
+    "WorkerMetrics",
+    "changelog_topic",
+    "check_topics",
+    "create_app",
+    "main",
+    "read_changelog_windows",
+    "run_worker",
+    "worker_info_path",
+]
+
+log = logging.getLogger(__name__)
+
+TABLE_NAME = "windows"
+FAIL_STOP_EXIT_CODE = 70
+#: Seconds a missing offset at the head of the acked offsets is waited for before a re-seek.
+HOLE_REPAIR_S = 10.0
+#: Decoded windows kept in memory per worker (about 25 KB each at 200 events).
+CACHE_WINDOWS = 4096
+_METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";charset")[0].split("; charset")[0]
+_ROCKSDB_OPTIONS: dict[str, Any] = {
+    "driver": "rocksdict",
+    "write_buffer_size": 16 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 64 * 1024 * 1024,
+}
+
+
+class WorkerError(InterestStreamError):
+    """The worker cannot start or run (topics missing or not co-partitioned, bad store)."""
+
+
+class BatchHook(Protocol):
+    """Called after each batch with every window written in it (user_id -> window).
+
+    The windows' changelog records are already acknowledged when the hook runs,
+    and the batch's source offsets are acked only after it returns, so a crash
+    inside the hook re-delivers the batch (its users are then passed again).
+    The hook may be a plain or an ``async`` function; it must not modify the
+    windows. An exception is logged and counted, and processing goes on.
+    """
+
+    def __call__(self, windows: Mapping[str, BehaviorWindow], /) -> Awaitable[None] | None:
+        """Handle the windows of one batch."""
+        ...
+
+
+class WorkerMetrics:
+    """Prometheus metrics of one worker, in a registry of its own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter(
+            "interest_worker_events_consumed", "Messages taken from the event topics.", registry=r
+        )
+        self.applied = Counter(
+            "interest_worker_events_applied", "Events applied to a window.", registry=r
+        )
+        self.duplicates = Counter(
+            "interest_worker_events_duplicate",
+            "Valid events skipped as duplicates (offset mark or event_id).",
+            registry=r,
+        )
+        self.dlq = Counter(
+            "interest_worker_events_dlq", "Messages sent to the dead-letter topic.", registry=r
+        )
+        self.state_errors = Counter(
+            "interest_worker_state_errors",
+            "Events sent to the DLQ because the stored window could not be decoded.",
+            registry=r,
+        )
+        self.windows_written = Counter(
+            "interest_worker_windows_written", "Windows written to the changelog.", registry=r
+        )
+        self.hook_errors = Counter(
+            "interest_worker_batch_hook_errors",
+            "Exceptions raised by the on_batch hook.",
+            registry=r,
+        )
+        self.commit_repairs = Counter(
+            "interest_worker_commit_repairs",
+            "Stale acked offsets (at or below a committed offset) dropped before a commit.",
+            registry=r,
+        )
+        self.commit_holds = Counter(
+            "interest_worker_commit_hole_reseeks",
+            "Partitions re-read because the message at the committed offset was never acked.",
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "interest_worker_batch_size",
+            "Messages per batch.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000),
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "interest_worker_batch_apply_seconds",
+            "Time to validate, apply and durably write one batch (s).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+        self.first_consumed = Gauge(
+            "interest_worker_first_consumed_timestamp_seconds",
+            "Wall clock when this process took its first batch (0 before).",
+            registry=r,
+        )
+        self.last_applied = Gauge(
+            "interest_worker_last_applied_timestamp_seconds",
+            "Wall clock when this process last finished a batch (0 before).",
+            registry=r,
+        )
+        self.assigned = Gauge(
+            "interest_worker_assigned_partitions",
+            "Event-topic partitions this worker holds.",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The metrics in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+def changelog_topic(settings: Settings) -> str:
+    """Name of the windows table's changelog topic (Faust's ``<app_id>-windows-changelog``)."""
+    return f"{settings.app_id}-{TABLE_NAME}-changelog"
+
+
+def worker_info_path(settings: Settings) -> Path:
+    """File where a running worker writes its pid and web address (JSON)."""
+    return Path(settings.state_dir) / "worker.json"
+
+
+def check_topics(settings: Settings) -> int:
+    """Create missing topics and return the event topics' common partition count.
+
+    Raises:
+        WorkerError: The event topics are not co-partitioned, or the changelog
+            topic exists with another partition count.
+        streams.topics.KafkaUnavailable: No broker answers.
+    """
+    from streams.topics import TopicError, admin_client, ensure_topics, partition_counts
+
+    try:
+        counts = ensure_topics(settings)
+    except TopicError as exc:
+        raise WorkerError(f"{exc} (INTEREST_EVENT_TOPICS)") from exc
+    event_counts = {t: counts.get(t) for t in settings.event_topics}
+    distinct = set(event_counts.values())
+    if None in distinct or len(distinct) != 1:
+        raise WorkerError(
+            "the event topics must exist and have the same partition count "
+            f"(co-partitioned by user_id); found {event_counts} (INTEREST_EVENT_TOPICS)"
+        )
+    n = int(next(iter(distinct)))  # type: ignore[arg-type]
+    admin = admin_client(settings)
+    try:
+        cl = partition_counts(admin, [changelog_topic(settings)])
+    finally:
+        admin.close()
+    have = cl.get(changelog_topic(settings))
+    if have is not None and have != n:
+        raise WorkerError(
+            f"changelog topic {changelog_topic(settings)} has {have} partitions but the event "
+            f"topics have {n}; use a new INTEREST_APP_ID or recreate the changelog"
+        )
+    return n
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _credentials(settings: Settings) -> CredentialsT | None:
+    proto = settings.kafka_security_protocol
+    if proto == "PLAINTEXT":
+        return None
+    ctx: ssl.SSLContext | None = None
+    if proto in ("SSL", "SASL_SSL"):
+        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        ctx = ssl.create_default_context(cafile=cafile)
+        if settings.kafka_ssl_certfile:
+            keyfile = str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None
+            ctx.load_cert_chain(str(settings.kafka_ssl_certfile), keyfile)
+    if proto == "SSL":
+        assert ctx is not None
+        return faust.SSLCredentials(ctx)
+    password = settings.kafka_sasl_password
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password.get_secret_value() if password is not None else None,
+        ssl_context=ctx,
+        mechanism=settings.kafka_sasl_mechanism,
+    )
+
+
+_GUARDED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _guard_commit_bookkeeping(consumer: Any, metrics: WorkerMetrics) -> None:
+    """Make Faust's offset commits safe against re-delivered and dropped messages.
+
+    faust-streaming 0.15.3 keeps, per partition, a sorted list of acked offsets
+    and commits up to the end of its first run of consecutive numbers; it also
+    commits when the run starts one *past* the committed offset. Around a
+    recovery re-seek two things were seen in the crash test:
+
+    * offsets below the committed one are acked a second time; the run then
+      stops at the duplicate and commits of that partition freeze for good;
+    * a message at the committed offset is never acked (dropped between the
+      fetch and the stream); with the stale entries gone Faust would commit past
+      it -- one event lost.
+
+    This wrapper drops stale entries (below the committed offset, or
+    duplicates), and when the message at the committed offset is missing (and
+    not a known gap such as a transaction marker) it does not commit; if the
+    hole is still there after ``HOLE_REPAIR_S`` seconds it seeks the partition
+    back to the committed offset, so the message is delivered again (already
+    applied messages come back as duplicates and are skipped by the windows'
+    offset marks). Installed once per consumer instance; Faust's own logic
+    runs otherwise unchanged.
+    """
+    if consumer in _GUARDED:
+        return
+    original = consumer._new_offset  # noqa: SLF001 - see docstring
+    holes: dict[TP, float] = {}
+    reseeks: set[asyncio.Future[None]] = set()
+
+    def new_offset(tp: TP) -> int | None:
+        acked = consumer._acked.get(tp)  # noqa: SLF001 - see docstring
+        committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - see docstring
+        if acked and committed is not None:
+            clean = sorted({o for o in acked if o >= committed})
+            if len(clean) != len(acked):
+                log.info(
+                    "dropping %d stale acked offsets of %s below committed %d",
+                    len(acked) - len(clean), tp, committed,
+                )
+                metrics.commit_repairs.inc(len(acked) - len(clean))
+                acked[:] = clean
+                index = consumer._acked_index[tp]  # noqa: SLF001 - see docstring
+                index.clear()
+                index.update(clean)
+            gap = consumer._gap.get(tp)  # noqa: SLF001 - see docstring
+            if clean and clean[0] > committed and not (gap and gap[committed]):
+                now = time.monotonic()
+                since = holes.setdefault(tp, now)
+                if now - since >= HOLE_REPAIR_S:
+                    holes[tp] = now
+                    metrics.commit_holds.inc()
+                    log.warning(
+                        "%s: offset %d was never acked although %d was; re-reading from it",
+                        tp, committed, clean[0],
+                    )
+                    task = asyncio.ensure_future(consumer.seek(tp, committed))
+                    reseeks.add(task)
+                    task.add_done_callback(reseeks.discard)
+                return None
+            holes.pop(tp, None)
+        result: int | None = original(tp)
+        return result
+
+    consumer._new_offset = new_offset  # noqa: SLF001 - see docstring
+    _GUARDED.add(consumer)
+
+
+def _exit_now(reason: str) -> NoReturn:
+    log.critical("stopping at once without committing offsets: %s", reason)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(FAIL_STOP_EXIT_CODE)
+
+
+@dataclass(slots=True)
+class _Touched:
+    window: BehaviorWindow
+    event: EventT[Any]
+    applied: int = 0
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one batch did: messages taken, events applied, duplicates, DLQ records, windows."""
+
+    consumed: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dlq: int = 0
+    windows: dict[str, BehaviorWindow] = field(default_factory=dict)
+
+
+class WindowWorker:
+    """The Faust app of the worker and the state it serves (see the module docstring).
+
+    Args:
+        settings: Process settings.
+        on_batch: Optional hook called with the windows written by each batch.
+        partitions: Partition count of the event topics; looked up (and the
+            topics created if missing) with :func:`check_topics` when ``None``.
+        fail_stop: Called when a batch fails half-way; must not return
+            (default: log and ``os._exit(70)``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_batch: BatchHook | None = None,
+        partitions: int | None = None,
+        fail_stop: Callable[[str], NoReturn] = _exit_now,
+    ) -> None:
+        self.settings = settings
+        self.config = WindowConfig.from_settings(settings)
+        self.partitions = partitions if partitions is not None else check_topics(settings)
+        self.on_batch = on_batch
+        self.metrics = WorkerMetrics()
+        self.web_port = settings.worker_web_port or _free_port()
+        self._fail_stop = fail_stop
+        self._started_consuming = False
+        # Decoded windows of recently touched users, (partition, user_id) -> window.
+        # Always equal to the durable state (a failed write stops the process);
+        # cleared on every rebalance, before table recovery may change the store.
+        self._cache: OrderedDict[tuple[int, str], BehaviorWindow] = OrderedDict()
+        self._event_topics = frozenset(settings.event_topics)
+        self._changelog = changelog_topic(settings)
+        self.app = self._build_app()
+        self.table = self.app.Table(
+            TABLE_NAME,
+            partitions=self.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            options=dict(_ROCKSDB_OPTIONS) if settings.store == "rocksdb" else None,
+            help="user_id -> BehaviorWindow bytes (streams.window)",
+        )
+        self.source = self.app.topic(
+            *settings.event_topics,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        self.app.agent(self.source, name="interest_stream.apply_events")(self._agent)
+        self.app.on_partitions_revoked.connect(self._on_rebalance)
+        self.app.on_partitions_assigned.connect(self._on_rebalance)
+        self._add_views()
+
+    # ------------------------------------------------------------------ setup
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        brokers = [f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",") if h.strip()]
+        return faust.App(
+            s.app_id,
+            broker=brokers,
+            broker_credentials=_credentials(s),
+            store="memory://" if s.store == "memory" else "rocksdb://",
+            datadir=str(s.state_dir),
+            version=1,
+            autodiscover=False,
+            env_prefix="INTEREST_FAUST_",
+            topic_partitions=self.partitions,
+            topic_disable_leader=True,
+            consumer_auto_offset_reset="earliest",
+            processing_guarantee="at_least_once",
+            producer_acks=-1,
+            stream_buffer_maxsize=max(4096, 2 * s.batch_max),
+            web_enabled=True,
+            web_bind="127.0.0.1",
+            web_host="127.0.0.1",
+            web_port=self.web_port,
+        )
+
+    def check_store(self) -> None:
+        """Make sure the RocksDB table store uses the rocksdict driver.
+
+        Raises:
+            WorkerError: Another driver (python-rocksdb) was chosen.
+        """
+        store = self.table.data
+        if self.settings.store == "rocksdb" and not getattr(store, "use_rocksdict", False):
+            raise WorkerError(
+                f"the RocksDB table store uses {type(store).__module__} without rocksdict; "
+                "install rocksdict (pip install rocksdict)"
+            )
+
+    # ----------------------------------------------------------- processing
+    async def _on_rebalance(
+        self, sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
+    ) -> None:
+        self._cache.clear()
+
+    def _load_window(self, user_id: str, event: EventT[Any]) -> BehaviorWindow:
+        """The window of ``user_id`` in the partition of ``event`` (a new one if none).
+
+        Raises:
+            StateCodecError: The stored bytes are corrupt.
+        """
+        ck = (event.message.partition, user_id)
+        window = self._cache.get(ck)
+        if window is not None:
+            self._cache.move_to_end(ck)
+            return window
+        raw = self._read_stored(user_id.encode("utf-8"), event)
+        if raw is None:
+            return BehaviorWindow(user_id, self.config)
+        return BehaviorWindow.from_bytes(raw, self.config)
+
+    def _remember(self, key: tuple[int, str], window: BehaviorWindow) -> None:
+        self._cache[key] = window
+        self._cache.move_to_end(key)
+        while len(self._cache) > CACHE_WINDOWS:
+            self._cache.popitem(last=False)
+
+    async def _agent(self, stream: StreamT[bytes]) -> None:
+        _guard_commit_bookkeeping(self.app.consumer, self.metrics)
+        s = self.settings
+        # take_events is on faust.Stream but missing from the StreamT interface
+        within = s.batch_within_ms / 1000.0
+        batches = cast(faust.Stream[bytes], stream).take_events(s.batch_max, within)
+        async for events in batches:
+            await self.process_batch(events)
+
+    async def process_batch(self, events: Sequence[EventT[Any]]) -> BatchResult:
+        """Validate, apply and durably write one batch (fail-stop on unexpected errors)."""
+        try:
+            return await self._process(events)
+        except asyncio.CancelledError:
+            self._fail_stop("batch cancelled half-way; its messages must not be committed")
+        except Exception as exc:
+            log.exception("batch of %d messages failed", len(events))
+            self._fail_stop(f"batch failed: {exc!r}")
+
+    def _read_stored(self, key: bytes, event: EventT[Any] | None) -> bytes | None:
+        """The stored bytes of ``key`` in the partition of ``event`` (any partition if None)."""
+        token: Token[Any] = _current_event.set(weakref.ref(event) if event is not None else None)
+        try:
+            value = self.table.data.get(key)
+        finally:
+            _current_event.reset(token)
+        return bytes(value) if value is not None else None
+
+    def _dlq_value(
+        self, error: str, field_name: str | None, message: Message
+    ) -> tuple[bytes | None, bytes]:
+        rec = dlq_record(
+            error,
+            field_name,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            raw=message.value,
+        )
+        return message.key, json.dumps(rec, separators=(",", ":"), ensure_ascii=False).encode()
+
+    async def _process(self, events: Sequence[EventT[Any]]) -> BatchResult:
+        s = self.settings
+        m = self.metrics
+        started = time.perf_counter()
+        if not self._started_consuming:
+            self._started_consuming = True
+            m.first_consumed.set(time.time())
+        res = BatchResult(consumed=len(events))
+        touched: dict[tuple[int, str], _Touched] = {}
+        dlq_out: list[tuple[bytes | None, bytes]] = []
+        for ev in events:
+            msg = ev.message
+            try:
+                event = parse_event(
+                    msg.value,
+                    topic=msg.topic,
+                    key=msg.key,
+                    max_bytes=s.max_event_bytes,
+                    max_future_ms=s.max_future_ms,
+                )
+            except InvalidEvent as exc:
+                dlq_out.append(self._dlq_value(exc.message, exc.field, msg))
+                continue
+            slot = touched.get((msg.partition, event.user_id))
+            if slot is None:
+                try:
+                    window = self._load_window(event.user_id, ev)
+                except StateCodecError as exc:
+                    log.error("stored window of user %r is corrupt: %s", event.user_id, exc)
+                    m.state_errors.inc()
+                    dlq_out.append(
+                        self._dlq_value(
+                            f"stored window of user {event.user_id!r} is corrupt: {exc}",
+                            "state",
+                            msg,
+                        )
+                    )
+                    continue
+                slot = touched[(msg.partition, event.user_id)] = _Touched(window, ev)
+            if slot.window.apply(event, msg.topic, msg.partition, msg.offset):
+                slot.applied += 1
+                res.applied += 1
+            else:
+                res.duplicates += 1
+        res.dlq = len(dlq_out)
+        await self._write(touched, dlq_out)
+        for ck, slot in touched.items():
+            res.windows[ck[1]] = slot.window
+            self._remember(ck, slot.window)
+        m.consumed.inc(res.consumed)
+        m.applied.inc(res.applied)
+        m.duplicates.inc(res.duplicates)
+        m.dlq.inc(res.dlq)
+        m.windows_written.inc(len(touched))
+        m.batch_size.observe(res.consumed)
+        m.batch_seconds.observe(time.perf_counter() - started)
+        m.last_applied.set(time.time())
+        if self.on_batch is not None and res.windows:
+            await self._call_hook(res.windows)
+        return res
+
+    async def _write(
+        self,
+        touched: Mapping[tuple[int, str], _Touched],
+        dlq_out: Sequence[tuple[bytes | None, bytes]],
+    ) -> None:
+        """Produce changelog + DLQ records, await acks, then update the local store."""
+        producer = self.app.producer
+        pending: list[Awaitable[Any]] = []
+        records: list[tuple[int, bytes, bytes]] = []
+        for (partition, user_id), slot in touched.items():
+            key = user_id.encode("utf-8")
+            value = slot.window.to_bytes()
+            records.append((partition, key, value))
+            pending.append(await producer.send(self._changelog, key, value, partition, None, None))
+        for key_or_none, value in dlq_out:
+            pending.append(
+                await producer.send(self.settings.dlq_topic, key_or_none, value, None, None, None)
+            )
+        acks = await asyncio.gather(*pending)
+        now = time.time()
+        batch = []
+        for (partition, key, value), meta in zip(records, acks[: len(records)], strict=True):
+            tp = TP(self._changelog, partition)
+            msg = Message(
+                self._changelog, partition, meta.offset, now, 0, None, key, value, None, tp=tp
+            )
+            batch.append(faust.Event(self.app, key, value, None, msg))
+        if batch:
+            self.table.apply_changelog_batch(batch)
+
+    async def _call_hook(self, windows: Mapping[str, BehaviorWindow]) -> None:
+        assert self.on_batch is not None
+        try:
+            result = self.on_batch(windows)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            self.metrics.hook_errors.inc()
+            log.exception("on_batch hook failed for %d windows", len(windows))
+
+    # ------------------------------------------------------------------ views
+    def held_partitions(self) -> set[int]:
+        """Event-topic partitions this worker actively holds."""
+        try:
+            actives = self.app.assignor.assigned_actives()
+        except Exception:  # before the first assignment
+            return set()
+        return {tp.partition for tp in actives if tp.topic in self._event_topics}
+
+    def read_window(self, user_id: str) -> BehaviorWindow | None:
+        """The window of ``user_id`` if it lives on a partition this worker holds.
+
+        Raises:
+            StateCodecError: The stored bytes are corrupt.
+        """
+        raw = self._read_stored(user_id.encode("utf-8"), None)
+        if raw is None:
+            return None
+        window = BehaviorWindow.from_bytes(raw, self.config)
+        parts = {int(k.rsplit(":", 1)[1]) for k in window.offsets}
+        if not parts & self.held_partitions():
+            return None
+        return window
+
+    def _add_views(self) -> None:
+        app = self.app
+        worker = self
+
+        @app.page("/windows/{user_id}/")
+        async def window_view(view: View, request: Request, user_id: str) -> Response:
+            try:
+                window = worker.read_window(user_id)
+            except StateCodecError as exc:
+                return view.json({"error": "corrupt state", "detail": str(exc)}, status=500)
+            if window is None:
+                return view.json(
+                    {
+                        "error": "not found",
+                        "detail": f"user {user_id!r} has no window on a partition of this worker",
+                    },
+                    status=404,
+                )
+            return view.json(window.to_dict())
+
+        @app.page("/assignment/")
+        async def assignment_view(view: View, request: Request) -> Response:
+            held = sorted(worker.held_partitions())
+            worker.metrics.assigned.set(len(held))
+            try:
+                standbys = sorted({tp.partition for tp in app.assignor.assigned_standbys()})
+            except Exception:
+                standbys = []
+            return view.json(
+                {
+                    "app_id": worker.settings.app_id,
+                    "partitions": held,
+                    "standby_partitions": standbys,
+                    "partition_count": worker.partitions,
+                    "topics": sorted(worker._event_topics),
+                    "rebalancing": bool(app.rebalancing),
+                }
+            )
+
+        @app.page("/healthz/")
+        async def health_view(view: View, request: Request) -> Response:
+            return view.json(
+                {
+                    "status": "ok",
+                    "pid": os.getpid(),
+                    "state": app.state,
+                    "rebalancing": bool(app.rebalancing),
+                    "partitions": len(worker.held_partitions()),
+                }
+            )
+
+        @app.page("/metrics")
+        async def metrics_view(view: View, request: Request) -> Response:
+            worker.metrics.assigned.set(len(worker.held_partitions()))
+            # aiohttp wants the charset apart from the content type
+            return view.bytes(worker.metrics.render(), content_type=_METRICS_CONTENT_TYPE)
+
+        del window_view, assignment_view, health_view, metrics_view
+
+
+def create_app(
+    settings: Settings,
+    *,
+    on_batch: BatchHook | None = None,
+    partitions: int | None = None,
+) -> faust.App:
+    """The worker's Faust app (see :class:`WindowWorker`)."""
+    return WindowWorker(settings, on_batch=on_batch, partitions=partitions).app
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    on_batch: BatchHook | None = None,
+    worker: WindowWorker | None = None,
+) -> int:
+    """Run one worker process until SIGTERM/SIGINT; returns the exit code.
+
+    Writes ``<state_dir>/worker.json`` (pid, web address) for tools and tests.
+
+    Args:
+        settings: Process settings.
+        on_batch: Hook for a worker built here (ignored when ``worker`` is given).
+        worker: An already built worker (e.g. a subclass with a re-encode loop).
+
+    Raises:
+        WorkerError: The topics cannot be used (see :func:`check_topics`).
+    """
+    if worker is None:
+        worker = WindowWorker(settings, on_batch=on_batch)
+    worker.check_store()
+    state_dir = Path(settings.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "pid": os.getpid(),
+        "app_id": settings.app_id,
+        "web": f"http://127.0.0.1:{worker.web_port}",
+        "web_port": worker.web_port,
+        "partition_count": worker.partitions,
+        "store": settings.store,
+    }
+    worker_info_path(settings).write_text(json.dumps(info))
+    log.info("worker %s starting: web on 127.0.0.1:%d", settings.app_id, worker.web_port)
+    faust_worker = faust.Worker(
+        worker.app,
+        loglevel=settings.log_level,
+        redirect_stdouts=False,
+        quiet=True,
+    )
+    try:
+        faust_worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
+def read_changelog_windows(
+    settings: Settings, *, timeout_s: float = 60.0
+) -> dict[str, BehaviorWindow]:
+    """Latest window per user, read from the table's changelog topic (no consumer group).
+
+    Reads every partition from the beginning up to the end offsets at call time.
+
+    Raises:
+        WorkerError: The changelog topic does not exist or could not be read in time.
+        StateCodecError: A latest value is corrupt.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = changelog_topic(settings)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        **settings.kafka_client_config(),
+    )
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise WorkerError(f"changelog topic {topic} does not exist")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        latest: dict[bytes, bytes | None] = {}
+        deadline = time.monotonic() + timeout_s
+        remaining = {tp for tp in tps if end[tp] > 0}
+        while remaining:
+            if time.monotonic() > deadline:
+                raise WorkerError(f"reading {topic} timed out after {timeout_s}s")
+            for tp, records in consumer.poll(timeout_ms=500, max_records=10_000).items():
+                for rec in records:
+                    if rec.offset < end[tp]:
+                        latest[rec.key] = rec.value
+                if consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+            for tp in list(remaining):
+                if consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+    finally:
+        consumer.close()
+    config = WindowConfig.from_settings(settings)
+    return {
+        key.decode("utf-8"): BehaviorWindow.from_bytes(value, config)
+        for key, value in latest.items()
+        if value is not None
+    }
+
+
+def main() -> None:
+    """``python -m streams.worker``: run a worker with settings from the environment."""
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    level = max(logging.WARNING, logging.getLevelName(settings.log_level))
+    logging.getLogger("kafka").setLevel(level)
+    sys.exit(run_worker(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Unit tests of streams.worker and streams.state that need no broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+
+import faust
+import pytest
+
+from interest_stream.settings import Settings, load_settings
+from streams.state import settings_environ
+from streams.window import BehaviorWindow
+from streams.worker import (
+    TABLE_NAME,
+    BatchHook,
+    WindowWorker,
+    WorkerError,
+    WorkerMetrics,
+    changelog_topic,
+    worker_info_path,
+)
+
+
+def make(tmp_path: Path, **kw: object) -> Settings:
+    base: dict[str, object] = {
+        "kafka_bootstrap": "127.0.0.1:1",
+        "app_id": "unit-app",
+        "state_dir": tmp_path / "state",
+        "worker_web_port": 6199,
+    }
+    base.update(kw)
+    return Settings(**base)
+
+
+def test_changelog_topic_and_info_path_follow_the_app_id(tmp_path: Path) -> None:
+    s = make(tmp_path, app_id="my-app")
+    assert changelog_topic(s) == "my-app-windows-changelog"
+    assert worker_info_path(s) == tmp_path / "state" / "worker.json"
+
+
+def test_app_is_built_from_settings_without_contacting_kafka(tmp_path: Path) -> None:
+    s = make(tmp_path, store="memory", kafka_bootstrap="127.0.0.1:1,127.0.0.2:2")
+    w = WindowWorker(s, partitions=4)
+    conf = w.app.conf
+    assert conf.id == "unit-app"
+    assert [str(u) for u in conf.broker] == ["kafka://127.0.0.1:1", "kafka://127.0.0.2:2"]
+    assert str(conf.store) == "memory:"
+    assert conf.web_port == 6199 and conf.web_bind == "127.0.0.1"
+    assert conf.topic_partitions == 4
+    assert conf.processing_guarantee.value == "at_least_once"
+    assert w.table.name == TABLE_NAME and w.table.partitions == 4
+    assert w.table.changelog_topic.get_topic_name() == changelog_topic(s)
+    assert set(w.source.topics) == set(s.event_topics)
+    # no assignment yet: nothing is served
+    assert w.held_partitions() == set()
+    assert w.read_window("u1") is None
+
+
+def test_rocksdb_store_uses_the_rocksdict_driver(tmp_path: Path) -> None:
+    s = make(tmp_path, store="rocksdb")
+    w = WindowWorker(s, partitions=2)
+    assert str(w.app.conf.store) == "rocksdb:"
+    store = w.table.data
+    assert type(store).__module__ == "faust.stores.rocksdb"
+    assert store.use_rocksdict is True  # type: ignore[attr-defined]
+    w.check_store()
+    assert Path(str(w.app.conf.tabledir)).is_relative_to(tmp_path / "state")
+
+
+def test_port_zero_picks_a_free_port(tmp_path: Path) -> None:
+    w = WindowWorker(make(tmp_path, store="memory", worker_web_port=0), partitions=1)
+    assert 0 < w.web_port < 65536
+    assert w.app.conf.web_port == w.web_port
+
+
+def test_security_settings_become_faust_credentials(tmp_path: Path) -> None:
+    w = WindowWorker(
+        make(tmp_path, store="memory", kafka_security_protocol="SASL_PLAINTEXT",
+             kafka_sasl_mechanism="SCRAM-SHA-256", kafka_sasl_username="u",
+             kafka_sasl_password="p"),
+        partitions=1,
+    )
+    creds = w.app.conf.broker_credentials
+    assert isinstance(creds, faust.SASLCredentials)
+    assert creds.username == "u" and creds.password == "p"
+    assert creds.mechanism.value == "SCRAM-SHA-256"
+    w2 = WindowWorker(make(tmp_path, store="memory", kafka_security_protocol="SSL"), partitions=1)
+    ssl_creds = w2.app.conf.broker_credentials
+    assert isinstance(ssl_creds, faust.SSLCredentials)
+    assert isinstance(ssl_creds.context, ssl.SSLContext)
+    w3 = WindowWorker(make(tmp_path, store="memory"), partitions=1)
+    assert w3.app.conf.broker_credentials is None
+
+
+def test_metrics_render_in_prometheus_text(tmp_path: Path) -> None:
+    m = WorkerMetrics()
+    m.consumed.inc(3)
+    m.applied.inc(2)
+    m.dlq.inc(1)
+    m.batch_size.observe(3)
+    m.batch_seconds.observe(0.004)
+    text = m.render().decode()
+    assert "interest_worker_events_consumed_total 3.0" in text
+    assert "interest_worker_events_applied_total 2.0" in text
+    assert "interest_worker_events_dlq_total 1.0" in text
+    assert 'interest_worker_batch_size_bucket{le="5.0"} 1.0' in text
+    assert 'interest_worker_batch_apply_seconds_bucket{le="0.005"} 1.0' in text
+    # each worker has its own registry: two in one process do not clash
+    assert "interest_worker_events_consumed_total 0.0" in WorkerMetrics().render().decode()
+
+
+def test_batch_hook_may_be_sync_or_async_and_its_errors_are_counted(tmp_path: Path) -> None:
+    seen: list[tuple[str, list[str]]] = []
+
+    def sync_hook(windows: Mapping[str, BehaviorWindow], /) -> None:
+        seen.append(("sync", sorted(windows)))
+
+    async def async_hook(windows: Mapping[str, BehaviorWindow], /) -> None:
+        await asyncio.sleep(0)
+        seen.append(("async", sorted(windows)))
+
+    def bad_hook(windows: Mapping[str, BehaviorWindow], /) -> None:
+        raise RuntimeError("encoder down")
+
+    batch = {"u1": BehaviorWindow("u1"), "u2": BehaviorWindow("u2")}
+    hooks: list[BatchHook] = [sync_hook, async_hook, bad_hook]
+    errors = []
+    for hook in hooks:
+        w = WindowWorker(make(tmp_path, store="memory"), partitions=1, on_batch=hook)
+        asyncio.run(w._call_hook(batch))
+        errors.append(w.metrics.hook_errors._value.get())
+    assert seen == [("sync", ["u1", "u2"]), ("async", ["u1", "u2"])]
+    assert errors == [0, 0, 1]
+
+
+def test_settings_environ_round_trips_through_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = make(tmp_path, event_topics=("a.events.view", "a.events.cart"), batch_max=77,
+             kafka_sasl_password="secret", kafka_security_protocol="SASL_SSL",
+             kafka_sasl_mechanism="PLAIN", log_json=True)
+    env = settings_environ(s, base={"PATH": "/bin", "INTEREST_MODEL_DIR": "/stale"})
+    assert "INTEREST_MODEL_DIR" not in env  # unset fields do not leak from the base
+    assert env["PATH"] == "/bin"
+    for key in list(dict(__import__("os").environ)):
+        if key.startswith("INTEREST_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("INTEREST_"):
+            monkeypatch.setenv(key, value)
+    back = load_settings()
+    assert back.safe_dump() == s.safe_dump()
+    assert back.kafka_sasl_password is not None
+    assert back.kafka_sasl_password.get_secret_value() == "secret"
+
+
+def test_worker_error_is_a_project_error() -> None:
+    from interest_stream.errors import InterestStreamError
+
+    assert issubclass(WorkerError, InterestStreamError)
+    assert json.loads(json.dumps({"e": str(WorkerError("x"))})) == {"e": "x"}
+
+
+def test_commit_guard_drops_stale_acked_offsets_so_commits_go_on(tmp_path: Path) -> None:
+    from faust.types import TP
+
+    from streams.worker import _guard_commit_bookkeeping
+
+    w = WindowWorker(make(tmp_path, store="memory"), partitions=1)
+    consumer = w.app.consumer
+    tp = TP("t.events.view", 0)
+    # the state seen in the crash test: offsets 3012.. acked again after a re-seek
+    # although 3013 is already committed, so 3012 appears twice
+    consumer._committed_offset[tp] = 3013
+    consumer._acked[tp] = [3012, 3012, 3013, 3014, 3015]
+    consumer._acked_index[tp] = {3012, 3013, 3014, 3015}
+    unguarded = consumer._new_offset(tp)
+    assert unguarded == 3013  # Faust alone: no progress past the committed offset
+    consumer._acked[tp] = [3012, 3012, 3013, 3014, 3015]
+    consumer._acked_index[tp] = {3012, 3013, 3014, 3015}
+    _guard_commit_bookkeeping(consumer, w.metrics)
+    _guard_commit_bookkeeping(consumer, w.metrics)  # installing twice is a no-op
+    assert consumer._new_offset(tp) == 3016
+    assert w.metrics.commit_repairs._value.get() == 2
+    # a clean list is left alone
+    consumer._committed_offset[tp] = 3016
+    consumer._acked[tp] = [3016, 3017]
+    consumer._acked_index[tp] = {3016, 3017}
+    assert consumer._new_offset(tp) == 3018
+    assert w.metrics.commit_repairs._value.get() == 2
+
+
+def test_commit_guard_never_commits_past_a_missing_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faust.types import TP
+
+    import streams.worker as worker_mod
+
+    w = WindowWorker(make(tmp_path, store="memory"), partitions=1)
+    consumer = w.app.consumer
+    tp = TP("t.events.view", 0)
+    seeks: list[tuple[TP, int]] = []
+
+    async def fake_seek(partition: TP, offset: int) -> None:
+        seeks.append((partition, offset))
+
+    monkeypatch.setattr(consumer, "seek", fake_seek)
+    monkeypatch.setattr(worker_mod, "HOLE_REPAIR_S", 0.0)
+    # 3013 is committed, the message at 3013 was never acked, 3014.. were
+    consumer._committed_offset[tp] = 3013
+    consumer._acked[tp] = [3011, 3012, 3014, 3015]
+    consumer._acked_index[tp] = {3011, 3012, 3014, 3015}
+    worker_mod._guard_commit_bookkeeping(consumer, w.metrics)
+
+    async def attempt() -> int | None:
+        result: int | None = consumer._new_offset(tp)
+        await asyncio.sleep(0)
+        return result
+
+    assert asyncio.run(attempt()) is None  # Faust alone would commit 3016
+    assert seeks == [(tp, 3013)]  # and the partition is re-read from the hole
+    assert w.metrics.commit_holds._value.get() == 1
+    # once 3013 arrives (re-delivered), commits go on
+    consumer._acked[tp].insert(0, 3013)
+    consumer._acked_index[tp].add(3013)
+    assert asyncio.run(attempt()) == 3016
+    # a known gap (e.g. a transaction marker) at the head is not a hole
+    consumer._committed_offset[tp] = 3016
+    consumer._acked[tp] = [3017]
+    consumer._acked_index[tp] = {3017}
+    consumer._gap[tp].addi(3016, 3017)
+    assert asyncio.run(attempt()) == 3018
