@@ -141,8 +141,10 @@ def bench_ingest(
     with worker.start():
         worker.wait_ready()
         wait_for(
-            lambda: worker.metrics().get("interest_worker_events_consumed_total", 0) >= n
-            or not worker.alive(),
+            lambda: (
+                worker.metrics().get("interest_worker_events_consumed_total", 0) >= n
+                or not worker.alive()
+            ),
             timeout_s,
             interval_s=0.5,
             what="worker applied the whole replay",

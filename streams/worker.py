@@ -345,7 +345,9 @@ def _guard_commit_bookkeeping(consumer: Any, metrics: WorkerMetrics) -> None:
             if len(clean) != len(acked):
                 log.info(
                     "dropping %d stale acked offsets of %s below committed %d",
-                    len(acked) - len(clean), tp, committed,
+                    len(acked) - len(clean),
+                    tp,
+                    committed,
                 )
                 metrics.commit_repairs.inc(len(acked) - len(clean))
                 acked[:] = clean
@@ -361,7 +363,9 @@ def _guard_commit_bookkeeping(consumer: Any, metrics: WorkerMetrics) -> None:
                     metrics.commit_holds.inc()
                     log.warning(
                         "%s: offset %d was never acked although %d was; re-reading from it",
-                        tp, committed, clean[0],
+                        tp,
+                        committed,
+                        clean[0],
                     )
                     task = asyncio.ensure_future(consumer.seek(tp, committed))
                     reseeks.add(task)

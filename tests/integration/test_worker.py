@@ -61,44 +61,89 @@ def malformed_messages(users: list[str], rng: random.Random) -> list[Pair]:
         return u.encode() if i % 2 else None
 
     # bad JSON
-    add(150, lambda i, u: (key(i, u), [
-        js(good(u))[: 10 + i % 20],
-        js(good(u)) + b"}",
-        b"",
-        b"{user_id: 'x'}",
-        b'{"user_id": "' + u.encode() + b'", "item_id": "i1",,}',
-    ][i % 5]))
+    add(
+        150,
+        lambda i, u: (
+            key(i, u),
+            [
+                js(good(u))[: 10 + i % 20],
+                js(good(u)) + b"}",
+                b"",
+                b"{user_id: 'x'}",
+                b'{"user_id": "' + u.encode() + b'", "item_id": "i1",,}',
+            ][i % 5],
+        ),
+    )
     # missing required fields (event_type is implied by the events.<type> topics)
-    add(150, lambda i, u: (key(i, u), js({k: v for k, v in good(u).items()
-                                          if k != ["user_id", "item_id", "ts"][i % 3]})))
+    add(
+        150,
+        lambda i, u: (
+            key(i, u),
+            js({k: v for k, v in good(u).items() if k != ["user_id", "item_id", "ts"][i % 3]}),
+        ),
+    )
     # wrong types
-    wrong: list[tuple[str, object]] = [("user_id", 12345), ("item_id", ["i"]), ("ts", True),
-                                       ("ts", "yesterday"), ("ts", 1511500000000.5),
-                                       ("event_type", 3)]
-    add(150, lambda i, u: (None if wrong[i % 6][0] == "user_id" else key(i, u),
-                           js({**good(u), wrong[i % 6][0]: wrong[i % 6][1]})))
+    wrong: list[tuple[str, object]] = [
+        ("user_id", 12345),
+        ("item_id", ["i"]),
+        ("ts", True),
+        ("ts", "yesterday"),
+        ("ts", 1511500000000.5),
+        ("event_type", 3),
+    ]
+    add(
+        150,
+        lambda i, u: (
+            None if wrong[i % 6][0] == "user_id" else key(i, u),
+            js({**good(u), wrong[i % 6][0]: wrong[i % 6][1]}),
+        ),
+    )
     # unknown event types
-    add(100, lambda i, u: (key(i, u),
-                           js({**good(u), "event_type": ["like", "share", "", "VIEWS"][i % 4]})))
+    add(
+        100,
+        lambda i, u: (
+            key(i, u),
+            js({**good(u), "event_type": ["like", "share", "", "VIEWS"][i % 4]}),
+        ),
+    )
     # 1 MB strings (over INTEREST_MAX_EVENT_BYTES)
     add(20, lambda i, u: (key(i, u), js({**good(u), "item_id": "x" * MB})))
     # non-UTF-8 bytes
-    add(100, lambda i, u: (key(i, u), [b"\xff\xfe" + js(good(u)),
-                                       js(good(u)).replace(b'"i1"', b'"i\xc3\x28"'),
-                                       bytes(rng.randrange(128, 256) for _ in range(40))][i % 3]))
+    add(
+        100,
+        lambda i, u: (
+            key(i, u),
+            [
+                b"\xff\xfe" + js(good(u)),
+                js(good(u)).replace(b'"i1"', b'"i\xc3\x28"'),
+                bytes(rng.randrange(128, 256) for _ in range(40)),
+            ][i % 3],
+        ),
+    )
     # key is not the user_id
     add(100, lambda i, u: (b"someone-else-" + str(i).encode(), js(good(u))))
     # not an object
     add(80, lambda i, u: (key(i, u), [b"[1, 2, 3]", b'"view"', b"42", b"null"][i % 4]))
     # bad times: epoch seconds, negative, far future
-    add(60, lambda i, u: (key(i, u),
-                          js({**good(u), "ts": [TS // 1000, -5, 4_000_000_000_000][i % 3]})))
+    add(
+        60,
+        lambda i, u: (key(i, u), js({**good(u), "ts": [TS // 1000, -5, 4_000_000_000_000][i % 3]})),
+    )
     # bad ids: empty, too long, control characters
-    add(60, lambda i, u: (key(i, u) if i % 3 != 0 else None, js({
-        **good(u), **[{"user_id": ""}, {"item_id": "i" * 129}, {"item_id": "a\nb"}][i % 3]})))
+    add(
+        60,
+        lambda i, u: (
+            key(i, u) if i % 3 != 0 else None,
+            js(
+                {**good(u), **[{"user_id": ""}, {"item_id": "i" * 129}, {"item_id": "a\nb"}][i % 3]}
+            ),
+        ),
+    )
     # JSON constants NaN / Infinity
-    add(20, lambda i, u: (key(i, u), b'{"user_id": "' + u.encode()
-                          + b'", "item_id": "i1", "ts": NaN}'))
+    add(
+        20,
+        lambda i, u: (key(i, u), b'{"user_id": "' + u.encode() + b'", "item_id": "i1", "ts": NaN}'),
+    )
     # tombstones (no value)
     add(10, lambda i, u: (u.encode(), None))
     assert len(out) == 1000
@@ -181,8 +226,10 @@ def test_replay_with_malformed_messages(
         worker.wait_ready()
         publish_mixed(settings, taobao, bad, chunks=10)
         wait_for(
-            lambda: worker.metrics().get("interest_worker_events_consumed_total", 0) >= total
-            or not worker.alive(),
+            lambda: (
+                worker.metrics().get("interest_worker_events_consumed_total", 0) >= total
+                or not worker.alive()
+            ),
             240,
             interval_s=1.0,
             what="all messages consumed",
@@ -218,11 +265,13 @@ def test_replay_with_malformed_messages(
             src = rec["source"]
             assert src["topic"] in settings.event_topics
             assert isinstance(src["partition"], int) and isinstance(src["offset"], int)
-        sources = {(r["source"]["topic"], r["source"]["partition"], r["source"]["offset"])
-                   for r in records}
+        sources = {
+            (r["source"]["topic"], r["source"]["partition"], r["source"]["offset"]) for r in records
+        }
         assert len(sources) == len(bad)
-        assert Counter(dlq_fingerprint(r.key, rec) for r, rec in zip(dlq, records, strict=True)) \
-            == Counter(fingerprint(k, v) for k, v in bad)
+        assert Counter(
+            dlq_fingerprint(r.key, rec) for r, rec in zip(dlq, records, strict=True)
+        ) == Counter(fingerprint(k, v) for k, v in bad)
         # each source offset points at the malformed message itself
         source_values = {}
         for topic in settings.event_topics:

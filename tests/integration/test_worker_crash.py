@@ -81,8 +81,14 @@ def test_sigkill_mid_replay_loses_and_doubles_nothing(
     w2 = WorkerProcess(settings, log_path=tmp_path / "w2.log", extra_env=NO_COMMITS).start()
     with w2:
         w2.wait_ready()
-        wait_for(lambda: w2.metrics().get("interest_worker_events_duplicate_total", 0) > 0
-                 and consumed(w2) >= 20_000, 120, what="w2 skipped duplicates and went on")
+        wait_for(
+            lambda: (
+                w2.metrics().get("interest_worker_events_duplicate_total", 0) > 0
+                and consumed(w2) >= 20_000
+            ),
+            120,
+            what="w2 skipped duplicates and went on",
+        )
         w2.kill()
         gates[50_000].set()
     applied_2 = read_changelog_windows(settings)
@@ -95,8 +101,12 @@ def test_sigkill_mid_replay_loses_and_doubles_nothing(
         w3.wait_ready()
         replay.join(120)
         assert not replay.is_alive() and not errors, errors
-        wait_for(lambda: group_lag(settings) == 0 or not w3.alive(), 180, interval_s=1.0,
-                 what="all events processed and committed")
+        wait_for(
+            lambda: group_lag(settings) == 0 or not w3.alive(),
+            180,
+            interval_s=1.0,
+            what="all events processed and committed",
+        )
         assert w3.alive(), w3.log_tail()
         assert w3.metrics()["interest_worker_events_dlq_total"] == 0
         assert w3.terminate() == 0
@@ -107,7 +117,8 @@ def test_sigkill_mid_replay_loses_and_doubles_nothing(
         expected.setdefault(str(user), {})[str(etype)] = int(n)
     assert set(windows) == set(expected)
     wrong = [
-        u for u, exp in expected.items()
+        u
+        for u, exp in expected.items()
         if {t: c for t, c in windows[u].type_counts.items() if c} != exp
         or windows[u].version != sum(exp.values())
     ]

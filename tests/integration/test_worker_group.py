@@ -65,8 +65,9 @@ def test_two_workers_split_partitions_and_take_over(
         m1, m2 = w1.metrics(), w2.metrics()
         assert m1["interest_worker_events_applied_total"] > 0
         assert m2["interest_worker_events_applied_total"] > 0
-        assert (m1["interest_worker_events_applied_total"]
-                + m2["interest_worker_events_applied_total"]) == len(first)
+        assert (
+            m1["interest_worker_events_applied_total"] + m2["interest_worker_events_applied_total"]
+        ) == len(first)
 
         # each user is served by exactly the worker holding its partition, with its counts
         expected = counts_of(first)
@@ -102,6 +103,9 @@ def test_two_workers_split_partitions_and_take_over(
     windows = read_changelog_windows(base)
     expected = counts_of(df)
     assert set(windows) == set(expected)
-    wrong = [u for u, exp in expected.items()
-             if nonzero(windows[u].type_counts) != exp or windows[u].version != sum(exp.values())]
+    wrong = [
+        u
+        for u, exp in expected.items()
+        if nonzero(windows[u].type_counts) != exp or windows[u].version != sum(exp.values())
+    ]
     assert not wrong, f"{len(wrong)} users differ, e.g. {wrong[0]}"

@@ -223,16 +223,31 @@ def test_decoding_trims_to_a_smaller_configured_history() -> None:
         b"BW\x01" + zlib.compress(b"[1,2]"),
         b"BW\x01" + zlib.compress(b"{}"),
         b"BW\x01" + zlib.compress(b"\xff\xfe"),
-        b"BW\x01" + zlib.compress(b'{"u":"u","n":1,"e":1,"c":[1,0,0,0,0],"d":[1,0,0,0,0],'
-                                   b'"r":1,"o":{},"i":["a"],"y":"7","t":[1]}'),
-        b"BW\x01" + zlib.compress(b'{"u":"u","n":1,"e":1,"c":[1,0,0,0,0],"d":[1,0,0,0,0],'
-                                   b'"r":1,"o":{},"i":["a","b"],"y":"0","t":[1]}'),
-        b"BW\x01" + zlib.compress(b'{"u":"u","n":1,"e":1,"c":[1,0,0,0,0],"d":[1,0,0,0,0],'
-                                   b'"r":1,"o":{},"i":["a","b"],"y":"00","t":[5,-1]}'),
-        b"BW\x01" + zlib.compress(b'{"u":"u","n":-1,"e":1,"c":[1,0,0,0,0],"d":[1,0,0,0,0],'
-                                   b'"r":1,"o":{},"i":[],"y":"","t":[]}'),
-        b"BW\x01" + zlib.compress(b'{"u":"u","n":1,"e":1,"c":[1,0,0,0,0],"d":[1,0,0,0,0],'
-                                   b'"r":1,"o":{},"i":[],"y":"","t":[],"h":"!!"}'),
+        b"BW\x01"
+        + zlib.compress(
+            b'{"u":"u","n":1,"e":1,"c":[1,0,0,0,0],"d":[1,0,0,0,0],'
+            b'"r":1,"o":{},"i":["a"],"y":"7","t":[1]}'
+        ),
+        b"BW\x01"
+        + zlib.compress(
+            b'{"u":"u","n":1,"e":1,"c":[1,0,0,0,0],"d":[1,0,0,0,0],'
+            b'"r":1,"o":{},"i":["a","b"],"y":"0","t":[1]}'
+        ),
+        b"BW\x01"
+        + zlib.compress(
+            b'{"u":"u","n":1,"e":1,"c":[1,0,0,0,0],"d":[1,0,0,0,0],'
+            b'"r":1,"o":{},"i":["a","b"],"y":"00","t":[5,-1]}'
+        ),
+        b"BW\x01"
+        + zlib.compress(
+            b'{"u":"u","n":-1,"e":1,"c":[1,0,0,0,0],"d":[1,0,0,0,0],'
+            b'"r":1,"o":{},"i":[],"y":"","t":[]}'
+        ),
+        b"BW\x01"
+        + zlib.compress(
+            b'{"u":"u","n":1,"e":1,"c":[1,0,0,0,0],"d":[1,0,0,0,0],'
+            b'"r":1,"o":{},"i":[],"y":"","t":[],"h":"!!"}'
+        ),
     ],
 )
 def test_corrupt_bytes_raise_state_codec_error(data: bytes) -> None:
@@ -275,8 +290,13 @@ def test_to_dict_is_a_json_view() -> None:
 def test_config_from_settings_and_validation() -> None:
     from interest_stream.settings import Settings
 
-    s = Settings(long_history_events=7, short_window_events=3, short_window_minutes=5.0,
-                 long_half_life_hours=2.0, dedupe_ids=9)
+    s = Settings(
+        long_history_events=7,
+        short_window_events=3,
+        short_window_minutes=5.0,
+        long_half_life_hours=2.0,
+        dedupe_ids=9,
+    )
     cfg = WindowConfig.from_settings(s)
     assert cfg == WindowConfig(7, 3, 5.0, 2.0, 9)
     with pytest.raises(WindowError):

@@ -79,9 +79,14 @@ def test_port_zero_picks_a_free_port(tmp_path: Path) -> None:
 
 def test_security_settings_become_faust_credentials(tmp_path: Path) -> None:
     w = WindowWorker(
-        make(tmp_path, store="memory", kafka_security_protocol="SASL_PLAINTEXT",
-             kafka_sasl_mechanism="SCRAM-SHA-256", kafka_sasl_username="u",
-             kafka_sasl_password="p"),
+        make(
+            tmp_path,
+            store="memory",
+            kafka_security_protocol="SASL_PLAINTEXT",
+            kafka_sasl_mechanism="SCRAM-SHA-256",
+            kafka_sasl_username="u",
+            kafka_sasl_password="p",
+        ),
         partitions=1,
     )
     creds = w.app.conf.broker_credentials
@@ -140,9 +145,15 @@ def test_batch_hook_may_be_sync_or_async_and_its_errors_are_counted(tmp_path: Pa
 def test_settings_environ_round_trips_through_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = make(tmp_path, event_topics=("a.events.view", "a.events.cart"), batch_max=77,
-             kafka_sasl_password="secret", kafka_security_protocol="SASL_SSL",
-             kafka_sasl_mechanism="PLAIN", log_json=True)
+    s = make(
+        tmp_path,
+        event_topics=("a.events.view", "a.events.cart"),
+        batch_max=77,
+        kafka_sasl_password="secret",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="PLAIN",
+        log_json=True,
+    )
     env = settings_environ(s, base={"PATH": "/bin", "INTEREST_MODEL_DIR": "/stale"})
     assert "INTEREST_MODEL_DIR" not in env  # unset fields do not leak from the base
     assert env["PATH"] == "/bin"

@@ -1,0 +1,74 @@
+"""The interest encoder: short- and long-term user vectors in an item space.
+
+Public names (torch is imported only when a torch-backed name is first used,
+so ``from models import load_item_vectors, blend`` stays light for the API):
+
+* :class:`InterestModel` — load a checkpoint, ``encode_short`` / ``encode_long``
+  many users at once, ``item_vectors()``;
+* :func:`blend` — ``alpha * short + (1 - alpha) * long`` (numpy);
+* :func:`load_item_vectors` — item ids, vectors and config of a checkpoint, no torch;
+* :class:`TrainConfig`, :class:`EncoderConfig`, :func:`train`, :class:`TrainResult`;
+* :func:`evaluate` — temporal, full-ranking evaluation against baselines;
+* :func:`bench_encoder` — encoder throughput;
+* :func:`select_device`, :func:`short_window`;
+* :class:`ModelError` (root), :class:`CheckpointError`, :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from models.blending import blend
+from models.checkpoint import FORMAT_VERSION, load_item_meta, load_item_vectors
+from models.config import EncoderConfig, LossKind, TaskKind, TrainConfig
+from models.errors import CheckpointError, DataError, ModelError
+from models.features import short_window
+
+if TYPE_CHECKING:
+    from models.bench import bench_encoder
+    from models.evaluate import evaluate
+    from models.model import InterestModel, select_device
+    from models.train import TrainResult, train
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "DataError",
+    "EncoderConfig",
+    "InterestModel",
+    "LossKind",
+    "ModelError",
+    "TaskKind",
+    "TrainConfig",
+    "TrainResult",
+    "bench_encoder",
+    "blend",
+    "evaluate",
+    "load_item_meta",
+    "load_item_vectors",
+    "select_device",
+    "short_window",
+    "train",
+]
+
+_LAZY = {
+    "InterestModel": "models.model",
+    "select_device": "models.model",
+    "TrainResult": "models.train",
+    "bench_encoder": "models.bench",
+}
+# ``models.train`` / ``models.evaluate`` are submodules *and* the package's functions:
+# the submodules are callable (see models._callable), so both spellings work.
+_CALLABLE_MODULES = ("train", "evaluate")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CALLABLE_MODULES:
+        return importlib.import_module(f"models.{name}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

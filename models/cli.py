@@ -1,0 +1,318 @@
+"""Click commands of the model verbs for ``interest_stream.cli`` (and ``python -m models``).
+
+``interest-stream train``, ``interest-stream evaluate`` and
+``interest-stream bench encoder`` are thin layers over :func:`models.train.train`,
+:func:`models.evaluate.evaluate` and :func:`models.bench.bench_encoder`; the
+commands here are those layers, so the coordinator's CLI can simply do::
+
+    from models.cli import bench_encoder_cmd, evaluate_cmd, train_cmd
+    main.add_command(train_cmd, "train")
+    main.add_command(evaluate_cmd, "evaluate")
+    bench.add_command(bench_encoder_cmd, "encoder")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["bench_encoder_cmd", "evaluate_cmd", "main", "train_cmd"]
+
+
+def _setup_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=logging.INFO if verbose else logging.WARNING,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+
+
+def _item_text(value: str | None, events: str) -> str | None:
+    if value is None or value == "none":
+        return None
+    if value == "auto":
+        from models.text import find_item_text
+
+        found = find_item_text(events)
+        return None if found is None else str(found)
+    return value
+
+
+def _train_defaults() -> dict[str, Any]:
+    from models.config import EncoderConfig, TrainConfig
+
+    t, e = TrainConfig(), EncoderConfig()
+    return {
+        **{
+            k: getattr(t, k)
+            for k in (
+                "epochs",
+                "patience",
+                "batch_size",
+                "lr",
+                "seed",
+                "cutoff_quantile",
+                "val_fraction",
+                "long_horizon_hours",
+            )
+        },
+        "dim": e.dim,
+        "d_model": e.d_model,
+        "identity_dim": e.identity_dim,
+        "long_half_life_hours": e.long_half_life_hours,
+    }
+
+
+_D = _train_defaults()
+
+
+@click.command("train", context_settings={"show_default": True})
+@click.option(
+    "--events",
+    "events_path",
+    required=True,
+    type=click.Path(exists=True),
+    help="Event file (canonical CSV/Parquet, Taobao or MovieLens u.data).",
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Checkpoint folder.")
+@click.option("--epochs", default=_D["epochs"], help="Most epochs of the early-stopping phase.")
+@click.option(
+    "--patience", default=_D["patience"], help="Epochs without improvement before stopping."
+)
+@click.option("--batch-size", default=_D["batch_size"], help="Next-item examples per step.")
+@click.option("--lr", default=_D["lr"], help="AdamW learning rate.")
+@click.option("--seed", default=_D["seed"], help="Random seed.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--threads", default=None, type=int, help="torch threads (default: torch's).")
+@click.option(
+    "--cutoff-quantile",
+    default=_D["cutoff_quantile"],
+    help="Train on events before this quantile of time (1.0 = all events).",
+)
+@click.option(
+    "--val-fraction",
+    default=_D["val_fraction"],
+    help="Share of the training period to validate on (0 = no early stopping).",
+)
+@click.option(
+    "--val-task",
+    default="all",
+    type=click.Choice(["all", "new"]),
+    help="Validation task of early stopping.",
+)
+@click.option("--no-refit", is_flag=True, help="Keep the early-stopped model (no retraining).")
+@click.option("--dim", default=_D["dim"], help="Size of the item / interest vectors.")
+@click.option(
+    "--identity-dim",
+    default=_D["identity_dim"],
+    help="Coordinates of the item vectors that are a fixed random item code.",
+)
+@click.option("--d-model", default=_D["d_model"], help="Transformer width.")
+@click.option(
+    "--long-horizon-hours",
+    default=_D["long_horizon_hours"],
+    help="Horizon of the next-days objective.",
+)
+@click.option(
+    "--long-half-life-hours",
+    default=_D["long_half_life_hours"],
+    type=float,
+    help="Recency half-life of the long-term pooling (none = no decay).",
+)
+@click.option(
+    "--item-text",
+    default="auto",
+    help="Item text for cold start: auto (MovieLens u.item beside the events), none, "
+    "a MovieLens folder or an item_id,text CSV.",
+)
+@click.option("--loss", default="auto", type=click.Choice(["auto", "full", "sampled"]))
+@click.option("--max-minutes", default=None, type=float, help="Wall-clock budget.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bars or logs.")
+def train_cmd(
+    events_path: str,
+    out_dir: str,
+    epochs: int,
+    patience: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: str,
+    threads: int | None,
+    cutoff_quantile: float,
+    val_fraction: float,
+    val_task: str,
+    no_refit: bool,
+    dim: int,
+    identity_dim: int,
+    d_model: int,
+    long_horizon_hours: float,
+    long_half_life_hours: float | None,
+    item_text: str | None,
+    loss: str,
+    max_minutes: float | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Train the interest encoder on an event file and write a checkpoint folder."""
+    _setup_logging(not quiet)
+    from interest_stream.eventfile import read_events
+    from models.config import EncoderConfig, LossKind, TaskKind, TrainConfig
+    from models.train import train
+
+    enc = EncoderConfig(
+        dim=dim,
+        d_model=d_model,
+        identity_dim=identity_dim,
+        long_half_life_hours=long_half_life_hours,
+    )
+    cfg = TrainConfig(
+        encoder=enc,
+        epochs=epochs,
+        patience=patience,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        threads=threads,
+        cutoff_quantile=cutoff_quantile,
+        val_fraction=val_fraction,
+        val_task=TaskKind(val_task),
+        refit=not no_refit,
+        long_horizon_hours=long_horizon_hours,
+        item_text_path=_item_text(item_text, events_path),
+        loss=LossKind(loss),
+        max_train_seconds=None if max_minutes is None else 60 * max_minutes,
+    )
+    events = read_events(events_path)
+    res = train(events, out_dir, cfg, progress=not quiet)
+    out = {
+        "out_dir": str(res.out_dir),
+        "model_version": res.model_version,
+        "best_epoch": res.best_epoch,
+        "val_ndcg@10": res.val_ndcg10,
+        "seconds": round(res.seconds, 1),
+    }
+    click.echo(
+        json.dumps(out)
+        if as_json
+        else f"wrote {res.out_dir} ({res.model_version}) in {res.seconds:.0f}s; "
+        f"best epoch {res.best_epoch}, validation NDCG@10 {res.val_ndcg10}"
+    )
+
+
+@click.command("evaluate", context_settings={"show_default": True})
+@click.option("--events", "events_path", required=True, type=click.Path(exists=True))
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True))
+@click.option("--cutoff-quantile", default=0.8)
+@click.option("--horizon-days", default=None, type=float, help="Targets within N days.")
+@click.option("--alpha", default=None, type=float, help="Blend weight (default: trained).")
+@click.option("--bootstrap", "n_bootstrap", default=1000)
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(),
+    help="Write quality-<name>.json and .png here.",
+)
+@click.option("--name", default=None, help="Report name (default: the event file's stem).")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
+@click.option("--quiet", is_flag=True)
+def evaluate_cmd(
+    events_path: str,
+    model_dir: str,
+    cutoff_quantile: float,
+    horizon_days: float | None,
+    alpha: float | None,
+    n_bootstrap: int,
+    out_dir: str | None,
+    name: str | None,
+    device: str,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Evaluate a checkpoint against baselines on a temporal split (full ranking)."""
+    _setup_logging(not quiet)
+    from interest_stream.eventfile import read_events
+    from models.evaluate import evaluate
+
+    stem = name or Path(events_path).name.split(".")[0]
+    rep = evaluate(
+        read_events(events_path),
+        model_dir,
+        cutoff_quantile,
+        horizon_days=horizon_days,
+        alpha=alpha,
+        n_bootstrap=n_bootstrap,
+        device=device,
+        out_dir=out_dir,
+        name=stem,
+        dataset=stem,
+    )
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+        return
+    for task, res in rep["tasks"].items():
+        click.echo(f"{task} events ({res['users']} users), best baseline {res['best_baseline']}")
+        for method, figs in res["methods"].items():
+            cells = "  ".join(
+                f"{k} {v['mean']:.4f} [{v['ci95'][0]:.4f}, {v['ci95'][1]:.4f}]"
+                for k, v in figs.items()
+            )
+            click.echo(f"  {method:18s} {cells}")
+
+
+@click.command("encoder", context_settings={"show_default": True})
+@click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    type=click.Path(exists=True),
+    help="Checkpoint (default: the default architecture, untrained).",
+)
+@click.option("--batch-sizes", default="1,64,512")
+@click.option("--users", "n_users", default=2048)
+@click.option("--threads", default=None, type=int)
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--json", "as_json", is_flag=True)
+def bench_encoder_cmd(
+    model_dir: str | None,
+    batch_sizes: str,
+    n_users: int,
+    threads: int | None,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Users encoded per second (short and long path) per batch size vs a per-user loop."""
+    from models.bench import bench_encoder
+
+    sizes = tuple(int(x) for x in batch_sizes.split(","))
+    res = bench_encoder(model_dir, sizes, n_users=n_users, threads=threads, device=device)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    for kind, r in res["results"].items():
+        cells = "  ".join(f"b={k}: {v:,.0f}/s" for k, v in r["batch"].items())
+        click.echo(f"{kind:11s} {cells}  per-user loop: {r['per_user_loop']:,.0f}/s")
+
+
+@click.group()
+def main() -> None:
+    """Model verbs (train, evaluate, bench-encoder) without the full CLI."""
+
+
+main.add_command(train_cmd, "train")
+main.add_command(evaluate_cmd, "evaluate")
+main.add_command(bench_encoder_cmd, "bench-encoder")
+
+
+def run(argv: list[str] | None = None) -> Any:
+    """Entry point of ``python -m models``."""
+    return main.main(args=argv if argv is not None else sys.argv[1:], prog_name="models")

@@ -1,0 +1,313 @@
+"""Inference API of the interest encoder and checkpoint save/load.
+
+:class:`InterestModel` is what the streaming worker and the benchmarks use::
+
+    model = InterestModel.load("artifacts/model")          # device="auto"
+    short = model.encode_short([window_u1, window_u2])    # float32 [2, dim]
+    long = model.encode_long([history_u1, history_u2])    # float32 [2, dim]
+    scores = blend(short, long) @ model.item_vectors().T  # rank items
+
+Histories are sequences of :class:`~interest_stream.events.Interaction` in
+event-time order. The encoder applies its own caps (``short_max_len``,
+``long_max_len`` newest events), maps unknown item ids to a learned OOV
+embedding and returns a learned per-path "no history" vector for an empty
+history. Inference runs under ``torch.inference_mode()``; on CUDA batches are
+pinned and copied with ``non_blocking=True``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from interest_stream.events import Interaction
+from models.blending import blend
+from models.checkpoint import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    ITEM_META_FILE,
+    ITEM_VECTORS_FILE,
+    ITEMS_FILE,
+    METRICS_FILE,
+    VERSIONS_FILE,
+    WEIGHTS_FILE,
+    read_config,
+    read_json,
+    write_json,
+)
+from models.config import N_SPECIAL_ITEMS, EncoderConfig
+from models.encoder import InterestEncoder, SeqBatch
+from models.errors import CheckpointError, ModelError
+from models.features import arrays_from_histories, short_window
+
+__all__ = ["InterestModel", "blend", "library_versions", "select_device"]
+
+log = logging.getLogger(__name__)
+
+_MAX_CHUNK = 2048
+
+
+def select_device(device: str | None = "auto") -> torch.device:
+    """The torch device to run on.
+
+    Args:
+        device: ``"auto"`` or ``None`` (cuda if available, else cpu), ``"cpu"``,
+            ``"cuda"`` or ``"cuda:N"``.
+
+    Returns:
+        The device.
+
+    Raises:
+        ModelError: ``cuda`` was asked for but is not available, or an unknown name.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {device!r} requested but CUDA is not available; use cpu/auto")
+        return torch.device(device)
+    if device == "cpu":
+        return torch.device("cpu")
+    raise ModelError(f"unknown device {device!r}; use auto, cpu or cuda")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a checkpoint depends on."""
+    import safetensors
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "safetensors": safetensors.__version__,
+        "format_version": str(FORMAT_VERSION),
+    }
+
+
+class InterestModel:
+    """A trained encoder with its vocabulary, ready for batched inference.
+
+    Attributes:
+        encoder: The torch module (eval mode).
+        item_ids: Vocabulary; ``item_ids[i]`` is row ``i`` of :meth:`item_vectors`.
+        config: The checkpoint's ``config.json`` content.
+        model_version: Unique id of the checkpoint (UTC time + weight hash).
+        dim: Size of every vector.
+        device: Where the encoder runs.
+    """
+
+    def __init__(
+        self,
+        encoder: InterestEncoder,
+        item_ids: Sequence[str],
+        config: dict[str, Any],
+        device: torch.device,
+    ) -> None:
+        self.encoder = encoder.to(device).eval()
+        self.item_ids: list[str] = list(item_ids)
+        self.item_index: dict[str, int] = {item: i for i, item in enumerate(self.item_ids)}
+        self.config = config
+        self.model_version: str = str(config.get("model_version", "untrained"))
+        self.dim: int = encoder.cfg.dim
+        self.device = device
+        self._table: torch.Tensor | None = None
+        train_cfg = config.get("train", {})
+        self.short_window_events = int(train_cfg.get("short_window_events", 50))
+        self.short_window_minutes = float(train_cfg.get("short_window_minutes", 30.0))
+        self.blend_alpha = float(train_cfg.get("blend_alpha", 0.5))
+
+    # ------------------------------------------------------------------ load
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | None = "auto") -> InterestModel:
+        """Load a checkpoint folder written by :func:`models.train.train`.
+
+        Args:
+            path: The folder.
+            device: ``auto``/``None`` (cuda if available), ``cpu`` or ``cuda``.
+
+        Returns:
+            The model in eval mode on the chosen device.
+
+        Raises:
+            CheckpointError: Missing files, other format version or mismatching shapes.
+        """
+        folder = Path(path)
+        cfg = read_config(folder)
+        items = read_json(folder / ITEMS_FILE)
+        if not isinstance(items, list) or len(items) != int(cfg["n_items"]):
+            raise CheckpointError(f"{folder / ITEMS_FILE}: expected {cfg['n_items']} item ids")
+        enc = build_encoder(cfg)
+        try:
+            state = load_file(str(folder / WEIGHTS_FILE))
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"{folder / WEIGHTS_FILE}: missing") from exc
+        except Exception as exc:
+            raise CheckpointError(f"{folder / WEIGHTS_FILE}: unreadable: {exc}") from exc
+        try:
+            enc.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{folder}: weights do not fit config.json: {exc}") from exc
+        model = cls(enc, [str(i) for i in items], cfg, select_device(device))
+        log.info(
+            "loaded model %s (%d items, dim %d) on %s",
+            model.model_version,
+            len(model.item_ids),
+            model.dim,
+            model.device,
+        )
+        return model
+
+    # ------------------------------------------------------------------ items
+    def _item_table(self) -> torch.Tensor:
+        if self._table is None:
+            with torch.inference_mode():
+                self._table = self.encoder.item_table()
+        return self._table
+
+    def item_vectors(self) -> np.ndarray:
+        """float32 ``[n_items, dim]``: row ``i`` is the vector of ``item_ids[i]``."""
+        table = self._item_table()[N_SPECIAL_ITEMS:]
+        out: np.ndarray = table.detach().cpu().numpy().astype(np.float32, copy=True)
+        return out
+
+    # ------------------------------------------------------------------ encode
+    def _encode(self, histories: Sequence[Sequence[Interaction]], long: bool) -> np.ndarray:
+        cap = self.encoder.cfg.long_max_len if long else self.encoder.cfg.short_max_len
+        n = len(histories)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        cuda = self.device.type == "cuda"
+        table = self._item_table()
+        with torch.inference_mode():
+            for start in range(0, n, _MAX_CHUNK):
+                chunk = histories[start : start + _MAX_CHUNK]
+                arrays = arrays_from_histories(chunk, self.item_index, cap)
+                batch = SeqBatch.from_arrays(arrays, pin=cuda).to(self.device, non_blocking=cuda)
+                vec = (
+                    self.encoder.encode_long(batch, table)
+                    if long
+                    else self.encoder.encode_short(batch, table)
+                )
+                out[start : start + len(chunk)] = vec.float().cpu().numpy()
+        return out
+
+    def encode_short(self, histories: Sequence[Sequence[Interaction]]) -> np.ndarray:
+        """Short-term vectors of many users' recent windows at once.
+
+        The caller passes each user's short window (the worker: latest <= 50
+        events within 30 minutes of the newest, see :meth:`short_window`); longer
+        inputs are cut to the newest ``short_max_len`` events.
+
+        Args:
+            histories: ``B`` windows, each oldest first.
+
+        Returns:
+            float32 ``[B, dim]``; an empty window gives the learned "no history" vector.
+        """
+        return self._encode(histories, long=False)
+
+    def encode_long(self, histories: Sequence[Sequence[Interaction]]) -> np.ndarray:
+        """Long-term vectors of many users' long histories at once.
+
+        Args:
+            histories: ``B`` histories, each oldest first (cut to the newest
+                ``long_max_len`` events).
+
+        Returns:
+            float32 ``[B, dim]``; an empty history gives the learned "no history" vector.
+        """
+        return self._encode(histories, long=True)
+
+    def short_window(self, history: Sequence[Interaction]) -> list[Interaction]:
+        """The short window this model was trained with (cap and minutes from training)."""
+        return short_window(history, self.short_window_events, self.short_window_minutes)
+
+    def blend(self, short: np.ndarray, long: np.ndarray, alpha: float | None = None) -> np.ndarray:
+        """:func:`blend` with this checkpoint's trained ``blend_alpha`` by default."""
+        return blend(short, long, self.blend_alpha if alpha is None else alpha)
+
+
+def build_encoder(cfg: dict[str, Any]) -> InterestEncoder:
+    """An (untrained) encoder with the architecture and sizes of a ``config.json``."""
+    enc_cfg = EncoderConfig.from_dict(cfg["encoder"])
+    return InterestEncoder(
+        enc_cfg,
+        n_items=int(cfg["n_items"]),
+        n_categories=int(cfg.get("n_categories", 0)),
+        text_dim=int(cfg.get("text_dim", 0)),
+    )
+
+
+def save_checkpoint(
+    out_dir: str | os.PathLike[str],
+    encoder: InterestEncoder,
+    item_ids: Sequence[str],
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    item_meta: dict[str, dict[str, Any]] | None = None,
+) -> str:
+    """Write a complete checkpoint folder and return its ``model_version``.
+
+    Args:
+        out_dir: Target folder (created; existing checkpoint files are replaced).
+        encoder: The trained module (any device).
+        item_ids: Vocabulary in row order (``len == encoder.n_items``).
+        config: Extra config (training settings, split, seed); format fields are added.
+        metrics: Curves and figures for ``metrics.json``.
+        item_meta: Optional per-item metadata for ``item_meta.json``.
+
+    Returns:
+        The new ``model_version`` (UTC timestamp + 8 hex digits of the weights' hash).
+    """
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(item_ids) != encoder.n_items:
+        raise ModelError(f"{len(item_ids)} item ids for an encoder of {encoder.n_items} items")
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].numpy().tobytes())
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    version = f"{stamp}-{digest.hexdigest()[:8]}"
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    save_file(
+        state, str(tmp), metadata={"model_version": version, "format_version": str(FORMAT_VERSION)}
+    )
+    os.replace(tmp, folder / WEIGHTS_FILE)
+    encoder.eval()
+    with torch.inference_mode():
+        vectors = encoder.item_table()[N_SPECIAL_ITEMS:].float().cpu().numpy()
+    np.save(folder / ITEM_VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32))
+    write_json(folder / ITEMS_FILE, list(item_ids))
+    full = {
+        "format_version": FORMAT_VERSION,
+        "model_version": version,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "dim": encoder.cfg.dim,
+        "metric": "ip",
+        "n_items": encoder.n_items,
+        "n_categories": encoder.n_categories,
+        "text_dim": encoder.text_dim,
+        "encoder": encoder.cfg.to_dict(),
+        **config,
+    }
+    write_json(folder / CONFIG_FILE, full)
+    write_json(folder / METRICS_FILE, metrics)
+    write_json(folder / VERSIONS_FILE, library_versions())
+    if item_meta is not None:
+        write_json(folder / ITEM_META_FILE, item_meta)
+    return version

@@ -1,0 +1,148 @@
+"""Training on a slice of real Taobao data: speed, determinism, learning, split hygiene."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import models
+from models import DataError, InterestModel, ModelError, TrainConfig
+from models.checkpoint import load_item_vectors
+from models.config import N_SPECIAL_ITEMS
+from models.encoder import InterestEncoder
+from models.model import save_checkpoint
+from models.testing import taobao_slice, tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def events() -> pd.DataFrame:
+    """40 real Taobao users with at least 40 events each (about 5,000 events)."""
+    return taobao_slice(n_users=40, min_events=40)
+
+
+@pytest.fixture(scope="module")
+def trained(events: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tb") / "model"
+    models.train(events, out, tiny_train_config(epochs=3), progress=False)
+    return out
+
+
+def test_tiny_model_trains_in_seconds(trained: Path) -> None:
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["train_seconds"] < 30
+    hist = metrics["phases"]["fit"]["history"]
+    assert len(hist) == 3
+    assert hist[-1]["train_next"] < hist[0]["train_next"]  # it learns
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["split"]["train_max_ts"] < cfg["split"]["train_cutoff_ts"]
+
+
+def test_determinism_under_a_seed(events: pd.DataFrame, trained: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    models.train(events, again, tiny_train_config(epochs=3), progress=False)
+    _, v1, _ = load_item_vectors(trained)
+    _, v2, _ = load_item_vectors(again)
+    np.testing.assert_array_equal(v1, v2)
+    other = tmp_path / "other"
+    models.train(events, other, tiny_train_config(epochs=3, seed=7), progress=False)
+    _, v3, _ = load_item_vectors(other)
+    assert not np.allclose(v1, v3)
+
+
+def test_trained_beats_untrained_on_held_out_future(
+    events: pd.DataFrame, trained: Path, tmp_path: Path
+) -> None:
+    """Same vocabulary and architecture; only the weights differ."""
+    cfg = json.loads((trained / "config.json").read_text())
+    ids, _, _ = load_item_vectors(trained)
+    enc = InterestEncoder(
+        models.EncoderConfig(**cfg["encoder"]), n_items=len(ids), n_categories=cfg["n_categories"]
+    )
+    trained_model = InterestModel.load(trained, device="cpu")
+    enc.get_buffer("item_cat").copy_(trained_model.encoder.get_buffer("item_cat"))
+    untrained = tmp_path / "untrained"
+    extra = {k: cfg[k] for k in ("train", "seed", "split")}
+    save_checkpoint(untrained, enc, ids, extra, metrics={})
+    kw = {"n_bootstrap": 50, "tasks": ("all",), "device": "cpu"}
+    good = models.evaluate(events, trained, **kw)["tasks"]["all"]["methods"]["blend"]
+    bad = models.evaluate(events, untrained, **kw)["tasks"]["all"]["methods"]["blend"]
+    assert good["ndcg@10"]["mean"] > bad["ndcg@10"]["mean"] + 0.02
+    assert good["recall@20"]["mean"] > bad["recall@20"]["mean"]
+
+
+def test_evaluation_refuses_a_leaking_model(events: pd.DataFrame, trained: Path) -> None:
+    with pytest.raises(ModelError, match="leak"):
+        models.evaluate(events, trained, cutoff_quantile=0.5, n_bootstrap=10)
+
+
+def test_training_uses_only_the_past(events: pd.DataFrame, trained: Path) -> None:
+    cfg = json.loads((trained / "config.json").read_text())
+    cutoff = cfg["split"]["train_cutoff_ts"]
+    assert cutoff == int(np.quantile(events["ts"].to_numpy(), 0.8))
+    ids, _, _ = load_item_vectors(trained)
+    assert set(ids) == set(events.loc[events["ts"] < cutoff, "item_id"])
+
+
+def test_validation_and_refit(events: pd.DataFrame, tmp_path: Path) -> None:
+    cfg = tiny_train_config(epochs=3, val_fraction=0.15, refit=True, patience=1, min_epochs=1)
+    res = models.train(events, tmp_path / "m", cfg, progress=False)
+    assert 1 <= res.best_epoch <= 3
+    assert res.val_ndcg10 is not None and 0.0 <= res.val_ndcg10 <= 1.0
+    phases = res.metrics["phases"]
+    assert "val" in phases["fit"]["history"][0]
+    assert len(phases["refit"]["history"]) == res.best_epoch
+    assert "own_recent" in phases["fit"]["val_baselines_ndcg@10"]
+
+
+def test_sampled_softmax_and_long_decay_train(events: pd.DataFrame, tmp_path: Path) -> None:
+    enc = models.testing.tiny_encoder_config(long_half_life_hours=72.0)
+    cfg = tiny_train_config(epochs=1, loss="sampled", n_negatives=64, encoder=enc)
+    models.train(events, tmp_path / "s", cfg, progress=False)
+    model = InterestModel.load(tmp_path / "s", device="cpu")
+    hs = models.testing.random_histories(4, 30, model.item_ids, span_ms=5 * 86_400_000)
+    batched = model.encode_long(hs)
+    single = np.concatenate([model.encode_long([h]) for h in hs])
+    np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_input_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="columns"):
+        models.train(pd.DataFrame({"user_id": ["u"]}), tmp_path / "x", TrainConfig())
+    tiny = pd.DataFrame(
+        {
+            "user_id": ["u"] * 5,
+            "item_id": list("abcde"),
+            "event_type": ["view"] * 5,
+            "ts": np.arange(5) + 1_512_000_000_000,
+        }
+    )
+    with pytest.raises(DataError):
+        models.train(tiny, tmp_path / "y", TrainConfig())
+
+
+def test_item_text_gives_cold_items_vectors(events: pd.DataFrame, tmp_path: Path) -> None:
+    """Items known only from text get a vector from MiniLM (offline) in the checkpoint."""
+    cutoff = int(np.quantile(events["ts"].to_numpy(), 0.8))
+    items = sorted(events.loc[events["ts"] < cutoff, "item_id"].unique())[:50]
+    text = pd.DataFrame(
+        {
+            "item_id": [*items, "cold-1", "cold-2"],
+            "text": [f"product {i} | shoes" for i in items]
+            + ["red running shoes | shoes", "garden hose | tools"],
+        }
+    )
+    res = models.train(
+        events, tmp_path / "t", tiny_train_config(epochs=1), progress=False, item_text=text
+    )
+    ids, vecs, cfg = load_item_vectors(res.out_dir)
+    assert ids[-2:] == ["cold-1", "cold-2"] and cfg["n_cold_items"] == 2 and cfg["has_text"]
+    meta = json.loads((res.out_dir / "item_meta.json").read_text())
+    assert meta["cold-1"]["cold"] is True
+    assert np.isfinite(vecs).all() and np.abs(vecs[-2:]).sum() > 0
+    assert not np.allclose(vecs[-1], vecs[-2])
+    model = InterestModel.load(res.out_dir, device="cpu")
+    assert model.encoder.item_emb.weight.shape[0] == len(ids) + N_SPECIAL_ITEMS
