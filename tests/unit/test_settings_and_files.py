@@ -89,3 +89,8 @@ def test_canonical_iso_ts_and_bad_rows(tmp_path: Path) -> None:
     odd.write_text("a,b\n1,2\n")
     with pytest.raises(EventFileError, match="unknown layout"):
         read_events(odd)
+
+
+def test_readme_settings_table_is_current() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert settings_table() in readme, "run `interest-stream config --markdown` into README.md"
