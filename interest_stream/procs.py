@@ -29,8 +29,6 @@ __all__ = ["Service", "ServiceError", "http_get_json", "settings_env", "wait_htt
 
 log = logging.getLogger(__name__)
 
-_SECRETS = ("admin_token", "kafka_sasl_password")
-
 
 class ServiceError(InterestStreamError):
     """A child service did not start or died."""
@@ -38,21 +36,9 @@ class ServiceError(InterestStreamError):
 
 def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment that makes a child process read exactly these settings."""
-    env = dict(os.environ if base is None else base)
-    for name, value in settings.safe_dump().items():
-        key = f"INTEREST_{name.upper()}"
-        if name in _SECRETS:
-            secret = getattr(settings, name)
-            value = secret.get_secret_value() if secret is not None else None
-        if value is None:
-            env.pop(key, None)
-            continue
-        if isinstance(value, list):
-            value = ",".join(value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[key] = str(value)
-    return env
+    from streams.state import settings_environ
+
+    return settings_environ(settings, base)
 
 
 def http_get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
