@@ -9,10 +9,16 @@ One run, one broker, fresh topics:
 3. **fixed rate** — the file is replayed again at each ``--rate``: applied
    events/s and **freshness** (event produced -> new vector readable in the
    API) p50/p95/p99 from the API's freshness histogram over that phase;
-4. **floor** — a naive pipeline in one process: per event, update the window,
+4. **scale** (optional, ``scale_users``) — synthetic users cloned from the
+   file's real users (:mod:`streams.synth`, same per-user statistics) are
+   replayed into the running worker until its state holds that many users:
+   applied events/s at that size and the worker's resident memory (peak and
+   end) and on-disk state;
+5. **floor** — a naive pipeline in one process: per event, update the window,
    encode the user alone (short + long), publish the record, wait for the ack.
 
 Resident memory (VmRSS) of the worker and the API is sampled at the end.
+:func:`write_charts` draws the throughput and freshness PNGs of a result.
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ from interest_stream.procs import Service, http_get_json, wait_http
 from interest_stream.settings import Settings
 from streams.bench import fresh_settings, raw_consume_rate
 from streams.replay import make_producer, replay_events
+from streams.synth import synthetic_users
 from streams.topics import ensure_topics
 from streams.window import BehaviorWindow, WindowConfig
 
-__all__ = ["bench_pipeline", "naive_pipeline_rate"]
+__all__ = ["bench_pipeline", "naive_pipeline_rate", "scale_phase", "write_charts"]
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +156,21 @@ def bench_pipeline(
     rates: tuple[float, ...] = (1000.0, 2000.0),
     work_dir: Path | None = None,
     naive_events: int = 2000,
+    scale_users: int = 0,
+    scale_events_per_user: int | None = 4,
 ) -> dict[str, Any]:
-    """Run the pipeline benchmark (see the module docstring); returns every figure."""
+    """Run the pipeline benchmark (see the module docstring); returns every figure.
+
+    Args:
+        settings: Base settings (bootstrap, security); topics and ports are fresh.
+        events: The event file to replay (canonical).
+        model_dir: Checkpoint the worker encodes with.
+        rates: Fixed replay rates (events/s) of the freshness phases.
+        work_dir: Folder for state and logs (default: a new temporary folder).
+        naive_events: Events pushed through the naive per-event floor.
+        scale_users: Synthetic users of the scale phase (0 = skip it).
+        scale_events_per_user: Latest events kept per synthetic user (``None`` = all).
+    """
     from streams.kafka_local.broker import free_port
 
     root = work_dir or Path(tempfile.mkdtemp(prefix="is-pipeline-"))
@@ -223,6 +243,14 @@ def bench_pipeline(
                 }
             )
         result["rss_mb"] = {"worker": _rss_mb(worker.pid), "api": _rss_mb(api.pid)}
+        if scale_users > 0:
+            result["scale"] = scale_phase(
+                s, events, worker, scale_users, scale_events_per_user, root
+            )
+            result["rss_mb_after_scale"] = {
+                "worker": _rss_mb(worker.pid),
+                "api": _rss_mb(api.pid),
+            }
     finally:
         worker.stop()
         api.stop()
@@ -231,6 +259,133 @@ def bench_pipeline(
     result["speedup_vs_naive"] = round(ce / max(result["floor_naive"]["eps"], 1e-9), 1)
     result["machine"] = {"cpus": _cpus(), "numpy": np.__version__}
     return result
+
+
+def _du_mb(path: Path) -> float:
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return round(total / 2**20, 1)
+
+
+def scale_phase(
+    settings: Settings,
+    events: pd.DataFrame,
+    worker: Service,
+    n_users: int,
+    events_per_user: int | None,
+    root: Path,
+) -> dict[str, Any]:
+    """Fill the running worker with ``n_users`` synthetic users; measure rate and memory."""
+    wurl = f"http://127.0.0.1:{settings.worker_web_port}/metrics"
+    plan, chunks = synthetic_users(events, n_users, seed=11, max_events_per_user=events_per_user)
+    log.info(
+        "scale phase: %d synthetic users, %d events (%.1f per user, %d templates)",
+        plan.users, plan.events, plan.mean_events_per_user, plan.templates,
+    )  # fmt: skip
+    before = _metrics(wurl)
+    target = before.get("interest_worker_events_applied_total", 0) + plan.events
+    short_key = 'interest_reencoded_users_total{horizon="short"}'
+    peak = 0.0
+
+    def sample() -> float:
+        nonlocal peak
+        rss = _rss_mb(worker.pid) or 0.0
+        peak = max(peak, rss)
+        return rss
+
+    producer = make_producer(settings)
+    t0 = time.monotonic()
+    sent = 0
+    try:
+        for chunk in chunks:
+            sent += replay_events(chunk, settings, producer=producer).sent
+            sample()
+            worker.check()
+    finally:
+        producer.close(timeout=30)
+    send_s = time.monotonic() - t0
+    deadline = time.monotonic() + max(900.0, plan.events / 1000.0)
+    applied = before.get("interest_worker_events_applied_total", 0)
+    while time.monotonic() < deadline:
+        m = _metrics(wurl)
+        applied = m.get("interest_worker_events_applied_total", 0)
+        sample()
+        if applied >= target:
+            break
+        worker.check()
+        time.sleep(1.0)
+    seconds = time.monotonic() - t0
+    after = _metrics(wurl)
+    # let the re-encoder drain before the memory reading at rest
+    for _ in range(120):
+        if _metrics(wurl).get("interest_reencode_pending_users", 0) == 0:
+            break
+        sample()
+        time.sleep(1.0)
+    end = sample()
+    return {
+        "users": plan.users,
+        "events": plan.events,
+        "sent": sent,
+        "mean_events_per_user": plan.mean_events_per_user,
+        "events_per_user_cap": events_per_user,
+        "send_seconds": round(send_s, 1),
+        "applied": int(applied - before.get("interest_worker_events_applied_total", 0)),
+        "applied_eps": round(
+            (applied - before.get("interest_worker_events_applied_total", 0)) / seconds, 1
+        ),
+        "seconds": round(seconds, 1),
+        "reencoded_short": int(after.get(short_key, 0) - before.get(short_key, 0)),
+        "worker_rss_mb_peak": peak,
+        "worker_rss_mb_end": end,
+        "state_dir_mb": _du_mb(settings.state_dir) if settings.state_dir.exists() else None,
+    }
+
+
+def write_charts(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Throughput and freshness PNGs of a :func:`bench_pipeline` result; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    bars = [("bare consume\n(ceiling)", result["ceiling_raw_consume"]["eps"])]
+    bars.append(("worker + encoder\n(catch-up)", result["catch_up"]["applied_eps"]))
+    if "scale" in result:
+        bars.append((f"at {result['scale']['users']:,} users", result["scale"]["applied_eps"]))
+    bars.append(("naive per-event\n(floor)", result["floor_naive"]["eps"]))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    names, values = zip(*bars, strict=True)
+    ax.barh(names, values, color=["#9aa5b1", "#2f6fde", "#5b8def", "#d9822b"][: len(values)])
+    ax.set_xscale("log")
+    ax.set_xlabel("events per second (log scale)")
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v:,.0f}", va="center")
+    ax.set_title("interest-stream pipeline: events applied per second")
+    fig.tight_layout()
+    p = out_dir / "pipeline_throughput.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+    phases = [ph for ph in result.get("phases", []) if ph["freshness"].get("p50_ms") is not None]
+    if phases:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        x = np.arange(len(phases))
+        for i, q in enumerate(("p50_ms", "p95_ms", "p99_ms")):
+            vals = [ph["freshness"][q] for ph in phases]
+            ax.bar(x + (i - 1) * 0.27, vals, width=0.27, label=q.replace("_ms", ""))
+        ax.set_xticks(x, [f"{ph['target_eps']:,.0f} ev/s" for ph in phases])
+        ax.axhline(1000, color="#c23030", linestyle="--", linewidth=1, label="1 s target (p99)")
+        ax.set_ylabel("freshness, ms (event produced → vector in API)")
+        ax.legend()
+        ax.set_title("freshness at fixed event rates")
+        fig.tight_layout()
+        p = out_dir / "pipeline_freshness.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
 
 
 def _cpus() -> int:

@@ -11,7 +11,9 @@ says so in the log.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ __all__ = ["MODEL_POLL_S", "ReencodingWorker", "attach_reencoder", "run"]
 log = logging.getLogger(__name__)
 
 MODEL_POLL_S = 5.0
+#: Forgotten users whose in-flight records are filtered (see ``attach_reencoder``).
+FORGET_FILTER_USERS = 100_000
 STARTUP_SWEEP_PER_S = 2000.0
 
 
@@ -66,9 +70,16 @@ class ReencodingWorker(WindowWorker):
         return await super().process_batch(events)
 
     def iter_windows(self) -> Iterator[tuple[str, BehaviorWindow]]:
-        """Every window in this worker's local store (the partitions it holds)."""
-        for key, value in list(self.table.data.items()):
-            if value is None:
+        """Every window in this worker's local store (the partitions it holds).
+
+        Only the keys are listed up front (tens of bytes each, even for a
+        million users); each window is read when its turn comes, so a slow
+        sweep submits the user's current window, not a copy from its start.
+        """
+        data = self.table.data
+        for key in list(data.keys()):
+            value = data.get(key)
+            if value is None:  # forgotten or moved to another worker since
                 continue
             try:
                 window = BehaviorWindow.from_bytes(bytes(value), self.config)
@@ -85,8 +96,23 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
     app = worker.app
     out_topic = s.output_topic
 
+    # Right to be forgotten: user -> forget time (ms). A record encoded from a window
+    # taken before the forget (a flush in flight) is stale; drop it so that the
+    # tombstone stays the user's last record. New-life records carry a produced_at
+    # (Kafka time of their newest event) at or after the forget time.
+    forgotten_at: OrderedDict[str, int] = OrderedDict()
+
+    def keep(key: bytes, value: bytes | None) -> bool:
+        at = forgotten_at.get(key.decode("utf-8", errors="replace"))
+        if at is None or value is None:
+            return True
+        produced = json.loads(value).get("produced_at")
+        return produced is not None and int(produced) >= at
+
     async def publish(records: Sequence[tuple[bytes, bytes | None]]) -> None:
         producer = app.producer
+        if forgotten_at:
+            records = [(k, v) for k, v in records if keep(k, v)]
         futures = [await producer.send(out_topic, k, v, None, None, None) for k, v in records]
         await asyncio.gather(*futures)
 
@@ -104,7 +130,21 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
     async def on_batch(windows: Mapping[str, BehaviorWindow]) -> None:
         await reencoder.submit(windows, worker.produced_at)
 
+    async def on_forget(users: Mapping[str, int]) -> None:
+        for user, at in users.items():
+            reencoder.forget(user)
+            forgotten_at[user] = at
+            forgotten_at.move_to_end(user)
+        while len(forgotten_at) > FORGET_FILTER_USERS:
+            forgotten_at.popitem(last=False)
+        producer = app.producer
+        futures = [
+            await producer.send(out_topic, u.encode("utf-8"), None, None, None, None) for u in users
+        ]
+        await asyncio.gather(*futures)
+
     worker.on_batch = on_batch
+    worker.on_forget = on_forget
 
     async def reencode_loop() -> None:
         try:
