@@ -21,6 +21,7 @@ from interest_stream import __version__
 from interest_stream.errors import ConfigError, EventFileError, InterestStreamError
 from interest_stream.logs import configure_logging
 from interest_stream.settings import Settings, load_settings, settings_table
+from models import cli as models_cli
 
 __all__ = ["main"]
 
@@ -92,7 +93,29 @@ def _guard(as_json: bool, fn: Callable[[], Any]) -> Any:
         sys.exit(130)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _Group(click.Group):
+    """The root group: a project error from any verb becomes one line and an exit code.
+
+    Verbs that run through :func:`_guard` already do this; the handler here
+    covers the rest (e.g. the model verbs mounted from :mod:`models.cli`).
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # the verb's own arguments (click empties ctx.args before running the verb)
+        argv = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        try:
+            return super().invoke(ctx)
+        except InterestStreamError as exc:
+            _fail(exc, "--json" in argv)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 @click.version_option(__version__, prog_name="interest-stream")
 def main() -> None:
     """interest-stream: streaming real-time user-interest vectors.
@@ -335,107 +358,11 @@ def serve_cmd(
 
 
 # --------------------------------------------------------------------------- train / evaluate
-@main.command("train")
-@_events_opt
-@_format_opt
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Checkpoint folder.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Most epochs.")
-@click.option("--seed", type=int, default=None, help="Random seed.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--items", "items_path", type=click.Path(path_type=Path), default=None,
-              help="Item text for cold start (MovieLens u.item); found beside u.data.")  # fmt: skip
-@json_option
-def train_cmd(
-    events_path: Path,
-    fmt: str,
-    out: Path,
-    epochs: int | None,
-    seed: int | None,
-    device: str,
-    items_path: Path | None,
-    as_json: bool,
-) -> None:
-    """Train the interest encoder on an event file and write a checkpoint folder."""
-    from interest_stream.eventfile import read_events
-
-    def run() -> dict[str, Any]:
-        from models import TrainConfig, train
-
-        _settings()
-        df = read_events(events_path, fmt)  # type: ignore[arg-type]
-        overrides: dict[str, Any] = {"device": device}
-        if epochs is not None:
-            overrides["epochs"] = epochs
-        if seed is not None:
-            overrides["seed"] = seed
-        cfg = TrainConfig(**overrides)
-        item_text = _item_text(events_path, items_path)
-        result = train(df, out, cfg, progress=not as_json, item_text=item_text)
-        return {
-            "out_dir": str(result.out_dir),
-            "model_version": result.model_version,
-            "best_epoch": result.best_epoch,
-            "val_ndcg10": result.val_ndcg10,
-            "seconds": round(result.seconds, 1),
-        }
-
-    res = _guard(as_json, run)
-    _emit(
-        res,
-        as_json,
-        lambda d: f"checkpoint written to {out}\n{json.dumps(d, indent=2, default=str)}",
-    )
-
-
-def _item_text(events_path: Path, items_path: Path | None) -> Any:
-    from interest_stream.eventfile import movielens_items
-
-    folder = items_path.parent if items_path is not None else events_path.parent
-    if items_path is not None or (folder / "u.item.gz").exists() or (folder / "u.item").exists():
-        items = movielens_items(folder)
-        items["text"] = items["title"] + " | " + items["genres"].str.replace("|", ", ")
-        return items[["item_id", "text"]]
-    return None
-
-
-@main.command("evaluate")
-@_events_opt
-@_format_opt
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
-              help="Checkpoint folder from `train`.")  # fmt: skip
-@click.option("--cutoff-quantile", type=click.FloatRange(0.05, 0.95), default=0.8,
-              help="Global temporal cutoff at this quantile of event time.")  # fmt: skip
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder for the JSON of every figure and the PNG chart.")  # fmt: skip
-@json_option
-def evaluate_cmd(
-    events_path: Path,
-    fmt: str,
-    model_dir: Path,
-    cutoff_quantile: float,
-    out: Path | None,
-    as_json: bool,
-) -> None:
-    """Evaluate a checkpoint against baselines with full ranking and bootstrap CIs."""
-    from interest_stream.eventfile import read_events
-
-    def run() -> dict[str, Any]:
-        from models import evaluate
-
-        _settings()
-        df = read_events(events_path, fmt)  # type: ignore[arg-type]
-        return dict(
-            evaluate(
-                df,
-                model_dir,
-                cutoff_quantile=cutoff_quantile,
-                out_dir=out,
-                dataset=events_path.name,
-            )
-        )
-
-    res = _guard(as_json, run)
-    _emit(res, as_json)
+# The model verbs live beside the code they drive (models/cli.py) and are mounted
+# here, so `interest-stream train|evaluate|bench encoder` and `python -m models`
+# are the same commands; errors reach the user through _Group.invoke.
+main.add_command(models_cli.train_cmd, "train")
+main.add_command(models_cli.evaluate_cmd, "evaluate")
 
 
 # --------------------------------------------------------------------------- bench
@@ -444,22 +371,7 @@ def bench_group() -> None:
     """Benchmarks that print measured figures next to a baseline from the same run."""
 
 
-@bench_group.command("encoder")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-              help="Checkpoint (default: train a small one on the Taobao slice).")  # fmt: skip
-@click.option("--batch-sizes", default="1,64,512", help="Comma-separated batch sizes.")
-@json_option
-def bench_encoder_cmd(model_dir: Path | None, batch_sizes: str, as_json: bool) -> None:
-    """Users encoded per second at several batch sizes, vs a per-user loop."""
-
-    def run() -> dict[str, Any]:
-        from models.bench import bench_encoder
-
-        _settings()
-        sizes = tuple(int(x) for x in batch_sizes.split(",") if x.strip())
-        return dict(bench_encoder(model_dir, batch_sizes=sizes))
-
-    _emit(_guard(as_json, run), as_json)
+bench_group.add_command(models_cli.bench_encoder_cmd, "encoder")
 
 
 @bench_group.command("ingest")
@@ -489,15 +401,36 @@ def bench_ingest_cmd(events_path: Path | None, bootstrap: str | None, as_json: b
 @click.option(
     "--rates", default="1000,2000", help="Fixed replay rates (events/s), comma-separated."
 )
+@click.option(
+    "--scale-users",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Also fill the worker with this many synthetic users (0 = skip).",
+)
+@click.option(
+    "--scale-events-per-user",
+    type=click.IntRange(min=1),
+    default=4,
+    help="Latest events kept per synthetic user in the scale phase.",
+)
 @click.option("--bootstrap", default=None, help="Kafka bootstrap [env INTEREST_KAFKA_BOOTSTRAP].")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the JSON here.")
+@click.option(
+    "--charts",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write throughput/freshness PNGs into this folder.",
+)
 @json_option
 def bench_pipeline_cmd(
     events_path: Path | None,
     model_dir: Path,
     rates: str,
+    scale_users: int,
+    scale_events_per_user: int,
     bootstrap: str | None,
     out: Path | None,
+    charts: Path | None,
     as_json: bool,
 ) -> None:
     """Whole system: applied events/s, re-encodes/s, freshness, RSS; ceiling and floor."""
@@ -509,7 +442,18 @@ def bench_pipeline_cmd(
         s = _settings(kafka_bootstrap=bootstrap)
         path = events_path or shared_data_dir() / "taobao-userbehavior" / "user_histories.csv.gz"
         rs = tuple(float(x) for x in rates.split(",") if x.strip())
-        res = bench_pipeline(s, read_events(path), model_dir, rates=rs)
+        res = bench_pipeline(
+            s,
+            read_events(path),
+            model_dir,
+            rates=rs,
+            scale_users=scale_users,
+            scale_events_per_user=scale_events_per_user,
+        )
+        if charts is not None:
+            from streams.bench_pipeline import write_charts
+
+            res["charts"] = [str(p) for p in write_charts(res, charts)]
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(res, indent=2))
