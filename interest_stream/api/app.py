@@ -34,7 +34,7 @@ from typing import Annotated, Any, TypeVar
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Query
 from fastapi import Path as PathParam
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -43,9 +43,9 @@ from index.item_index import ItemIndex
 from index.user_index import UserIndex
 from interest_stream import __version__
 from interest_stream.api.consumer import OutputConsumer
-from interest_stream.api.dashboard import render_home
+from interest_stream.api.dashboard import dashboard_router
 from interest_stream.api.errors import ApiError, PublishError, error_body, install_error_handlers
-from interest_stream.api.forget import ForgetHook, KafkaPublisher, Publisher, worker_forget_pending
+from interest_stream.api.forget import ForgetHook, KafkaPublisher, Publisher, worker_forget_hook
 from interest_stream.api.metrics import ApiMetrics
 from interest_stream.api.middleware import BodyLimitMiddleware, TimingMiddleware
 from interest_stream.api.schemas import (
@@ -160,8 +160,8 @@ def create_app(
         start_consumer: Run the output-topic consumer on start-up. Without it
             the app is ready at once and the user index is fed by the caller.
         publisher: Writes tombstones (default: a Kafka producer, created lazily).
-        forget_hooks: Called after each forgotten user (default: a log line
-            saying that the worker-side deletion is not wired yet).
+        forget_hooks: Called after each forgotten user (default: a forget
+            command to the worker's command topic, :func:`worker_forget_hook`).
         offload_search: Also run item searches (recommendations, similar) in
             the thread pool. Off by default: an exact search over ~50k items
             takes ~0.5 ms, and the thread hop costs 0.1-0.4 ms of CPU more than
@@ -201,7 +201,9 @@ def create_app(
         metrics=metrics,
         consumer=consumer,
         publisher=publisher or KafkaPublisher(settings),
-        forget_hooks=list(forget_hooks) if forget_hooks is not None else [worker_forget_pending],
+        forget_hooks=list(forget_hooks)
+        if forget_hooks is not None
+        else [worker_forget_hook(settings)],
     )
 
     @asynccontextmanager
@@ -214,6 +216,10 @@ def create_app(
             if state.consumer is not None:
                 await anyio.to_thread.run_sync(state.consumer.stop)
             state.publisher.close()
+            for hook in state.forget_hooks:
+                close = getattr(hook, "close", None)
+                if callable(close):
+                    close()
 
     app = FastAPI(
         title="interest-stream",
@@ -231,6 +237,7 @@ def create_app(
         max_bytes=int(_setting(settings, "api_max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
     )
     _add_routes(app, state, offload_search)
+    app.include_router(dashboard_router(state))
     return app
 
 
@@ -382,19 +389,31 @@ def _add_routes(app: FastAPI, state: ApiState, offload: bool) -> None:
     async def forget_user(user_id: UserId) -> dict[str, Any]:
         """Forget a user: tombstone on the output topic, removal from this replica, hooks.
 
-        Every replica drops the user when its consumer reads the tombstone.
-        Worker-side state deletion is a hook (not wired yet).
+        Every replica drops the user when its consumer reads the tombstone; the
+        worker deletes its state on the forget command sent by the default hook.
+        A failed hook answers 503 (the call is idempotent: retry it).
         """
+        held = user_id in state.users  # before the tombstone: our consumer may apply it first
         try:
             await anyio.to_thread.run_sync(state.publisher.tombstone, user_id)
         except PublishError as exc:
             raise ApiError(503, "kafka_unavailable", str(exc)) from exc
-        removed = await anyio.to_thread.run_sync(state.users.remove, user_id)
+        removed = await anyio.to_thread.run_sync(state.users.remove, user_id) or held
+        failed: list[str] = []
         for hook in state.forget_hooks:
             try:
-                hook(user_id)
-            except Exception:
+                await anyio.to_thread.run_sync(hook, user_id)
+            except Exception as exc:
                 logger.exception("forget hook %r failed for user %r", hook, user_id)
+                failed.append(f"{type(exc).__name__}: {exc}")
+        if failed:
+            raise ApiError(
+                503,
+                "kafka_unavailable",
+                f"user {user_id!r} was removed from the output topic but not everywhere: "
+                + "; ".join(failed)
+                + "; retry the DELETE",
+            )
         state.metrics.forgotten.inc()
         logger.info("forgot user %r (held here: %s)", user_id, removed)
         return {"user_id": user_id, "removed": removed, "tombstone": True}
@@ -440,18 +459,6 @@ def _add_routes(app: FastAPI, state: ApiState, offload: bool) -> None:
     async def metrics() -> Response:
         """Prometheus text exposition."""
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def home() -> HTMLResponse:
-        """A placeholder page for people (the dashboard comes later)."""
-        ok, info = state.readiness()
-        return HTMLResponse(render_home(
-            version=__version__,
-            ready=ok,
-            info=info,
-            model_version=None if state.items is None else state.items.model_version,
-            topic=settings.output_topic,
-        ))  # fmt: skip
 
 
 def serve(settings: Settings | None = None, **app_options: Any) -> None:
