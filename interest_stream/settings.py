@@ -105,6 +105,11 @@ class Settings(BaseSettings):
         "interest-stream",
         description="Worker consumer group / Faust app id; also prefixes internal topics.",
     )
+    command_topic: str | None = Field(
+        None,
+        description="Worker command topic (e.g. forget a user), co-partitioned with the "
+        "event topics; unset = <app_id>.commands.",
+    )
 
     # --- state -----------------------------------------------------------------
     state_dir: Path = Field(

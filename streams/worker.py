@@ -56,6 +56,17 @@ the process at once without committing (``os._exit(70)``): a restart then
 re-delivers the batch. Any other shutdown (SIGTERM, SIGINT) is graceful: Faust
 waits for the batch in flight, then stops.
 
+**Forgetting a user** (right to be forgotten): the agent also consumes the
+command topic (:mod:`streams.commands`, co-partitioned with the event topics).
+A ``forget`` command deletes the user's window (a tombstone in the changelog,
+so recovery never brings it back), stores a suppression record (forget time =
+the command's Kafka timestamp, and its offset) in the ``forgotten`` table, and
+calls the ``on_forget`` hook (the re-encoder drops the user and writes a
+tombstone to the output topic). Events of that user stamped before the forget
+time are dropped (``interest_worker_events_forgotten_total``); later ones
+start a new window. A re-delivered command changes nothing but is announced to
+the hook again (its tombstone is idempotent). See :mod:`streams.commands`.
+
 HTTP (Faust's web server on ``127.0.0.1:INTEREST_WORKER_WEB_PORT``):
 ``GET /windows/{user_id}/`` (the window, or 404 when unknown or on a partition
 this worker does not hold), ``GET /assignment/``, ``GET /healthz/`` and
@@ -100,18 +111,22 @@ from prometheus_client import (
 from interest_stream.errors import InterestStreamError, InvalidEvent
 from interest_stream.events import dlq_record, parse_event
 from interest_stream.settings import Settings, load_settings
+from streams.commands import CommandError, command_topic, ensure_command_topic, parse_command
 from streams.window import BehaviorWindow, StateCodecError, WindowConfig
 
 __all__ = [
+    "FORGOTTEN_TABLE",
     "TABLE_NAME",
     "BatchHook",
     "BatchResult",
+    "ForgetHook",
     "WindowWorker",
     "WorkerError",
     "WorkerMetrics",
     "changelog_topic",
     "check_topics",
     "create_app",
+    "forgotten_changelog_topic",
     "main",
     "read_changelog_windows",
     "run_worker",
@@ -121,6 +136,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "windows"
+FORGOTTEN_TABLE = "forgotten"
 FAIL_STOP_EXIT_CODE = 70
 #: Seconds a missing offset at the head of the acked offsets is waited for before a re-seek.
 HOLE_REPAIR_S = 10.0
@@ -154,6 +170,20 @@ class BatchHook(Protocol):
         ...
 
 
+class ForgetHook(Protocol):
+    """Called after each batch with the users forgotten in it (user_id -> forget time, ms).
+
+    The windows' tombstones are acknowledged when the hook runs; the hook runs
+    before :class:`BatchHook` (a user forgotten and active again in the same
+    batch is first forgotten, then passed with its new window). Exceptions are
+    logged and counted like the batch hook's.
+    """
+
+    def __call__(self, users: Mapping[str, int], /) -> Awaitable[None] | None:
+        """Handle the users forgotten in one batch."""
+        ...
+
+
 class WorkerMetrics:
     """Prometheus metrics of one worker, in a registry of its own."""
 
@@ -173,6 +203,16 @@ class WorkerMetrics:
         )
         self.dlq = Counter(
             "interest_worker_events_dlq", "Messages sent to the dead-letter topic.", registry=r
+        )
+        self.forgotten = Counter(
+            "interest_worker_users_forgotten",
+            "Forget commands applied (a user's window deleted).",
+            registry=r,
+        )
+        self.forgotten_events = Counter(
+            "interest_worker_events_forgotten",
+            "Events dropped because they predate their user's forget command.",
+            registry=r,
         )
         self.state_errors = Counter(
             "interest_worker_state_errors",
@@ -235,6 +275,11 @@ def changelog_topic(settings: Settings) -> str:
     return f"{settings.app_id}-{TABLE_NAME}-changelog"
 
 
+def forgotten_changelog_topic(settings: Settings) -> str:
+    """Changelog topic of the forgotten-users table (``<app_id>-forgotten-changelog``)."""
+    return f"{settings.app_id}-{FORGOTTEN_TABLE}-changelog"
+
+
 def worker_info_path(settings: Settings) -> Path:
     """File where a running worker writes its pid and web address (JSON)."""
     return Path(settings.state_dir) / "worker.json"
@@ -262,17 +307,23 @@ def check_topics(settings: Settings) -> int:
             f"(co-partitioned by user_id); found {event_counts} (INTEREST_EVENT_TOPICS)"
         )
     n = int(next(iter(distinct)))  # type: ignore[arg-type]
-    admin = admin_client(settings)
     try:
-        cl = partition_counts(admin, [changelog_topic(settings)])
+        ensure_command_topic(settings, n)
+    except CommandError as exc:
+        raise WorkerError(str(exc)) from exc
+    admin = admin_client(settings)
+    internal = [changelog_topic(settings), forgotten_changelog_topic(settings)]
+    try:
+        cl = partition_counts(admin, internal)
     finally:
         admin.close()
-    have = cl.get(changelog_topic(settings))
-    if have is not None and have != n:
-        raise WorkerError(
-            f"changelog topic {changelog_topic(settings)} has {have} partitions but the event "
-            f"topics have {n}; use a new INTEREST_APP_ID or recreate the changelog"
-        )
+    for topic in internal:
+        have = cl.get(topic)
+        if have is not None and have != n:
+            raise WorkerError(
+                f"changelog topic {topic} has {have} partitions but the event "
+                f"topics have {n}; use a new INTEREST_APP_ID or recreate the changelog"
+            )
     return n
 
 
@@ -387,11 +438,33 @@ def _exit_now(reason: str) -> NoReturn:
     os._exit(FAIL_STOP_EXIT_CODE)
 
 
+@dataclass(frozen=True, slots=True)
+class _Forgotten:
+    """Suppression record of a forgotten user: forget time (ms) and the command's offset."""
+
+    at_ms: int
+    offset: int
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"at": self.at_ms, "offset": self.offset}).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> _Forgotten:
+        obj = json.loads(raw)
+        return cls(int(obj["at"]), int(obj["offset"]))
+
+
 @dataclass(slots=True)
 class _Touched:
-    window: BehaviorWindow
+    window: BehaviorWindow | None  # None: deleted by a forget command in this batch
     event: EventT[Any]
     applied: int = 0
+    forgotten: _Forgotten | None = None
+    forgotten_dirty: bool = False
+
+
+def _ts_ms(message: Message) -> int:
+    return round((message.timestamp or 0.0) * 1000)
 
 
 @dataclass(slots=True)
@@ -403,6 +476,8 @@ class BatchResult:
     duplicates: int = 0
     dlq: int = 0
     windows: dict[str, BehaviorWindow] = field(default_factory=dict)
+    forgotten: dict[str, int] = field(default_factory=dict)
+    forgotten_events: int = 0
 
 
 class WindowWorker:
@@ -411,6 +486,7 @@ class WindowWorker:
     Args:
         settings: Process settings.
         on_batch: Optional hook called with the windows written by each batch.
+        on_forget: Optional hook called with the users forgotten by each batch.
         partitions: Partition count of the event topics; looked up (and the
             topics created if missing) with :func:`check_topics` when ``None``.
         fail_stop: Called when a batch fails half-way; must not return
@@ -422,6 +498,7 @@ class WindowWorker:
         settings: Settings,
         *,
         on_batch: BatchHook | None = None,
+        on_forget: ForgetHook | None = None,
         partitions: int | None = None,
         fail_stop: Callable[[str], NoReturn] = _exit_now,
     ) -> None:
@@ -429,6 +506,7 @@ class WindowWorker:
         self.config = WindowConfig.from_settings(settings)
         self.partitions = partitions if partitions is not None else check_topics(settings)
         self.on_batch = on_batch
+        self.on_forget = on_forget
         self.metrics = WorkerMetrics()
         self.web_port = settings.worker_web_port or _free_port()
         self._fail_stop = fail_stop
@@ -439,6 +517,8 @@ class WindowWorker:
         self._cache: OrderedDict[tuple[int, str], BehaviorWindow] = OrderedDict()
         self._event_topics = frozenset(settings.event_topics)
         self._changelog = changelog_topic(settings)
+        self._forgotten_changelog = forgotten_changelog_topic(settings)
+        self._commands = command_topic(settings)
         self.app = self._build_app()
         self.table = self.app.Table(
             TABLE_NAME,
@@ -448,8 +528,17 @@ class WindowWorker:
             options=dict(_ROCKSDB_OPTIONS) if settings.store == "rocksdb" else None,
             help="user_id -> BehaviorWindow bytes (streams.window)",
         )
+        self.forgotten_table = self.app.Table(
+            FORGOTTEN_TABLE,
+            partitions=self.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            options=dict(_ROCKSDB_OPTIONS) if settings.store == "rocksdb" else None,
+            help="user_id -> forget time and command offset of a forgotten user",
+        )
         self.source = self.app.topic(
             *settings.event_topics,
+            self._commands,
             key_type=bytes,
             value_type=bytes,
             key_serializer="raw",
@@ -520,6 +609,21 @@ class WindowWorker:
             return BehaviorWindow(user_id, self.config)
         return BehaviorWindow.from_bytes(raw, self.config)
 
+    def _load_forgotten(self, user_id: str, event: EventT[Any] | None) -> _Forgotten | None:
+        """The suppression record of ``user_id`` (``None`` if the user was never forgotten)."""
+        raw = self._read_stored(user_id.encode("utf-8"), event, self.forgotten_table)
+        if raw is None:
+            return None
+        try:
+            return _Forgotten.from_bytes(raw)
+        except (ValueError, KeyError, TypeError):
+            log.error("suppression record of user %r is corrupt; ignoring it", user_id)
+            return None
+
+    def is_forgotten(self, user_id: str) -> bool:
+        """Whether ``user_id`` has a suppression record on a partition this worker holds."""
+        return self._load_forgotten(user_id, None) is not None
+
     def _remember(self, key: tuple[int, str], window: BehaviorWindow) -> None:
         self._cache[key] = window
         self._cache.move_to_end(key)
@@ -545,11 +649,14 @@ class WindowWorker:
             log.exception("batch of %d messages failed", len(events))
             self._fail_stop(f"batch failed: {exc!r}")
 
-    def _read_stored(self, key: bytes, event: EventT[Any] | None) -> bytes | None:
+    def _read_stored(
+        self, key: bytes, event: EventT[Any] | None, table: Any = None
+    ) -> bytes | None:
         """The stored bytes of ``key`` in the partition of ``event`` (any partition if None)."""
+        store = (self.table if table is None else table).data
         token: Token[Any] = _current_event.set(weakref.ref(event) if event is not None else None)
         try:
-            value = self.table.data.get(key)
+            value = store.get(key)
         finally:
             _current_event.reset(token)
         return bytes(value) if value is not None else None
@@ -579,6 +686,9 @@ class WindowWorker:
         dlq_out: list[tuple[bytes | None, bytes]] = []
         for ev in events:
             msg = ev.message
+            if msg.topic == self._commands:
+                self._command(ev, touched, dlq_out, res)
+                continue
             try:
                 event = parse_event(
                     msg.value,
@@ -593,7 +703,7 @@ class WindowWorker:
             slot = touched.get((msg.partition, event.user_id))
             if slot is None:
                 try:
-                    window = self._load_window(event.user_id, ev)
+                    window: BehaviorWindow | None = self._load_window(event.user_id, ev)
                 except StateCodecError as exc:
                     log.error("stored window of user %r is corrupt: %s", event.user_id, exc)
                     m.state_errors.inc()
@@ -605,7 +715,14 @@ class WindowWorker:
                         )
                     )
                     continue
-                slot = touched[(msg.partition, event.user_id)] = _Touched(window, ev)
+                slot = touched[(msg.partition, event.user_id)] = _Touched(
+                    window, ev, forgotten=self._load_forgotten(event.user_id, ev)
+                )
+            if slot.forgotten is not None and _ts_ms(msg) < slot.forgotten.at_ms:
+                res.forgotten_events += 1  # pre-forget data: never applied
+                continue
+            if slot.window is None:  # forgotten earlier in this batch: a new life
+                slot.window = BehaviorWindow(event.user_id, self.config)
             if slot.window.apply(event, msg.topic, msg.partition, msg.offset):
                 slot.applied += 1
                 res.applied += 1
@@ -614,9 +731,13 @@ class WindowWorker:
         res.dlq = len(dlq_out)
         await self._write(touched, dlq_out)
         for ck, slot in touched.items():
-            res.windows[ck[1]] = slot.window
-            self._remember(ck, slot.window)
+            if slot.window is None:
+                self._cache.pop(ck, None)
+            else:
+                res.windows[ck[1]] = slot.window
+                self._remember(ck, slot.window)
         m.consumed.inc(res.consumed)
+        m.forgotten_events.inc(res.forgotten_events)
         m.applied.inc(res.applied)
         m.duplicates.inc(res.duplicates)
         m.dlq.inc(res.dlq)
@@ -624,9 +745,48 @@ class WindowWorker:
         m.batch_size.observe(res.consumed)
         m.batch_seconds.observe(time.perf_counter() - started)
         m.last_applied.set(time.time())
+        if self.on_forget is not None and res.forgotten:
+            await self._call_forget_hook(res.forgotten)
         if self.on_batch is not None and res.windows:
             await self._call_hook(res.windows)
         return res
+
+    def _command(
+        self,
+        ev: EventT[Any],
+        touched: dict[tuple[int, str], _Touched],
+        dlq_out: list[tuple[bytes | None, bytes]],
+        res: BatchResult,
+    ) -> None:
+        """Apply one command-topic message (see :mod:`streams.commands`)."""
+        msg = ev.message
+        try:
+            cmd = parse_command(msg.value, msg.key)
+        except CommandError as exc:
+            dlq_out.append(self._dlq_value(str(exc), "command", msg))
+            return
+        ck = (msg.partition, cmd.user_id)
+        slot = touched.get(ck)
+        if slot is None:
+            # the window is not read: the forget replaces it by a tombstone anyway
+            slot = touched[ck] = _Touched(None, ev, forgotten=self._load_forgotten(cmd.user_id, ev))
+        at_ms = _ts_ms(msg)
+        if slot.forgotten is not None and msg.offset <= slot.forgotten.offset:
+            # re-delivered after a crash: already applied. Announce it again (the output
+            # tombstone may have died with the crash) unless a new life began since.
+            res.duplicates += 1
+            alive = slot.window is not None or (
+                self._read_stored(cmd.user_id.encode("utf-8"), ev) is not None
+            )
+            if not alive:
+                res.forgotten[cmd.user_id] = slot.forgotten.at_ms
+            return
+        slot.window = None
+        slot.forgotten = _Forgotten(at_ms, msg.offset)
+        slot.forgotten_dirty = True
+        res.forgotten[cmd.user_id] = at_ms
+        self.metrics.forgotten.inc()
+        log.info("forgetting user %r (command at %d ms)", cmd.user_id, at_ms)
 
     async def _write(
         self,
@@ -636,27 +796,43 @@ class WindowWorker:
         """Produce changelog + DLQ records, await acks, then update the local store."""
         producer = self.app.producer
         pending: list[Awaitable[Any]] = []
-        records: list[tuple[int, bytes, bytes]] = []
+        records: list[tuple[str, int, bytes, bytes | None]] = []
         for (partition, user_id), slot in touched.items():
             key = user_id.encode("utf-8")
-            value = slot.window.to_bytes()
-            records.append((partition, key, value))
-            pending.append(await producer.send(self._changelog, key, value, partition, None, None))
+            if slot.window is not None or slot.forgotten_dirty:
+                value = None if slot.window is None else slot.window.to_bytes()
+                records.append((self._changelog, partition, key, value))
+            if slot.forgotten_dirty and slot.forgotten is not None:
+                records.append(
+                    (self._forgotten_changelog, partition, key, slot.forgotten.to_bytes())
+                )
+        for topic, partition, key, value in records:
+            pending.append(await producer.send(topic, key, value, partition, None, None))
         for key_or_none, value in dlq_out:
             pending.append(
                 await producer.send(self.settings.dlq_topic, key_or_none, value, None, None, None)
             )
         acks = await asyncio.gather(*pending)
         now = time.time()
-        batch = []
-        for (partition, key, value), meta in zip(records, acks[: len(records)], strict=True):
-            tp = TP(self._changelog, partition)
-            msg = Message(
-                self._changelog, partition, meta.offset, now, 0, None, key, value, None, tp=tp
-            )
-            batch.append(faust.Event(self.app, key, value, None, msg))
-        if batch:
-            self.table.apply_changelog_batch(batch)
+        batches: dict[str, list[EventT[Any]]] = {}
+        for (topic, partition, key, value), meta in zip(records, acks[: len(records)], strict=True):
+            tp = TP(topic, partition)
+            msg = Message(topic, partition, meta.offset, now, 0, None, key, value, None, tp=tp)
+            batches.setdefault(topic, []).append(faust.Event(self.app, key, value, None, msg))
+        if batches.get(self._changelog):
+            self.table.apply_changelog_batch(batches[self._changelog])
+        if batches.get(self._forgotten_changelog):
+            self.forgotten_table.apply_changelog_batch(batches[self._forgotten_changelog])
+
+    async def _call_forget_hook(self, users: Mapping[str, int]) -> None:
+        assert self.on_forget is not None
+        try:
+            result = self.on_forget(users)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            self.metrics.hook_errors.inc()
+            log.exception("on_forget hook failed for %d users", len(users))
 
     async def _call_hook(self, windows: Mapping[str, BehaviorWindow]) -> None:
         assert self.on_batch is not None

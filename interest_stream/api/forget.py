@@ -10,13 +10,18 @@
    tombstone comes back through the consumer);
 3. every :data:`ForgetHook` in ``ApiState.forget_hooks``.
 
-**Worker-side state** (the Faust table's windows and history, its changelog)
-is not deleted from here yet: the worker owns that state, and the plan is a
-command topic (e.g. ``<app_id>.commands`` with ``{"op": "forget", "user_id"}``)
-that the worker consumes. Until it exists, the default hook
-:func:`worker_forget_pending` only logs; add the publishing hook to
-``forget_hooks`` (or pass ``forget_hooks=`` to ``create_app``) when the worker
-side lands. Note that until then the worker may republish the user on its next event.
+**Worker-side state** (the Faust table's window and history, its changelog,
+the re-encoder's caches) is deleted by the worker: the default hook,
+:func:`worker_forget_hook`, publishes ``{"op": "forget", "user_id"}`` to the
+worker's command topic (:mod:`streams.commands`, ``<app_id>.commands``) and waits
+for the broker's ack. The worker then deletes the window (a changelog
+tombstone), drops the user from the re-encoder and writes its own tombstone to
+the output topic, so the tombstone is the user's last record there even if a
+re-encode was in flight. Events of the user stamped before the command are
+dropped; later ones start a new life (see :mod:`streams.commands`).
+
+A hook that fails makes the DELETE answer 503: the call is idempotent, the
+client retries it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any, Protocol
 from interest_stream.api.errors import PublishError
 from interest_stream.settings import Settings
 
-__all__ = ["ForgetHook", "KafkaPublisher", "Publisher", "worker_forget_pending"]
+__all__ = ["ForgetHook", "KafkaPublisher", "Publisher", "worker_forget_hook"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +52,29 @@ class Publisher(Protocol):
         """Flush and release the connection."""
 
 
-def worker_forget_pending(user_id: str) -> None:
-    """Default hook: the worker-side deletion is not wired yet (see the module docstring)."""
-    logger.info(
-        "forgot user %r in the API and the output topic; worker-side state deletion "
-        "is not wired yet (command topic pending)",
-        user_id,
-    )
+def worker_forget_hook(settings: Settings) -> ForgetHook:
+    """Default hook: a forget command to the worker's command topic (acks=all, lazy producer).
+
+    The returned callable raises :class:`PublishError` when the broker does not
+    acknowledge the command, and has a ``close()`` method.
+    """
+    from streams.commands import CommandError, CommandPublisher
+
+    publisher = CommandPublisher(settings)
+
+    class _Hook:
+        close = publisher.close
+
+        def __call__(self, user_id: str) -> None:
+            try:
+                publisher.forget(user_id)
+            except CommandError as exc:
+                raise PublishError(str(exc)) from exc
+
+        def __repr__(self) -> str:
+            return f"worker_forget_hook({publisher.topic!r})"
+
+    return _Hook()
 
 
 class KafkaPublisher:

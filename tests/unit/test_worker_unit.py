@@ -54,7 +54,9 @@ def test_app_is_built_from_settings_without_contacting_kafka(tmp_path: Path) -> 
     assert conf.processing_guarantee.value == "at_least_once"
     assert w.table.name == TABLE_NAME and w.table.partitions == 4
     assert w.table.changelog_topic.get_topic_name() == changelog_topic(s)
-    assert set(w.source.topics) == set(s.event_topics)
+    # the event topics and the co-partitioned command topic (streams.commands)
+    assert set(w.source.topics) == {*s.event_topics, f"{s.app_id}.commands"}
+    assert w.forgotten_table.partitions == 4
     # no assignment yet: nothing is served
     assert w.held_partitions() == set()
     assert w.read_window("u1") is None

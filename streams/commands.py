@@ -1,0 +1,201 @@
+"""Commands to the stream worker: the command topic, its records, and a publisher.
+
+The command topic (``INTEREST_COMMAND_TOPIC``, default ``<app_id>.commands``) is
+**co-partitioned with the event topics** (same partition count, key = user_id),
+so a command for a user reaches the worker that holds the user's window, on the
+same partition number. The worker consumes it in the same stream as the events.
+
+Record (JSON value, key = user_id)::
+
+    {"op": "forget", "user_id": "<id>", "requested_at": <epoch ms>}
+
+``forget`` deletes the user's window from the worker's table (a changelog
+tombstone), drops it from the re-encoder and writes a tombstone to the output
+topic. **Ordering decision**: the forget time is the Kafka timestamp of the
+command record. An event of that user whose Kafka timestamp is *earlier* is
+pre-forget data (still in flight in another topic, or re-delivered after a
+crash) and is dropped, never applied; an event stamped at or after the forget
+time starts a new life for the user (a fresh window, version 1). To make that
+hold across restarts, the worker keeps a small suppression record per
+forgotten user (the id, the forget time and the command's offset) in a second
+table (``<app_id>-forgotten-changelog``). An event produced after the DELETE but
+applied *before* the command reached the worker is forgotten too (the command
+deletes everything the worker has at that point): the error is on the side of
+forgetting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from interest_stream.errors import InterestStreamError
+from interest_stream.settings import Settings
+
+__all__ = [
+    "FORGET",
+    "CommandError",
+    "CommandPublisher",
+    "ForgetCommand",
+    "command_topic",
+    "encode_forget",
+    "ensure_command_topic",
+    "parse_command",
+]
+
+log = logging.getLogger(__name__)
+
+FORGET = "forget"
+MAX_ID_CHARS = 128
+
+
+class CommandError(InterestStreamError):
+    """A command record is malformed, or it could not be published."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetCommand:
+    """Forget ``user_id`` (everything the worker holds about it)."""
+
+    user_id: str
+    requested_at: int
+
+
+def command_topic(settings: Settings) -> str:
+    """The worker's command topic (``INTEREST_COMMAND_TOPIC`` or ``<app_id>.commands``)."""
+    return settings.command_topic or f"{settings.app_id}.commands"
+
+
+def encode_forget(user_id: str, requested_at: int | None = None) -> bytes:
+    """The JSON value of a forget command."""
+    at = int(time.time() * 1000) if requested_at is None else int(requested_at)
+    body = {"op": FORGET, "user_id": user_id, "requested_at": at}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def parse_command(value: bytes | None, key: bytes | None) -> ForgetCommand:
+    """Decode and check one command record.
+
+    Raises:
+        CommandError: Not JSON, unknown ``op``, a bad ``user_id``, or a key that
+            differs from the user id (the command would reach the wrong partition).
+    """
+    if value is None:
+        raise CommandError("command value is null")
+    try:
+        obj: Any = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CommandError(f"command is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise CommandError("command is not a JSON object")
+    op = obj.get("op")
+    if op != FORGET:
+        raise CommandError(f"unknown command op {op!r}; known: {FORGET!r}")
+    user = obj.get("user_id")
+    if not isinstance(user, str) or not 1 <= len(user) <= MAX_ID_CHARS:
+        raise CommandError(f"user_id must be a string of 1-{MAX_ID_CHARS} characters")
+    if key is None or key != user.encode("utf-8"):
+        raise CommandError("the message key must equal user_id")
+    at = obj.get("requested_at", 0)
+    if isinstance(at, bool) or not isinstance(at, int):
+        raise CommandError("requested_at must be epoch milliseconds (int)")
+    return ForgetCommand(user, at)
+
+
+def ensure_command_topic(settings: Settings, partitions: int) -> int:
+    """Create the command topic with ``partitions`` partitions if missing; return its count.
+
+    Raises:
+        CommandError: It exists with another partition count (not co-partitioned).
+        streams.topics.KafkaUnavailable: No broker answers.
+    """
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    from streams.topics import admin_client, partition_counts
+
+    topic = command_topic(settings)
+    admin = admin_client(settings)
+    try:
+        have = partition_counts(admin, [topic]).get(topic)
+        if have is None:
+            try:
+                admin.create_topics([NewTopic(topic, partitions, 1)])
+                log.info("created command topic %s (%d partitions)", topic, partitions)
+            except TopicAlreadyExistsError:
+                pass
+            for _ in range(50):
+                have = partition_counts(admin, [topic]).get(topic)
+                if have is not None:
+                    break
+                time.sleep(0.1)
+    finally:
+        admin.close()
+    if have != partitions:
+        raise CommandError(
+            f"command topic {topic} has {have} partitions but the event topics have "
+            f"{partitions}; it must be co-partitioned (INTEREST_COMMAND_TOPIC)"
+        )
+    return int(have)
+
+
+class CommandPublisher:
+    """Sends commands to the worker through a lazily created kafka-python producer (acks=all)."""
+
+    def __init__(self, settings: Settings, *, timeout_s: float = 10.0) -> None:
+        """Remember the settings; the producer connects on the first command."""
+        self.settings = settings
+        self.topic = command_topic(settings)
+        self.timeout_s = timeout_s
+        self._producer: Any = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Any:
+        with self._lock:
+            if self._producer is None:
+                from kafka import KafkaProducer
+
+                self._producer = KafkaProducer(
+                    bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+                    acks="all",
+                    linger_ms=0,
+                    max_block_ms=int(self.timeout_s * 1000),
+                    request_timeout_ms=int(self.timeout_s * 1000),
+                    **self.settings.kafka_client_config(),
+                )
+            return self._producer
+
+    def forget(self, user_id: str) -> None:
+        """Publish a forget command for ``user_id`` and wait for the broker's ack.
+
+        Raises:
+            CommandError: The broker did not acknowledge it in time.
+        """
+        try:
+            fut = self._get().send(
+                self.topic, key=user_id.encode("utf-8"), value=encode_forget(user_id)
+            )
+            fut.get(timeout=self.timeout_s)
+        except Exception as exc:
+            raise CommandError(
+                f"could not publish the forget command of {user_id!r} to {self.topic!r}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def __call__(self, user_id: str) -> None:
+        """Use as a forget hook of the API (same as :meth:`forget`)."""
+        self.forget(user_id)
+
+    def close(self) -> None:
+        """Flush and release the connection."""
+        with self._lock:
+            if self._producer is not None:
+                try:
+                    self._producer.close(timeout=5)
+                except Exception:  # pragma: no cover - best effort
+                    log.debug("producer close failed", exc_info=True)
+                self._producer = None
