@@ -141,7 +141,9 @@ def dashboard_router(state: ApiState) -> APIRouter:
             },
         }
 
-    @router.get("/v1/dashboard/users/{user_id}", tags=["dashboard"])
+    # ``:path``: an id may contain "/" (the event contract allows it); the page sends it
+    # percent-encoded and the route sees it decoded.
+    @router.get("/v1/dashboard/users/{user_id:path}", tags=["dashboard"])
     async def explore(
         request: Request,
         user_id: Annotated[str, PathParam(min_length=1, max_length=128)],
