@@ -95,6 +95,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if exc.detail else HTTPStatus(exc.status_code).phrase
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route for {request.method} {request.url.path}"
+    if exc.status_code == 400 and detail == "There was an error parsing the body":
+        # FastAPI's answer to a body that is not decodable JSON: a bad parameter (422)
+        return JSONResponse(
+            error_body("invalid_request", "body: not a valid UTF-8 JSON document"),
+            status_code=422,
+        )
     return JSONResponse(
         error_body(_code_for(exc.status_code), detail),
         status_code=exc.status_code,
