@@ -402,6 +402,15 @@ def bench_ingest_cmd(events_path: Path | None, bootstrap: str | None, as_json: b
     "--rates", default="1000,2000", help="Fixed replay rates (events/s), comma-separated."
 )
 @click.option(
+    "--load-rps",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Also load the API with mixed queries at this rate during a replay (0 = skip).",
+)
+@click.option(
+    "--load-seconds", type=click.FloatRange(min=1), default=60.0, help="Length of the load phase."
+)
+@click.option(
     "--scale-users",
     type=click.IntRange(min=0),
     default=0,
@@ -426,6 +435,8 @@ def bench_pipeline_cmd(
     events_path: Path | None,
     model_dir: Path,
     rates: str,
+    load_rps: float,
+    load_seconds: float,
     scale_users: int,
     scale_events_per_user: int,
     bootstrap: str | None,
@@ -449,6 +460,8 @@ def bench_pipeline_cmd(
             rates=rs,
             scale_users=scale_users,
             scale_events_per_user=scale_events_per_user,
+            load_rps=load_rps,
+            load_seconds=load_seconds,
         )
         if charts is not None:
             from streams.bench_pipeline import write_charts
@@ -484,17 +497,34 @@ def bench_index_cmd(users: int, dim: int, as_json: bool) -> None:
               help="Checkpoint for the item catalogue (default: synthetic).")  # fmt: skip
 @click.option("--rate", type=float, default=500.0, help="Open-loop request rate.")
 @click.option("--duration", type=float, default=20.0, help="Seconds per phase.")
+@click.option(
+    "--endpoints",
+    default="interest,recommendations",
+    help="Comma-separated: interest, recommendations, mixed (all routes in production shares).",
+)
 @json_option
 def bench_api_cmd(
-    users: int, model_dir: Path | None, rate: float, duration: float, as_json: bool
+    users: int,
+    model_dir: Path | None,
+    rate: float,
+    duration: float,
+    endpoints: str,
+    as_json: bool,
 ) -> None:
     """API latency p50/p99 and throughput under a loopback load generator."""
 
     def run() -> dict[str, Any]:
-        from interest_stream.api.bench import bench_api
+        from interest_stream.api.bench import ENDPOINTS, bench_api
 
         _settings()
-        return dict(bench_api(n_users=users, model_dir=model_dir, rate=rate, duration=duration))
+        eps = tuple(e.strip() for e in endpoints.split(",") if e.strip())
+        unknown = sorted(set(eps) - set(ENDPOINTS))
+        if unknown or not eps:
+            raise ConfigError(f"--endpoints: unknown {unknown}, choose from {sorted(ENDPOINTS)}")
+        res = bench_api(
+            n_users=users, model_dir=model_dir, rate=rate, duration=duration, endpoints=eps
+        )
+        return dict(res)
 
     _emit(_guard(as_json, run), as_json)
 

@@ -9,12 +9,16 @@ One run, one broker, fresh topics:
 3. **fixed rate** — the file is replayed again at each ``--rate``: applied
    events/s and **freshness** (event produced -> new vector readable in the
    API) p50/p95/p99 from the API's freshness histogram over that phase;
-4. **scale** (optional, ``scale_users``) — synthetic users cloned from the
+4. **load** (optional, ``load_rps``) — the API answers a mixed query load
+   (:data:`interest_stream.api.bench.MIX`: interest, recommendations,
+   similar items, audiences) at a fixed request rate for ``load_seconds``
+   while the file is replayed again into the worker: errors, p50/p99;
+5. **scale** (optional, ``scale_users``) — synthetic users cloned from the
    file's real users (:mod:`streams.synth`, same per-user statistics) are
    replayed into the running worker until its state holds that many users:
    applied events/s at that size and the worker's resident memory (peak and
    end) and on-disk state;
-5. **floor** — a naive pipeline in one process: per event, update the window,
+6. **floor** — a naive pipeline in one process: per event, update the window,
    encode the user alone (short + long), publish the record, wait for the ack.
 
 Resident memory (VmRSS) of the worker and the API is sampled at the end.
@@ -158,6 +162,8 @@ def bench_pipeline(
     naive_events: int = 2000,
     scale_users: int = 0,
     scale_events_per_user: int | None = 4,
+    load_rps: float = 0.0,
+    load_seconds: float = 60.0,
 ) -> dict[str, Any]:
     """Run the pipeline benchmark (see the module docstring); returns every figure.
 
@@ -170,6 +176,8 @@ def bench_pipeline(
         naive_events: Events pushed through the naive per-event floor.
         scale_users: Synthetic users of the scale phase (0 = skip it).
         scale_events_per_user: Latest events kept per synthetic user (``None`` = all).
+        load_rps: Mixed API queries per second of the load phase (0 = skip it).
+        load_seconds: Length of the load phase (the replay is paced to last as long).
     """
     from streams.kafka_local.broker import free_port
 
@@ -243,6 +251,8 @@ def bench_pipeline(
                 }
             )
         result["rss_mb"] = {"worker": _rss_mb(worker.pid), "api": _rss_mb(api.pid)}
+        if load_rps > 0:
+            result["load"] = load_phase(s, events, model_dir, aurl, wurl, load_rps, load_seconds)
         if scale_users > 0:
             result["scale"] = scale_phase(
                 s, events, worker, scale_users, scale_events_per_user, root
@@ -264,6 +274,47 @@ def bench_pipeline(
 def _du_mb(path: Path) -> float:
     total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return round(total / 2**20, 1)
+
+
+def load_phase(
+    settings: Settings,
+    events: pd.DataFrame,
+    model_dir: Path,
+    api_url: str,
+    worker_metrics_url: str,
+    rps: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """Mixed API queries at ``rps`` while the events are replayed again (see the docstring)."""
+    import threading
+
+    from interest_stream.api.bench import load_phase as api_load
+    from models import load_item_vectors
+
+    users = sorted({str(u) for u in events["user_id"].unique()})
+    items, _, _ = load_item_vectors(model_dir)
+    event_rate = max(1.0, len(events) / seconds)
+    before = _metrics(worker_metrics_url)
+    replay_error: list[BaseException] = []
+
+    def replay() -> None:
+        try:
+            replay_events(events, settings, rate=event_rate)
+        except BaseException as exc:  # reported in the result
+            replay_error.append(exc)
+
+    t = threading.Thread(target=replay, name="load-replay", daemon=True)
+    t.start()
+    res = api_load(api_url, users, items, rate=rps, duration=seconds)
+    t.join(timeout=seconds + 120)
+    after = _metrics(worker_metrics_url)
+    applied = after.get("interest_worker_events_applied_total", 0) - before.get(
+        "interest_worker_events_applied_total", 0
+    )
+    res["events_replayed_eps"] = round(event_rate, 1)
+    res["events_applied_during"] = int(applied)
+    res["replay_error"] = repr(replay_error[0]) if replay_error else None
+    return res
 
 
 def scale_phase(

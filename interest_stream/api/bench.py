@@ -39,14 +39,58 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bench_api", "main"]
+__all__ = ["bench_api", "load_phase", "main", "mixed_requests"]
 
 logger = logging.getLogger(__name__)
 
 ENDPOINTS = {
     "interest": "/v1/users/{user}/interest",
     "recommendations": "/v1/users/{user}/recommendations?k=10",
+    "mixed": "",  # see MIX
 }
+
+Request = tuple[str, str, bytes | None]
+"""``(method, path, body)`` of one request."""
+
+MIX: tuple[tuple[str, float], ...] = (
+    ("GET /v1/users/{user}/interest", 0.40),
+    ("GET /v1/users/{user}/recommendations?k=10&horizon=blend", 0.20),
+    ("GET /v1/users/{user}/recommendations?k=10&horizon=short&exclude=purchased", 0.10),
+    ("GET /v1/users/{user}/recommendations?k=20&horizon=long", 0.05),
+    ("GET /v1/items/{item}/similar?k=10", 0.15),
+    ("POST /v1/audience", 0.10),
+)
+"""The ``mixed`` load: what a recommendation/ads front end asks, in these shares."""
+
+
+def mixed_requests(
+    users: Sequence[str], items: Sequence[str], n: int, rng: random.Random, kind: str = "mixed"
+) -> list[Request]:
+    """``n`` requests of one endpoint kind (``interest``, ``recommendations``, ``mixed``).
+
+    User and item ids are drawn uniformly from ``users`` / ``items`` (URL-quoted);
+    the audience requests ask for the 100 users nearest a catalogue item.
+    """
+    from urllib.parse import quote
+
+    out: list[Request] = []
+    if kind != "mixed":
+        template = ENDPOINTS[kind]
+        return [("GET", template.format(user=quote(rng.choice(users), safe="")), None)
+                for _ in range(n)]  # fmt: skip
+    names = [m for m, _ in MIX]
+    weights = [w for _, w in MIX]
+    for choice in rng.choices(names, weights=weights, k=n):
+        method, _, path = choice.partition(" ")
+        if method == "POST":
+            body = json.dumps({"item_id": rng.choice(items), "k": 100}).encode()
+            out.append(("POST", path, body))
+            continue
+        path = path.format(
+            user=quote(rng.choice(users), safe=""), item=quote(rng.choice(items), safe="")
+        )
+        out.append(("GET", path, None))
+    return out
 
 
 def _say(progress: bool, msg: str) -> None:
@@ -141,8 +185,16 @@ class _Conn:
         reader, writer = await asyncio.open_connection(host, port)
         return cls(reader, writer)
 
-    async def get(self, path: str, host: str) -> int:
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    async def request(self, req: Request, host: str) -> int:
+        method, path, body = req
+        if body is None:
+            self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        else:
+            self.writer.write(
+                f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
@@ -171,7 +223,7 @@ class _RawClient:
         self.max = max_conns
         self.freed = asyncio.Event()
 
-    async def get(self, path: str) -> int:
+    async def get(self, req: Request) -> int:
         while not self.idle and self.open >= self.max:
             self.freed.clear()
             await self.freed.wait()
@@ -186,7 +238,7 @@ class _RawClient:
                 self.open -= 1
                 raise
         try:
-            status = await conn.get(path, self.host)
+            status = await conn.request(req, self.host)
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
             conn.close()
             if not reused:
@@ -196,7 +248,7 @@ class _RawClient:
             # a kept-alive connection the server closed meanwhile: retry once on a new one
             try:
                 conn = await _Conn.open(self.host, self.port)
-                status = await conn.get(path, self.host)
+                status = await conn.request(req, self.host)
             except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
                 conn.close()
                 self.open -= 1
@@ -220,8 +272,9 @@ class _HttpxClient:
         limits = httpx.Limits(max_connections=max_conns, max_keepalive_connections=max_conns)
         self.client = httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0)
 
-    async def get(self, path: str) -> int:
-        return int((await self.client.get(path)).status_code)
+    async def get(self, req: Request) -> int:
+        method, path, body = req
+        return int((await self.client.request(method, path, content=body)).status_code)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -232,14 +285,14 @@ def _client(kind: str, url: str, max_conns: int) -> _RawClient | _HttpxClient:
 
 
 async def _open_loop(
-    url: str, paths: list[str], rate: float, duration: float, kind: str = "raw"
+    url: str, paths: list[Request], rate: float, duration: float, kind: str = "raw"
 ) -> dict[str, Any]:
     n = int(rate * duration)
     lat: list[float] = []
     errors = 0
     client = _client(kind, url, 256)
 
-    async def one(path: str, due: float) -> None:
+    async def one(path: Request, due: float) -> None:
         nonlocal errors
         try:
             ok = await client.get(path) == 200
@@ -270,7 +323,7 @@ async def _open_loop(
 
 
 async def _closed_loop(
-    url: str, paths: list[str], concurrency: int, duration: float, kind: str = "raw"
+    url: str, paths: list[Request], concurrency: int, duration: float, kind: str = "raw"
 ) -> dict[str, Any]:
     lat: list[float] = []
     errors = 0
@@ -304,8 +357,9 @@ async def _closed_loop(
 def _load(args: argparse.Namespace) -> None:
     """Child process: run one load phase and print its JSON summary."""
     rng = random.Random(args.seed)  # noqa: S311 - a request mix, not a secret
-    template = ENDPOINTS[args.endpoint]
-    paths = [template.format(user=f"u{rng.randrange(args.users)}") for _ in range(50_000)]
+    users = _ids(args.users_file) or [f"u{j}" for j in range(args.users)]
+    items = _ids(args.items_file) or [f"i{j}" for j in range(args.items)]
+    paths = mixed_requests(users, items, 50_000, rng, args.endpoint)
     if args.mode == "open":
         warm = asyncio.run(
             _open_loop(args.url, paths[:1000], min(args.rate, 500.0), 1.0, args.client)
@@ -326,6 +380,42 @@ def _load(args: argparse.Namespace) -> None:
     out["client"] = args.client
     out["client_cpu_ms_per_request"] = round(1000 * cpu / max(done, 1), 3)
     print(json.dumps(out))
+
+
+def _ids(path: str | None) -> list[str]:
+    if not path:
+        return []
+    return [line for line in Path(path).read_text().splitlines() if line]
+
+
+def load_phase(
+    url: str,
+    users: Sequence[str],
+    items: Sequence[str],
+    *,
+    rate: float,
+    duration: float,
+    endpoint: str = "mixed",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One open-loop load phase against a running API, from a child process.
+
+    Used by ``bench pipeline`` to load the live API while the worker applies
+    events. Every non-2xx answer counts as an error.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        uf, itf = Path(tmp) / "users.txt", Path(tmp) / "items.txt"
+        uf.write_text("\n".join(users))
+        itf.write_text("\n".join(items))
+        out = subprocess.run(
+            _module_cmd("load", "--url", url, "--endpoint", endpoint, "--mode", "open",
+                        "--rate", str(rate), "--duration", str(duration),
+                        "--users-file", str(uf), "--items-file", str(itf), "--seed", str(seed)),
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+    res: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    res["endpoint"] = endpoint
+    return res
 
 
 # --------------------------------------------------------------------------- driver
@@ -393,7 +483,8 @@ def bench_api(
         client: ``raw`` (a minimal asyncio HTTP/1.1 keep-alive client, default) or
             ``httpx`` (``httpx.AsyncClient``: ~1.4-3 ms of client CPU per request
             here, so it cannot offer 500 req/s from one core).
-        endpoints: Which of ``interest`` and ``recommendations`` to load.
+        endpoints: Which of ``interest``, ``recommendations`` and ``mixed`` (see
+            :data:`MIX`) to load.
         seed: Seed of the request mix.
         progress: Print progress to stderr.
 
@@ -438,6 +529,7 @@ def bench_api(
                         _module_cmd("load", "--url", url, "--endpoint", ep, "--mode", mode,
                                     "--rate", str(rate), "--duration", str(duration),
                                     "--concurrency", str(concurrency), "--users", str(n_users),
+                                    "--items", str(n_items),
                                     "--seed", str(seed), "--client", client),
                         check=True, capture_output=True, text=True,
                     )  # fmt: skip
@@ -488,6 +580,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ld.add_argument("--duration", type=float, default=20.0)
     ld.add_argument("--concurrency", type=int, default=32)
     ld.add_argument("--users", type=int, default=100_000)
+    ld.add_argument("--items", type=int, default=55_000)
+    ld.add_argument("--users-file", default=None, help="user ids, one per line")
+    ld.add_argument("--items-file", default=None, help="item ids, one per line")
     ld.add_argument("--seed", type=int, default=0)
     ld.add_argument("--client", choices=["raw", "httpx"], default="raw")
     r = sub.add_parser("run")

@@ -15,3 +15,31 @@ def test_bench_api_small() -> None:
         assert top["requests"] > 0 and top["errors"] == 0
         assert fixed["p99_ms"] > 0 and "server_cpu_ms_per_request" in top
     assert "met" in r["targets"]
+
+
+def test_bench_api_mixed_routes_all_answer() -> None:
+    """The mixed load (GETs and audience POSTs) gets no error from a real server."""
+    r = bench_api(200, None, rate=40, duration=1.0, n_items=300, dim=8, concurrency=4,
+                  endpoints=("mixed",), progress=False)  # fmt: skip
+    fixed = r["mixed"]["fixed_rate"]
+    assert fixed["requests"] == 40 and fixed["errors"] == 0
+    assert r["mixed"]["max_throughput"]["errors"] == 0
+
+
+def test_mixed_requests_shares_and_quoting() -> None:
+    import json
+    import random
+
+    from interest_stream.api.bench import MIX, mixed_requests
+
+    reqs = mixed_requests(["a b/é", "u2"], ["i/1", "i2"], 20_000, random.Random(3))
+    interest = sum(1 for m, p, _ in reqs if m == "GET" and p.endswith("/interest"))
+    assert abs(interest / 20_000 - dict(MIX)["GET /v1/users/{user}/interest"]) < 0.015
+    posts = [b for m, _, b in reqs if m == "POST"]
+    share = dict(MIX)["POST /v1/audience"]
+    assert abs(len(posts) / 20_000 - share) < 0.015
+    assert all(json.loads(b)["item_id"] in ("i/1", "i2") for b in posts if b)
+    paths = [p for m, p, _ in reqs if m == "GET"]
+    assert all(" " not in p and "é" not in p for p in paths)
+    assert any("/v1/users/a%20b%2F%C3%A9/" in p for p in paths)
+    assert any("/v1/items/i%2F1/similar" in p for p in paths)
