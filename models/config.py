@@ -35,6 +35,7 @@ __all__ = [
     "PAD_INDEX",
     "EncoderConfig",
     "LossKind",
+    "SeenItems",
     "TaskKind",
     "TrainConfig",
     "type_index",
@@ -85,6 +86,20 @@ class LossKind(StrEnum):
     """Softmax over every item of the vocabulary."""
     SAMPLED = "sampled"
     """Softmax over the positives plus ``TrainConfig.n_negatives`` shared uniform negatives."""
+
+
+@unique
+class SeenItems(StrEnum):
+    """How training treats the items of a user's own history in the softmax."""
+
+    AUTO = "auto"
+    """``masked`` when validating on the ``new`` task, else ``plain``."""
+    PLAIN = "plain"
+    """Like any other item (all in the full softmax; drawn uniformly in the sampled one)."""
+    HARD_NEGATIVES = "hard_negatives"
+    """Sampled softmax: every history item is added to the row's negatives."""
+    MASKED = "masked"
+    """Left out, like the ``new``-items evaluation leaves them out of the ranking."""
 
 
 @unique
@@ -245,7 +260,8 @@ class TrainConfig:
             newest (the worker's ``INTEREST_SHORT_WINDOW_MINUTES``).
         long_history_events: Long history: at most this many latest events.
         long_horizon_hours: The long and blended vectors learn to predict every item
-            of the next ``long_horizon_hours`` (not only the next item).
+            of the user's next ``long_horizon_hours`` of activity, from their next
+            event on (not only the next item).
         session_gap_minutes: A gap longer than this starts a new session; the
             long-term objective is applied at every session start.
         long_within_session_rate: Share of the other events also used as
@@ -257,12 +273,19 @@ class TrainConfig:
         blend_loss_weight: Weight of the blended-vector (next days) loss.
         blend_alpha: Weight of the short vector in the blend (``models.blend``).
         loss: Full or sampled softmax (``auto`` decides by vocabulary size).
+        seen_items: History items in the softmax: plain, hard negatives or masked out.
         n_negatives: Shared negatives per step of the sampled softmax.
         full_softmax_max_items: ``auto`` uses the full softmax up to this many items.
         item_dropout: Probability to replace an input item by the OOV item (teaches
             the OOV embedding and regularises rare items).
         item_text_path: Optional item text: a MovieLens folder (``u.item``) or a
             CSV with ``item_id,text``; enables the MiniLM cold-start path.
+        next_item_rate: Share of the events used as next-item examples per epoch
+            (resampled each epoch); below 1 makes epochs cheaper where windows are
+            long (MovieLens sessions) so the next-days objective gets more steps.
+        sample_half_life_days: Optional recency weighting of the training examples:
+            an example this many days older than the newest training event counts half
+            (items' vectors then follow what is popular now); ``None`` = all equal.
         grad_clip: Gradient-norm clip.
         max_train_seconds: Optional wall-clock budget of the whole training.
     """
@@ -294,10 +317,13 @@ class TrainConfig:
     blend_loss_weight: float = 1.0
     blend_alpha: float = 0.5
     loss: LossKind = LossKind.AUTO
+    seen_items: SeenItems = SeenItems.AUTO
     n_negatives: int = 4096
     full_softmax_max_items: int = 20_000
     item_dropout: float = 0.05
     item_text_path: str | None = None
+    next_item_rate: float = 1.0
+    sample_half_life_days: float | None = None
     grad_clip: float = 1.0
     max_train_seconds: float | None = None
 
@@ -307,6 +333,7 @@ class TrainConfig:
             self.encoder = EncoderConfig.from_dict(self.encoder)
         self.val_task = TaskKind(self.val_task)
         self.loss = LossKind(self.loss)
+        self.seen_items = SeenItems(self.seen_items)
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ModelError(f"TrainConfig.device must be auto, cpu or cuda, got {self.device!r}")
         if not 0.0 < self.cutoff_quantile <= 1.0:
@@ -315,6 +342,8 @@ class TrainConfig:
             raise ModelError("TrainConfig.val_fraction must be in [0, 0.5)")
         if not 0.0 <= self.blend_alpha <= 1.0:
             raise ModelError("TrainConfig.blend_alpha must be in [0, 1]")
+        if not 0.0 < self.next_item_rate <= 1.0:
+            raise ModelError("TrainConfig.next_item_rate must be in (0, 1]")
         if not 0.0 <= self.item_dropout < 1.0:
             raise ModelError("TrainConfig.item_dropout must be in [0, 1)")
         for name in (
@@ -345,6 +374,7 @@ class TrainConfig:
         out = asdict(self)
         out["val_task"] = self.val_task.value
         out["loss"] = self.loss.value
+        out["seen_items"] = self.seen_items.value
         return out
 
     @classmethod

@@ -12,7 +12,8 @@ within each user. Two kinds of examples are drawn from it:
   ``session_gap_minutes`` before it) plus a resampled share of the other events:
   the long history (latest ``long_history_events`` before ``p``) and the short
   window before ``p`` predict the *set* of items of the user's events in
-  ``(ts[p-1], ts[p-1] + long_horizon_hours]``.
+  ``[ts[p], ts[p] + long_horizon_hours]`` — the next days of activity, however
+  long the user stayed away (MovieLens users come back after weeks).
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ def long_targets(
     Returns:
         The targets; OOV items are dropped.
     """
-    anchor_ts = arr.ts[points - 1] + horizon_ms
+    anchor_ts = arr.ts[points] + horizon_ms
     seg_end = arr.seg_end[points]
     # end of the horizon: first index >= point with ts > anchor_ts (binary search in segment)
     lo = points.copy()

@@ -8,9 +8,8 @@ Item tower
     ``identity_dim`` coordinates are a fixed random code per item (times one
     learned scale), which lets a vector point at *specific* items (the ones a
     user keeps coming back to) without the interference of their category
-    neighbours. The same table embeds the
-    input events and scores items (inner product), so the short, long and
-    blended vectors all live in the item space.
+    neighbours. The same table embeds the input events and scores items (inner
+    product), so the short, long and blended vectors all live in the item space.
 
 Short path (recent window, order-aware)
     Each event token = projected item vector + event-type embedding (BERT token
@@ -26,10 +25,12 @@ Long path (long history, a profile)
     the output pools all events of the history:
     ``long = W_l sum_j w_j h_j + g_l * sum_j w_j item(j)`` with ``w_j``
     proportional to a learned weight of the event type (a purchase weighs more
-    than a view). There is no recency weighting, so a burst of recent events
-    moves the long vector only by its share of the history. Being causal, one
-    pass over a sequence gives the long vector after every prefix, which keeps
-    training cheap (:meth:`InterestEncoder.long_prefix_vectors`).
+    than a view), times an optional *fixed* recency decay
+    (``long_half_life_hours``, e.g. 72 h). Recency is never learned, so a burst
+    of recent events moves the long vector only by its (bounded) share of the
+    history. Being causal, one pass over a sequence gives the long vector after
+    every prefix (the decay is exponential, so it factors out of the running
+    sums), which keeps training cheap (:meth:`InterestEncoder.long_prefix_vectors`).
 
 Empty windows return a learned "no history" vector per path (trained on every
 user's first event, it behaves like a popularity prior).

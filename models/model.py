@@ -55,6 +55,8 @@ __all__ = ["InterestModel", "blend", "library_versions", "select_device"]
 log = logging.getLogger(__name__)
 
 _MAX_CHUNK = 2048
+_TOKEN_BUDGET_CPU = 16_384
+_TOKEN_BUDGET_CUDA = 262_144
 
 
 def select_device(device: str | None = "auto") -> torch.device:
@@ -184,6 +186,7 @@ class InterestModel:
 
     # ------------------------------------------------------------------ encode
     def _encode(self, histories: Sequence[Sequence[Interaction]], long: bool) -> np.ndarray:
+        """Encode in length-sorted groups so padding stays small (order is restored)."""
         cap = self.encoder.cfg.long_max_len if long else self.encoder.cfg.short_max_len
         n = len(histories)
         out = np.empty((n, self.dim), dtype=np.float32)
@@ -191,17 +194,29 @@ class InterestModel:
             return out
         cuda = self.device.type == "cuda"
         table = self._item_table()
+        lengths = np.fromiter((min(len(h), cap) for h in histories), dtype=np.int64, count=n)
+        order = np.argsort(lengths, kind="stable")
+        budget = _TOKEN_BUDGET_CUDA if cuda else _TOKEN_BUDGET_CPU
         with torch.inference_mode():
-            for start in range(0, n, _MAX_CHUNK):
-                chunk = histories[start : start + _MAX_CHUNK]
-                arrays = arrays_from_histories(chunk, self.item_index, cap)
+            start = 0
+            while start < n:
+                end = start + 1
+                while (
+                    end < n
+                    and end - start < _MAX_CHUNK
+                    and (end - start + 1) * (int(lengths[order[end]]) + 1) <= budget
+                ):
+                    end += 1
+                idx = order[start:end]
+                arrays = arrays_from_histories([histories[i] for i in idx], self.item_index, cap)
                 batch = SeqBatch.from_arrays(arrays, pin=cuda).to(self.device, non_blocking=cuda)
                 vec = (
                     self.encoder.encode_long(batch, table)
                     if long
                     else self.encoder.encode_short(batch, table)
                 )
-                out[start : start + len(chunk)] = vec.float().cpu().numpy()
+                out[idx] = vec.float().cpu().numpy()
+                start = end
         return out
 
     def encode_short(self, histories: Sequence[Sequence[Interaction]]) -> np.ndarray:

@@ -46,6 +46,7 @@ from models.config import (
     N_SPECIAL_ITEMS,
     OOV_INDEX,
     LossKind,
+    SeenItems,
     TaskKind,
     TrainConfig,
 )
@@ -330,6 +331,10 @@ def _fit(
         cfg.loss is LossKind.AUTO and vocab.n_warm > cfg.full_softmax_max_items
     )
     softmax = ItemSoftmax(vocab.n_warm, sampled, cfg.n_negatives, dev_gen)
+    mask_hist = cfg.seen_items is SeenItems.MASKED or (
+        cfg.seen_items is SeenItems.AUTO and cfg.val_task is TaskKind.NEW
+    )
+    hard_hist = cfg.seen_items is SeenItems.HARD_NEGATIVES
     opt = torch.optim.AdamW(enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     type_w_np = np.asarray(cfg.type_weight_table(), dtype=np.float32)
     type_w = torch.from_numpy(type_w_np).to(device)
@@ -340,6 +345,10 @@ def _fit(
     plan = chunk_plan(arr, long_len)
     chunk_len = plan.end - plan.start
     short_len = np.minimum(pos - arr.short_start, cfg.encoder.short_max_len)
+    recency: np.ndarray | None = None
+    if cfg.sample_half_life_days is not None:
+        age_days = (arr.ts.max() - arr.ts) / 86_400_000.0
+        recency = np.power(0.5, age_days / cfg.sample_half_life_days).astype(np.float32)
     session_pts = np.flatnonzero(arr.session_start)
     other_pts = np.flatnonzero(~arr.session_start & (pos > arr.seg_start))
     a = cfg.blend_alpha
@@ -366,7 +375,11 @@ def _fit(
         extra = rng.choice(other_pts, size=n_extra, replace=False) if n_extra else other_pts[:0]
         long_pts = np.concatenate([session_pts, extra])
         pt_chunk, pt_pos = plan.locate(arr, long_pts, long_len)
-        short_batches = _length_batches(pos, short_len, cfg.batch_size, rng)
+        short_pts = pos
+        if cfg.next_item_rate < 1.0:
+            keep = max(1, round(cfg.next_item_rate * n))
+            short_pts = np.sort(rng.choice(pos, size=keep, replace=False))
+        short_batches = _length_batches(short_pts, short_len[short_pts], cfg.batch_size, rng)
         n_steps = len(short_batches)
         used = np.unique(pt_chunk)
         chunk_bs = max(1, math.ceil(len(used) / max(n_steps, 1)))
@@ -391,7 +404,23 @@ def _fit(
             tgt_types = torch.from_numpy(arr.types[sb]).to(device)
             rows = torch.arange(len(sb), device=device)
             w = type_w[tgt_types]
-            pair_nll = softmax.nll(s_vec, table, rows, tgt_items, w, per_row=False)
+            if recency is not None:
+                w = w * torch.from_numpy(recency[sb]).to(device)
+            hist_s = (
+                torch.from_numpy(arr.long_windows(sb, long_len).items).to(device)
+                if mask_hist or hard_hist
+                else None
+            )
+            pair_nll = softmax.nll(
+                s_vec,
+                table,
+                rows,
+                tgt_items,
+                w,
+                per_row=False,
+                history=hist_s,
+                mask_history=mask_hist,
+            )
             l_type = type_loss(enc.type_head(s_vec), tgt_types)
             loss = pair_nll + cfg.type_loss_weight * l_type
             l_long = l_blend = torch.zeros((), device=device)
@@ -430,8 +459,25 @@ def _fit(
                     r = torch.from_numpy(lt.row).to(device)
                     it = torch.from_numpy(lt.item).to(device)
                     wt = torch.from_numpy(lt.weight).to(device)
-                    l_long = softmax.nll(ll, table, r, it, wt)
-                    l_blend = softmax.nll(a * ls + (1 - a) * ll, table, r, it, wt)
+                    rw = None if recency is None else torch.from_numpy(recency[pts - 1]).to(device)
+                    hist = (
+                        torch.from_numpy(arr.long_windows(pts, long_len).items).to(device)
+                        if mask_hist or hard_hist
+                        else None
+                    )
+                    l_long = softmax.nll(
+                        ll, table, r, it, wt, history=hist, mask_history=mask_hist, row_weights=rw
+                    )
+                    l_blend = softmax.nll(
+                        a * ls + (1 - a) * ll,
+                        table,
+                        r,
+                        it,
+                        wt,
+                        history=hist,
+                        mask_history=mask_hist,
+                        row_weights=rw,
+                    )
                     loss = loss + cfg.long_loss_weight * l_long + cfg.blend_loss_weight * l_blend
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]

@@ -146,3 +146,38 @@ def test_item_text_gives_cold_items_vectors(events: pd.DataFrame, tmp_path: Path
     assert not np.allclose(vecs[-1], vecs[-2])
     model = InterestModel.load(res.out_dir, device="cpu")
     assert model.encoder.item_emb.weight.shape[0] == len(ids) + N_SPECIAL_ITEMS
+
+
+def test_next_days_targets_start_at_the_next_event() -> None:
+    """A user back after weeks: the targets are their next days of activity, not empty."""
+    from models.data import build_event_arrays, long_targets
+
+    t0 = 1_512_000_000_000
+    h = 3_600_000
+    ev = pd.DataFrame(
+        {
+            "user_id": ["u"] * 5,
+            "item_id": ["a", "b", "c", "d", "e"],
+            "event_type": ["view", "view", "cart", "view", "view"],
+            "ts": [t0, t0 + h, t0 + 500 * h, t0 + 501 * h, t0 + 600 * h],
+        }
+    )
+    index = {i: k for k, i in enumerate("abcde")}
+    arr = build_event_arrays(ev, index, 50, 30.0, 200, 30.0)
+    assert list(np.flatnonzero(arr.session_start)) == [1, 2, 3, 4]  # gaps > 30 min
+    weights = np.array([0, 1, 1, 2, 1.5, 2.5], dtype=np.float32)
+    lt = long_targets(arr, np.array([2]), 72 * h, weights, 100, np.random.default_rng(0))
+    assert sorted(lt.item.tolist()) == [index["c"] + N_SPECIAL_ITEMS, index["d"] + N_SPECIAL_ITEMS]
+    assert lt.weight[lt.item == index["c"] + N_SPECIAL_ITEMS][0] == 2.0  # cart weight
+
+
+def test_masked_history_and_sampled_next_items(tmp_path: Path) -> None:
+    from models.testing import synthetic_events
+
+    cfg = tiny_train_config(
+        epochs=1, val_fraction=0.2, val_task="new", next_item_rate=0.5, sample_half_life_days=3.0
+    )
+    res = models.train(synthetic_events(seed=4), tmp_path / "m", cfg, progress=False)
+    assert res.metrics["phases"]["fit"]["history"][0]["steps"] >= 1
+    saved = json.loads((res.out_dir / "config.json").read_text())
+    assert saved["train"]["seen_items"] == "auto" and saved["train"]["val_task"] == "new"
