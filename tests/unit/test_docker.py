@@ -1,0 +1,214 @@
+"""docker/: what can be checked without a Docker engine.
+
+compose.yml is parsed as YAML (merge keys and ``${VAR:-default}`` resolved like
+Compose does) and checked against the code: every command parses with the real
+click CLI, every ``INTEREST_*`` variable is a setting with a valid value, the
+Kafka listeners agree with the clients' bootstrap and the published ports, volumes
+and paths line up (the model the worker/API load is the one ``train`` writes), and
+the Dockerfiles copy what exists and install extras that exist.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+
+from interest_stream.cli import main as cli
+from interest_stream.settings import ENV_PREFIX, Settings
+from streams.kafka_local.broker import DEFAULT_KAFKA_VERSION
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+APP_IMAGE = "interest-stream:latest"
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any) -> Any:
+    """``${VAR:-default}`` -> the variable if set and not empty, else default (as Compose)."""
+    if isinstance(node, str):
+        return _VAR.sub(lambda m: os.environ.get(m.group(1)) or m.group(2) or "", node)
+    if isinstance(node, list):
+        return [_interpolate(n) for n in node]
+    if isinstance(node, dict):
+        return {k: _interpolate(v) for k, v in node.items()}
+    return node
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load((DOCKER / "compose.yml").read_text())
+    assert isinstance(data, dict)
+    return _interpolate(data)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]  # type: ignore[no-any-return]
+
+
+def _app_services(services: dict[str, Any]) -> dict[str, Any]:
+    return {n: s for n, s in services.items() if s.get("image") == APP_IMAGE}
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    assert isinstance(env, dict), "use the mapping form of environment"
+    return {k: str(v) for k, v in env.items()}
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """container path -> (source, read_only)."""
+    out = {}
+    for spec in service.get("volumes", []):
+        parts = spec.split(":")
+        out[parts[1]] = (parts[0], len(parts) > 2 and parts[2] == "ro")
+    return out
+
+
+def test_services_and_images(services: dict[str, Any]) -> None:
+    assert {"kafka", "topics", "worker", "api", "train", "replay"} <= set(services)
+    assert services["kafka"]["image"] == f"apache/kafka:{DEFAULT_KAFKA_VERSION}"
+    apps = _app_services(services)
+    assert set(apps) == {"topics", "worker", "api", "train", "replay"}
+    for name, svc in apps.items():
+        build = svc["build"]
+        assert (DOCKER / build["context"] / build["dockerfile"]).is_file(), name
+    # one-shot jobs run only on request
+    assert services["train"]["profiles"] == ["train"]
+    assert services["replay"]["profiles"] == ["replay"]
+
+
+def test_commands_parse_with_the_real_cli(services: dict[str, Any]) -> None:
+    for name, svc in _app_services(services).items():
+        # container paths under a bind mount -> the host files (click checks they exist)
+        binds = {t: DOCKER / src for t, (src, _) in _mounts(svc).items() if src[0] in "./"}
+        args = [
+            next((str(h) + a[len(t) :] for t, h in binds.items() if a.startswith(t + "/")), a)
+            for a in svc["command"]
+        ]
+        ctx = cli.make_context("interest-stream", list(args), resilient_parsing=False)
+        verb = ctx.protected_args[0] if ctx.protected_args else ctx.args[0]
+        cmd = cli.get_command(ctx, verb)
+        assert cmd is not None, f"{name}: no CLI verb {verb!r}"
+        rest = args[args.index(verb) + 1 :]
+        try:
+            cmd.make_context(verb, rest, parent=ctx)
+        except click.UsageError as exc:  # pragma: no cover - the failure message
+            pytest.fail(f"{name}: `interest-stream {' '.join(args)}` does not parse: {exc}")
+    # and a command that would not parse is caught by this check
+    with pytest.raises(click.UsageError):
+        cli.get_command(cli.make_context("x", ["train"]), "train").make_context(  # type: ignore[union-attr]
+            "train", ["--no-such-option"]
+        )
+
+
+def test_environment_names_and_values_are_settings(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fields = {f"{ENV_PREFIX}{n.upper()}" for n in Settings.model_fields}
+    for name, svc in _app_services(services).items():
+        env = _env(svc)
+        unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in fields)
+        assert unknown == [], f"{name}: not settings: {unknown}"
+        for key in fields:
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        s = Settings()  # validates every value the way the container will
+        assert s.kafka_bootstrap == "kafka:9092", name
+
+
+def test_kafka_listeners_match_clients_and_ports(services: dict[str, Any]) -> None:
+    env = _env(services["kafka"])
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert len(env["CLUSTER_ID"]) == 22
+
+    def names(spec: str) -> dict[str, str]:
+        return dict(item.split("://", 1) for item in spec.split(","))
+
+    listeners = names(env["KAFKA_LISTENERS"])
+    advertised = names(env["KAFKA_ADVERTISED_LISTENERS"])
+    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(listeners) <= set(protocols) and set(advertised) <= set(listeners)
+    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] in listeners
+    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] not in advertised
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
+    voter_host = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split("@")[1]
+    assert voter_host.split(":")[1] == listeners["CONTROLLER"].rsplit(":", 1)[1]
+    # inside the network: the app containers' bootstrap is an advertised listener
+    inside = advertised[env["KAFKA_INTER_BROKER_LISTENER_NAME"]]
+    assert inside == "kafka:9092" == services["kafka"]["hostname"] + ":9092"
+    # from the host: the published port leads to the listener advertised as that port
+    (mapping,) = services["kafka"]["ports"]
+    bind, host_port, container_port = mapping.split(":")
+    host_listener = next(n for n, a in advertised.items() if a.startswith("127.0.0.1:"))
+    assert advertised[host_listener] == f"{bind}:{host_port}"
+    assert listeners[host_listener] == f":{container_port}"
+    assert f"{bind}:{host_port}" == Settings.model_fields["kafka_bootstrap"].default
+
+
+def test_volumes_paths_and_dependencies(services: dict[str, Any], compose: dict[str, Any]) -> None:
+    declared = set(compose["volumes"])
+    for name, svc in services.items():
+        for source, _ro in _mounts(svc).values():
+            assert source.startswith(("/", ".")) or source in declared, f"{name}: {source}"
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, f"{name} depends on unknown {dep}"
+    model_dir = {_env(services[n])["INTEREST_MODEL_DIR"] for n in ("worker", "api", "train")}
+    assert len(model_dir) == 1
+    (model_dir_path,) = model_dir
+    train_cmd = services["train"]["command"]
+    assert train_cmd[train_cmd.index("--out") + 1] == model_dir_path
+    for name in ("worker", "api", "train"):
+        mounts = _mounts(services[name])
+        holder = [p for p in mounts if model_dir_path.startswith(p + "/")]
+        assert holder and mounts[holder[0]][0] == "models", name
+        assert mounts[holder[0]][1] is (name != "train"), f"{name}: models read-only except train"
+    # the data the jobs read exists next to the repository (the default mount)
+    for name in ("train", "replay"):
+        src = Path(_mounts(services[name])["/data"][0])
+        events = services[name]["command"][services[name]["command"].index("--events") + 1]
+        assert (DOCKER / src / events.removeprefix("/data/")).is_file(), name
+    # the worker keeps RocksDB state on its own volume
+    state = _env(services["worker"])["INTEREST_STATE_DIR"]
+    assert any(state.startswith(p) for p in _mounts(services["worker"]))
+    # the API is published where it listens, on loopback only
+    api_env = _env(services["api"])
+    assert api_env["INTEREST_API_HOST"] == "0.0.0.0"
+    assert services["api"]["ports"] == [f"127.0.0.1:{api_env['INTEREST_API_PORT']}:8000"]
+    for name in ("worker", "api", "replay"):
+        cond = services[name]["depends_on"]["topics"]["condition"]
+        assert cond == "service_completed_successfully", name
+    assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
+def test_dockerfiles(dockerfile: str) -> None:
+    text = (DOCKER / dockerfile).read_text()
+    lines = text.replace("\\\n", " ").splitlines()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for line in lines:
+        if line.startswith("COPY "):
+            for src in line.split()[1:-1]:
+                assert (ROOT / src).exists(), f"{dockerfile}: COPY {src} missing"
+    entry = next(line for line in lines if line.startswith("ENTRYPOINT"))
+    assert entry == 'ENTRYPOINT ["interest-stream"]'
+    assert "interest-stream" in pyproject["project"]["scripts"]
+    cmd = re.search(r'^CMD \["(\w+)"\]', text, re.M)
+    assert cmd is not None and cmd.group(1) in cli.commands
+    extras = re.findall(r"'\.\[(\w+)\]'", text)
+    assert extras and all(e in pyproject["project"]["optional-dependencies"] for e in extras)
+    fields = {f"{ENV_PREFIX}{n.upper()}" for n in Settings.model_fields}
+    env_names = set(re.findall(r"\b(INTEREST_\w+)=", text))
+    assert env_names and env_names <= fields, env_names - fields
+    assert "USER interest" in lines
+    # the matching ignore file keeps the context to what is copied (no .venv, no data)
+    ignore = (DOCKER / f"{dockerfile}.dockerignore").read_text().splitlines()
+    assert ignore[1] == "*" and "!interest_stream" in ignore
