@@ -60,11 +60,15 @@ def _train_defaults() -> dict[str, Any]:
                 "cutoff_quantile",
                 "val_fraction",
                 "long_horizon_hours",
+                "blend_alpha",
+                "next_item_rate",
             )
         },
         "dim": e.dim,
         "d_model": e.d_model,
         "identity_dim": e.identity_dim,
+        "short_max_len": e.short_max_len,
+        "n_layers_short": e.n_layers_short,
         "long_half_life_hours": e.long_half_life_hours,
     }
 
@@ -132,6 +136,27 @@ _D = _train_defaults()
     "a MovieLens folder or an item_id,text CSV.",
 )
 @click.option("--loss", default="auto", type=click.Choice(["auto", "full", "sampled"]))
+@click.option(
+    "--seen-items",
+    default="auto",
+    type=click.Choice(["auto", "plain", "hard_negatives", "masked"]),
+    help="History items in the softmax (auto: masked for --val-task new).",
+)
+@click.option("--blend-alpha", default=_D["blend_alpha"], help="Blend weight while training.")
+@click.option(
+    "--no-select-alpha", is_flag=True, help="Keep --blend-alpha (no choice on validation)."
+)
+@click.option(
+    "--sample-half-life-days",
+    default=None,
+    type=float,
+    help="Recency weighting of training examples (none = all equal).",
+)
+@click.option(
+    "--next-item-rate", default=_D["next_item_rate"], help="Share of next-item examples per epoch."
+)
+@click.option("--short-max-len", default=_D["short_max_len"], help="Short path window cap.")
+@click.option("--layers-short", default=_D["n_layers_short"], help="Short path layers.")
 @click.option("--max-minutes", default=None, type=float, help="Wall-clock budget.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars or logs.")
@@ -156,6 +181,13 @@ def train_cmd(
     long_half_life_hours: float | None,
     item_text: str | None,
     loss: str,
+    seen_items: str,
+    blend_alpha: float,
+    no_select_alpha: bool,
+    sample_half_life_days: float | None,
+    next_item_rate: float,
+    short_max_len: int,
+    layers_short: int,
     max_minutes: float | None,
     as_json: bool,
     quiet: bool,
@@ -163,7 +195,7 @@ def train_cmd(
     """Train the interest encoder on an event file and write a checkpoint folder."""
     _setup_logging(not quiet)
     from interest_stream.eventfile import read_events
-    from models.config import EncoderConfig, LossKind, TaskKind, TrainConfig
+    from models.config import EncoderConfig, LossKind, SeenItems, TaskKind, TrainConfig
     from models.train import train
 
     enc = EncoderConfig(
@@ -171,6 +203,8 @@ def train_cmd(
         d_model=d_model,
         identity_dim=identity_dim,
         long_half_life_hours=long_half_life_hours,
+        short_max_len=short_max_len,
+        n_layers_short=layers_short,
     )
     cfg = TrainConfig(
         encoder=enc,
@@ -188,6 +222,11 @@ def train_cmd(
         long_horizon_hours=long_horizon_hours,
         item_text_path=_item_text(item_text, events_path),
         loss=LossKind(loss),
+        seen_items=SeenItems(seen_items),
+        blend_alpha=blend_alpha,
+        select_alpha=not no_select_alpha,
+        sample_half_life_days=sample_half_life_days,
+        next_item_rate=next_item_rate,
         max_train_seconds=None if max_minutes is None else 60 * max_minutes,
     )
     events = read_events(events_path)

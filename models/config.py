@@ -271,7 +271,12 @@ class TrainConfig:
         type_loss_weight: Weight of the auxiliary next-event-type head.
         long_loss_weight: Weight of the long-term (next days) loss.
         blend_loss_weight: Weight of the blended-vector (next days) loss.
-        blend_alpha: Weight of the short vector in the blend (``models.blend``).
+        blend_alpha: Weight of the short vector in the blend (``models.blend``) during
+            training.
+        select_alpha: With validation, also try the blend alphas 0, 0.1, ..., 1 on the
+            validation split every epoch; early stopping then uses the best of them and
+            the checkpoint's ``train.blend_alpha`` (the serving weight) is the one chosen
+            at the best epoch (the trained value is kept in ``blend_alpha_selection``).
         loss: Full or sampled softmax (``auto`` decides by vocabulary size).
         seen_items: History items in the softmax: plain, hard negatives or masked out.
         n_negatives: Shared negatives per step of the sampled softmax.
@@ -316,6 +321,7 @@ class TrainConfig:
     long_loss_weight: float = 1.0
     blend_loss_weight: float = 1.0
     blend_alpha: float = 0.5
+    select_alpha: bool = True
     loss: LossKind = LossKind.AUTO
     seen_items: SeenItems = SeenItems.AUTO
     n_negatives: int = 4096

@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 
 _REQUIRED = ("user_id", "item_id", "event_type", "ts")
 _RIDGE_LAMBDA = 1.0
+ALPHA_GRID = tuple(round(0.1 * k, 1) for k in range(11))
+"""Blend alphas tried on the validation split when ``TrainConfig.select_alpha``."""
 
 
 @dataclass
@@ -112,6 +114,8 @@ class _FitOutcome:
     best_epoch: int
     best_val: float | None
     history: list[dict[str, Any]]
+    alpha: float
+    """Blend alpha of the best validation epoch (``cfg.blend_alpha`` without validation)."""
 
 
 def _check_events(events: pd.DataFrame) -> None:
@@ -279,6 +283,19 @@ def _validate(
         m = rank_metrics(score, users, split.targets[task], exclude)
         out[f"{name}_ndcg@10"] = float(m["ndcg@10"].mean()) if len(users) else float("nan")
         out[f"{name}_recall@20"] = float(m["recall@20"].mean()) if len(users) else float("nan")
+    out["best_alpha"], out["best_alpha_ndcg@10"] = cfg.blend_alpha, out["blend_ndcg@10"]
+    if cfg.select_alpha and len(users):
+        for alpha in ALPHA_GRID:
+
+            def score_a(idx: np.ndarray, alpha: float = alpha) -> np.ndarray:
+                v = alpha * vecs["short"][idx] + (1.0 - alpha) * vecs["long"][idx]
+                res: np.ndarray = v @ cand.T
+                return res
+
+            nd = float(rank_metrics(score_a, users, split.targets[task], exclude)["ndcg@10"].mean())
+            out[f"blend_ndcg@10_alpha{alpha:.1f}"] = nd
+            if nd > out["best_alpha_ndcg@10"] + 1e-9:
+                out["best_alpha"], out["best_alpha_ndcg@10"] = alpha, nd
     return out
 
 
@@ -365,6 +382,7 @@ def _fit(
 
     history: list[dict[str, Any]] = []
     best_val: float | None = None
+    best_alpha = cfg.blend_alpha
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch = 0
     bad = 0
@@ -497,9 +515,10 @@ def _fit(
         if val_split is not None:
             val = _validate(enc, val_split, vocab, cfg, device)
             record["val"] = val
-            score = val["blend_ndcg@10"]
+            score = val["best_alpha_ndcg@10"]
             if best_val is None or score > best_val:
                 best_val, best_epoch, bad = score, epoch, 0
+                best_alpha = float(val["best_alpha"])
                 best_state = copy.deepcopy(enc.state_dict())
             else:
                 bad += 1
@@ -528,7 +547,9 @@ def _fit(
     if best_state is not None:
         enc.load_state_dict(best_state)
     enc.eval()
-    return _FitOutcome(encoder=enc, best_epoch=best_epoch, best_val=best_val, history=history)
+    return _FitOutcome(
+        encoder=enc, best_epoch=best_epoch, best_val=best_val, history=history, alpha=best_alpha
+    )
 
 
 def _cold_start(enc: InterestEncoder, vocab: _Vocab) -> dict[str, Any]:
@@ -617,6 +638,7 @@ def train(
     )
 
     phases: dict[str, Any] = {}
+    selected_alpha: float | None = None
     val_cutoff: int | None = None
     if cfg.val_fraction > 0:
         val_cutoff = cutoff_time(train_df["ts"], 1.0 - cfg.val_fraction)
@@ -634,10 +656,13 @@ def train(
             "history": first.history,
             "best_epoch": first.best_epoch,
             "best_val_blend_ndcg@10": first.best_val,
+            "selected_alpha": first.alpha,
             "val_baselines_ndcg@10": val_baselines,
             "val_split": val_split.stats,
         }
         best_epoch, best_val = first.best_epoch, first.best_val
+        if cfg.select_alpha:
+            selected_alpha = first.alpha
         if cfg.refit:
             second = _fit(train_df, vocab, cfg, device, best_epoch, None, progress, "refit", None)
             phases["refit"] = {"history": second.history, "epochs": best_epoch}
@@ -669,8 +694,15 @@ def train(
         "train_events": len(train_df),
         "train_users": int(train_df["user_id"].nunique()),
     }
+    train_dict = cfg.to_dict()
+    alpha_info: dict[str, Any] = {"trained_alpha": cfg.blend_alpha, "alpha": cfg.blend_alpha}
+    if selected_alpha is not None:
+        # the serving blend weight (index/, models.blend) is ``train.blend_alpha``
+        train_dict["blend_alpha"] = selected_alpha
+        alpha_info.update(alpha=selected_alpha, selected_on="validation", grid=list(ALPHA_GRID))
     config = {
-        "train": cfg.to_dict(),
+        "train": train_dict,
+        "blend_alpha_selection": alpha_info,
         "seed": cfg.seed,
         "split": split_info,
         "n_warm_items": vocab.n_warm,

@@ -181,3 +181,23 @@ def test_masked_history_and_sampled_next_items(tmp_path: Path) -> None:
     assert res.metrics["phases"]["fit"]["history"][0]["steps"] >= 1
     saved = json.loads((res.out_dir / "config.json").read_text())
     assert saved["train"]["seen_items"] == "auto" and saved["train"]["val_task"] == "new"
+
+
+def test_blend_alpha_is_chosen_on_validation(events: pd.DataFrame, tmp_path: Path) -> None:
+    """The serving alpha is the grid point with the best validation NDCG@10."""
+    from models.train import ALPHA_GRID
+
+    cfg = tiny_train_config(epochs=2, val_fraction=0.2, blend_alpha=0.5)
+    res = models.train(events, tmp_path / "m", cfg, progress=False)
+    saved = json.loads((res.out_dir / "config.json").read_text())
+    fit = res.metrics["phases"]["fit"]
+    val = fit["history"][fit["best_epoch"] - 1]["val"]
+    by_alpha = {a: val[f"blend_ndcg@10_alpha{a:.1f}"] for a in ALPHA_GRID}
+    chosen = saved["train"]["blend_alpha"]
+    assert chosen == fit["selected_alpha"] == val["best_alpha"]
+    assert by_alpha[chosen] == pytest.approx(max(by_alpha.values()))
+    assert res.val_ndcg10 == pytest.approx(max(by_alpha.values()))
+    assert saved["blend_alpha_selection"]["trained_alpha"] == 0.5
+    assert InterestModel.load(res.out_dir, device="cpu").blend_alpha == chosen
+    # at alpha 0.5 the grid reproduces the plain blend figure
+    assert by_alpha[0.5] == pytest.approx(val["blend_ndcg@10"])
