@@ -167,6 +167,16 @@ def test_dashboard_explorer_and_live_counters(api: dict[str, Any]) -> None:
             assert page.evaluate("window.__xss") is None
             assert "#user=" in page.url
 
+            # while the user does not change, the browser's revalidation costs a 304
+            def revalidated() -> bool:
+                label = 'route="/v1/dashboard/users/{user_id:path}",status="304"'
+                return label in http.get("/metrics").text
+
+            deadline = time.monotonic() + 10
+            while not revalidated() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert revalidated(), "the explorer's polls never revalidated with a 304"
+
             # more records arrive: counters and the explorer follow without a reload
             api["publish"]([_record(f"v{i}", 1, 500 + i, ["i9"]) for i in range(30)])
             api["publish"]([_record(USER, 2, 2, ["i5", XSS_ITEM, "i7", "i42"])])
