@@ -141,11 +141,15 @@
     ol.hidden = !cats;
   }
 
+  function renderTimes(u) {
+    text("u-event-time", when(u.event_time));
+    text("u-updated", when(u.updated_at));
+  }
+
   function render(u) {
     text("u-id", u.user_id);
     text("u-version", u.version);
-    text("u-event-time", when(u.event_time));
-    text("u-updated", when(u.updated_at));
+    renderTimes(u);
     text("u-model", u.model_version);
     text("u-purchased", u.purchased.length ? u.purchased.join(", ") : "none");
     fillTable("recent", u.recent, false);
@@ -168,6 +172,8 @@
         if (r.body.version !== shownVersion) {
           render(r.body);
           shownVersion = r.body.version;
+        } else {
+          renderTimes(r.body); // "… s ago" keeps counting while the user is unchanged
         }
         msg.textContent = r.body.catalogue ? "" : "No model checkpoint loaded: no top items.";
       } else if (r.status === 404) {
