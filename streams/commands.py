@@ -165,6 +165,7 @@ class CommandPublisher:
                     linger_ms=0,
                     max_block_ms=int(self.timeout_s * 1000),
                     request_timeout_ms=int(self.timeout_s * 1000),
+                    reconnect_backoff_max_ms=1000,
                     **self.settings.kafka_client_config(),
                 )
             return self._producer

@@ -269,6 +269,9 @@ class OutputConsumer:
             max_poll_records=self.max_records,
             fetch_max_wait_ms=100,
             request_timeout_ms=30_000,
+            # kafka-python's default backoff grows to 30 s: after a broker restart the
+            # replica would stay stale that long (measured in the broker-restart test)
+            reconnect_backoff_max_ms=1000,
             **self.settings.kafka_client_config(),
         )
 
