@@ -402,6 +402,12 @@ def bench_ingest_cmd(events_path: Path | None, bootstrap: str | None, as_json: b
     "--rates", default="1000,2000", help="Fixed replay rates (events/s), comma-separated."
 )
 @click.option(
+    "--naive-events",
+    type=click.IntRange(min=1),
+    default=2000,
+    help="Events pushed through the naive per-event floor.",
+)
+@click.option(
     "--load-rps",
     type=click.FloatRange(min=0),
     default=0.0,
@@ -435,6 +441,7 @@ def bench_pipeline_cmd(
     events_path: Path | None,
     model_dir: Path,
     rates: str,
+    naive_events: int,
     load_rps: float,
     load_seconds: float,
     scale_users: int,
@@ -458,6 +465,7 @@ def bench_pipeline_cmd(
             read_events(path),
             model_dir,
             rates=rs,
+            naive_events=naive_events,
             scale_users=scale_users,
             scale_events_per_user=scale_events_per_user,
             load_rps=load_rps,

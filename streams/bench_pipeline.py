@@ -83,6 +83,11 @@ def _hist_quantiles(before: dict[str, float], after: dict[str, float], name: str
     buckets.sort()
     total = buckets[-1][1] if buckets else 0.0
     out: dict[str, Any] = {"samples": int(total)}
+    count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
+    if count > 0:
+        out["mean"] = round(
+            (after.get(f"{name}_sum", 0.0) - before.get(f"{name}_sum", 0.0)) / count, 1
+        )
     for q in (0.5, 0.95, 0.99):
         if total <= 0:
             out[f"p{int(q * 100)}_ms"] = None
@@ -248,6 +253,9 @@ def bench_pipeline(
                     ),
                     "reencodes_per_s": round((wa.get(short_key, 0) - wb.get(short_key, 0)) / dt, 1),
                     "freshness": _hist_quantiles(ab, aa, "interest_freshness_ms"),
+                    "flush_users": _hist_quantiles(wb, wa, "interest_reencode_batch_users"),
+                    "encode_ms": _hist_quantiles(wb, wa, "interest_reencode_latency_ms"),
+                    "publish_ms": _hist_quantiles(wb, wa, "interest_publish_latency_ms"),
                 }
             )
         result["rss_mb"] = {"worker": _rss_mb(worker.pid), "api": _rss_mb(api.pid)}

@@ -78,6 +78,12 @@ class ReencodeMetrics:
             buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
             registry=r,
         )
+        self.publish_ms = Histogram(
+            "interest_publish_latency_ms",
+            "Time to build a flush's records and have them acknowledged by Kafka (ms).",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+            registry=r,
+        )
         self.pending = Gauge(
             "interest_reencode_pending_users", "Users waiting to be re-encoded.", registry=r
         )
@@ -302,6 +308,7 @@ class Reencoder:
         self.metrics.encode_ms.observe((time.perf_counter() - t0) * 1000.0)
         self.metrics.batch_users.observe(len(batch))
         self._remember_long(batch, long)
+        t1 = time.perf_counter()
         now_ms = int(time.time() * 1000)
         dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         records = [
@@ -322,6 +329,7 @@ class Reencoder:
             for i, (user, p) in enumerate(batch)
         ]
         await self._publish(records)
+        self.metrics.publish_ms.observe((time.perf_counter() - t1) * 1000.0)
         self.metrics.published.inc(len(records))
         self.flushes += 1
         return len(records)
