@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from interest_stream.events import Interaction
+from interest_stream.events import EVENT_TYPES, Interaction
 from streams.window import BehaviorWindow
 
 __all__ = [
@@ -95,6 +95,7 @@ class ReencodeMetrics:
 
 RECENT_IN_RECORD = 20
 PURCHASED_IN_RECORD = 50
+_PURCHASE = EVENT_TYPES.index("purchase")
 
 
 class Encoder(Protocol):
@@ -138,13 +139,18 @@ def build_record(
     and ``produced_at`` (Kafka timestamp of the newest applied source message,
     which the API uses to measure freshness).
     """
-    history = window.long()
+    # read the window's columns directly: building 200 Interaction objects per
+    # record cost ~6% of the worker's event-loop time at 5,000 events/s
+    items, types, times = window.items, window.types, window.times
     purchased: list[str] = []
-    for it in reversed(history):
-        if it.event_type == "purchase" and it.item_id not in purchased:
-            purchased.append(it.item_id)
+    seen: set[str] = set()
+    for k in range(len(types) - 1, -1, -1):
+        if types[k] == _PURCHASE and items[k] not in seen:
+            seen.add(items[k])
+            purchased.append(items[k])
             if len(purchased) >= PURCHASED_IN_RECORD:
                 break
+    first = max(0, len(times) - RECENT_IN_RECORD)
     rec: dict[str, Any] = {
         "user_id": user_id,
         "version": int(window.version),
@@ -153,7 +159,9 @@ def build_record(
         "model_version": model_version,
         "short": _floats(short),
         "long": _floats(long),
-        "recent": [[i.item_id, i.event_type, int(i.ts)] for i in history[-RECENT_IN_RECORD:]],
+        "recent": [
+            [items[k], EVENT_TYPES[types[k]], int(times[k])] for k in range(first, len(times))
+        ],
         "purchased": purchased[::-1],
         "counts": dict(window.type_counts),
     }
