@@ -158,6 +158,12 @@ class Settings(BaseSettings):
     long_refresh_s: float = Field(
         60.0, ge=0, description="Least seconds between two long-term re-encodes of one user."
     )
+    encode_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="CPU threads of the worker's model (0 = torch's default, one per core).",
+    )
     worker_web_port: int = Field(
         6066, ge=0, le=65535, description="Worker's metrics/health port (0 = pick a free one)."
     )

@@ -180,6 +180,10 @@ def run(settings: Settings) -> int:
     if settings.model_dir is None:
         log.warning("INTEREST_MODEL_DIR is not set: keeping state only, no vectors are published")
     else:
+        if settings.encode_threads > 0:
+            import torch
+
+            torch.set_num_threads(settings.encode_threads)
         model = _load_model(Path(settings.model_dir), settings.device)
         attach_reencoder(worker, model)
         log.info(
