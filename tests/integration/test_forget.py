@@ -184,3 +184,110 @@ def test_forget_everywhere_and_after_restarts(
     finally:
         api.stop()
         worker.stop()
+
+
+# --------------------------------------------------------------------------- in-process
+# The worker's forget logic on an in-memory store with a recording producer (no broker):
+# same-batch rebirth, pre-forget drops, re-delivered commands, malformed commands.
+class _Producer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+        self.offsets: dict[tuple[str, int | None], int] = {}
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None,
+                   partition: int | None, ts: Any, headers: Any) -> Any:  # fmt: skip
+        import asyncio
+        from types import SimpleNamespace
+
+        off = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = off + 1
+        self.sent.append((topic, key, value, partition))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(SimpleNamespace(offset=off))
+        return fut
+
+
+def _run_batches(tmp_path: Path, batches: list[list[tuple[str, int, int, bytes, bytes | None]]]
+                 ) -> tuple[Any, _Producer, list[Any], list[dict[str, int]]]:  # fmt: skip
+    """Feed (topic, offset, kafka_ts_ms, key, value) batches to an in-memory worker."""
+    import asyncio
+
+    import faust
+    from faust.types import TP
+    from faust.types.tuples import Message
+
+    from streams.worker import WindowWorker
+
+    s = Settings(event_topics=("x.events.view",), dlq_topic="x.dlq", output_topic="x.out",
+                 app_id="fx", store="memory", state_dir=tmp_path, worker_web_port=0)  # fmt: skip
+    forgotten: list[dict[str, int]] = []
+    w = WindowWorker(s, partitions=1, on_forget=lambda users: forgotten.append(dict(users)))
+    prod = _Producer()
+    w.app._producer = prod
+    results = []
+
+    async def go() -> None:
+        for batch in batches:
+            evs = []
+            for topic, offset, ts_ms, key, value in batch:
+                msg = Message(topic, 0, offset, ts_ms / 1000.0, 0, None, key, value, None,
+                              tp=TP(topic, 0))  # fmt: skip
+                evs.append(faust.Event(w.app, key, value, None, msg))
+            results.append(await w._process(evs))
+
+    asyncio.run(go())
+    return w, prod, results, forgotten
+
+
+def _ev(user: str, item: str, eid: str) -> bytes:
+    return json.dumps({"user_id": user, "item_id": item, "ts": 1_511_600_000_000,
+                       "event_id": eid}).encode()  # fmt: skip
+
+
+def test_forget_logic_in_process(tmp_path: Path) -> None:
+    from streams.commands import encode_forget
+
+    v, c = "x.events.view", "fx.commands"
+    w, prod, res, forgotten = _run_batches(tmp_path, [
+        # batch 1: two events of a, one of b
+        [(v, 0, 1000, b"a", _ev("a", "i1", "e1")), (v, 1, 1001, b"a", _ev("a", "i2", "e2")),
+         (v, 2, 1002, b"b", _ev("b", "i1", "e3"))],
+        # batch 2: an event of a, the forget (ts 2000), a late pre-forget event (ts 1500),
+        # a new-life event (ts 2500), and a malformed command
+        [(v, 3, 1003, b"a", _ev("a", "i3", "e4")), (c, 0, 2000, b"a", encode_forget("a")),
+         (v, 4, 1500, b"a", _ev("a", "i4", "e5")), (v, 5, 2500, b"a", _ev("a", "i5", "e6")),
+         (c, 1, 2600, b"b", b'{"op": "drop-table"}')],
+        # batch 3: the forget command re-delivered (same offset) while a new life exists,
+        # then a forget of b and its re-delivery in the next batch
+        [(c, 0, 2000, b"a", encode_forget("a")), (c, 2, 3000, b"b", encode_forget("b"))],
+        [(c, 2, 3000, b"b", encode_forget("b")), (v, 2, 1002, b"b", _ev("b", "i1", "e3"))],
+    ])  # fmt: skip
+    assert res[0].applied == 3
+    # a: forgotten mid-batch; the pre-forget event is dropped; the new life has version 1
+    assert res[1].forgotten == {"a": 2000} and res[1].forgotten_events == 1
+    assert res[1].windows["a"].version == 1
+    assert [i.item_id for i in res[1].windows["a"].long()] == ["i5"]
+    assert res[1].dlq == 1  # the malformed command, with its reason
+    dlq = [json.loads(v or b"") for t, _, v, _ in prod.sent if t == "x.dlq"]
+    assert len(dlq) == 1 and "unknown command op" in dlq[0]["error"]
+    # batch 3: the re-delivered command of a does not kill a's new life and is not announced
+    assert "a" not in res[2].forgotten and res[2].duplicates == 1
+    assert w._read_stored(b"a", None) is not None
+    assert res[2].forgotten == {"b": 3000}
+    assert w._read_stored(b"b", None) is None
+    # batch 4: b's re-delivered command is announced again (its window is gone) and its
+    # re-delivered pre-forget event is dropped, not resurrected
+    assert res[3].forgotten == {"b": 3000} and res[3].forgotten_events == 1
+    assert w._read_stored(b"b", None) is None
+    assert forgotten == [{"a": 2000}, {"b": 3000}, {"b": 3000}]
+    # changelog: b got a tombstone; a's old window was replaced by its new life (version 1)
+    # in the same batch, so no old-life value survives either way
+    from streams.window import BehaviorWindow, WindowConfig
+
+    log = [(k, v) for t, k, v, _ in prod.sent if t == "fx-windows-changelog"]
+    assert [k for k, v in log if v is None] == [b"b"]
+    a_values = [v for k, v in log if k == b"a"]
+    newest = BehaviorWindow.from_bytes(a_values[-1] or b"", WindowConfig())
+    assert len(a_values) == 2 and newest.version == 1
+    marks = [json.loads(v or b"") for t, _, v, _ in prod.sent if t == "fx-forgotten-changelog"]
+    assert marks == [{"at": 2000, "offset": 0}, {"at": 3000, "offset": 2}]
