@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     store: Literal["rocksdb", "memory"] = Field(
         "rocksdb", description="Table store of the worker (memory is for tests only)."
     )
+    state_memory_mb: int = Field(
+        32,
+        ge=4,
+        le=65_536,
+        description="RocksDB memory per state partition held (block cache + memtables), MB.",
+    )
     short_window_events: int = Field(
         50, ge=1, le=10_000, description="Short-term window: at most this many latest events."
     )

@@ -143,12 +143,25 @@ HOLE_REPAIR_S = 10.0
 #: Decoded windows kept in memory per worker (about 25 KB each at 200 events).
 CACHE_WINDOWS = 4096
 _METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";charset")[0].split("; charset")[0]
-_ROCKSDB_OPTIONS: dict[str, Any] = {
-    "driver": "rocksdict",
-    "write_buffer_size": 16 * 1024 * 1024,
-    "max_write_buffer_number": 2,
-    "block_cache_size": 64 * 1024 * 1024,
-}
+#: RocksDB memory of the (tiny) forgotten-users table, per partition (MB).
+FORGOTTEN_TABLE_MEMORY_MB = 4
+
+
+def rocksdb_options(memory_mb: int) -> dict[str, Any]:
+    """Faust RocksDB options spending about ``memory_mb`` per partition database.
+
+    Half goes to the block cache, a quarter to each of the two memtables. Every
+    partition the worker holds opens its own database, so a worker's RocksDB
+    memory is about ``memory_mb`` times the partitions it holds (the worker also
+    keeps its own LRU of decoded windows, :data:`CACHE_WINDOWS`).
+    """
+    mb = 1024 * 1024
+    return {
+        "driver": "rocksdict",
+        "write_buffer_size": max(1, memory_mb // 4) * mb,
+        "max_write_buffer_number": 2,
+        "block_cache_size": max(1, memory_mb // 2) * mb,
+    }
 
 
 class WorkerError(InterestStreamError):
@@ -525,7 +538,9 @@ class WindowWorker:
             partitions=self.partitions,
             key_type=bytes,
             value_type=bytes,
-            options=dict(_ROCKSDB_OPTIONS) if settings.store == "rocksdb" else None,
+            options=rocksdb_options(settings.state_memory_mb)
+            if settings.store == "rocksdb"
+            else None,
             help="user_id -> BehaviorWindow bytes (streams.window)",
         )
         self.forgotten_table = self.app.Table(
@@ -533,7 +548,9 @@ class WindowWorker:
             partitions=self.partitions,
             key_type=bytes,
             value_type=bytes,
-            options=dict(_ROCKSDB_OPTIONS) if settings.store == "rocksdb" else None,
+            options=rocksdb_options(FORGOTTEN_TABLE_MEMORY_MB)
+            if settings.store == "rocksdb"
+            else None,
             help="user_id -> forget time and command offset of a forgotten user",
         )
         self.source = self.app.topic(

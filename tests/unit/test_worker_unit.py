@@ -73,6 +73,15 @@ def test_rocksdb_store_uses_the_rocksdict_driver(tmp_path: Path) -> None:
     assert Path(str(w.app.conf.tabledir)).is_relative_to(tmp_path / "state")
 
 
+def test_rocksdb_memory_follows_the_setting(tmp_path: Path) -> None:
+    w = WindowWorker(make(tmp_path, store="rocksdb", state_memory_mb=64), partitions=2)
+    opts = w.table.data.rocksdb_options  # type: ignore[attr-defined]
+    assert opts.block_cache_size == 32 * 2**20 and opts.write_buffer_size == 16 * 2**20
+    assert opts.max_write_buffer_number == 2
+    small = w.forgotten_table.data.rocksdb_options  # type: ignore[attr-defined]
+    assert small.block_cache_size < opts.block_cache_size
+
+
 def test_port_zero_picks_a_free_port(tmp_path: Path) -> None:
     w = WindowWorker(make(tmp_path, store="memory", worker_web_port=0), partitions=1)
     assert 0 < w.web_port < 65536
