@@ -55,7 +55,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from models.testing import tiny_train_config
 
     out = tmp_path_factory.mktemp("rel-model") / "ckpt"
-    train(read_events(TAOBAO_HISTORIES).head(10_000), out, tiny_train_config(seed=6),
+    train(read_events(TAOBAO_HISTORIES).head(4_000), out, tiny_train_config(seed=6),
           progress=False)  # fmt: skip
     return out
 
