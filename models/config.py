@@ -244,6 +244,9 @@ class TrainConfig:
         batch_size: Next-item examples per step.
         lr: AdamW learning rate.
         weight_decay: AdamW decoupled weight decay.
+        scalar_lr_mult: Learning-rate multiplier of the scalar parameters (copy gains,
+            identity scale; no weight decay on them). Their useful values are ~10x their
+            init, which the base rate reaches only after many epochs.
         seed: Seed of every random draw (init, shuffling, dropout, sampling).
         device: ``auto`` (cuda if available, else cpu), ``cpu`` or ``cuda``.
         threads: ``torch.set_num_threads`` for training; ``None`` leaves it alone.
@@ -292,7 +295,9 @@ class TrainConfig:
             an example this many days older than the newest training event counts half
             (items' vectors then follow what is popular now); ``None`` = all equal.
         grad_clip: Gradient-norm clip.
-        max_train_seconds: Optional wall-clock budget of the whole training.
+        max_train_seconds: Optional wall-clock budget of the whole training (fit and
+            refit): no epoch is started that would, at the pace of the last one, end
+            after it.
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -301,6 +306,7 @@ class TrainConfig:
     min_epochs: int = 2
     batch_size: int = 1024
     lr: float = 4e-3
+    scalar_lr_mult: float = 20.0
     weight_decay: float = 0.01
     seed: int = 0
     device: str = "auto"
@@ -362,6 +368,8 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ModelError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.scalar_lr_mult <= 0:
+            raise ModelError("TrainConfig.scalar_lr_mult must be > 0")
         if self.lr <= 0:
             raise ModelError("TrainConfig.lr must be > 0")
         unknown = sorted(set(self.type_weights) - set(EVENT_TYPES))

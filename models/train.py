@@ -352,7 +352,15 @@ def _fit(
         cfg.seen_items is SeenItems.AUTO and cfg.val_task is TaskKind.NEW
     )
     hard_hist = cfg.seen_items is SeenItems.HARD_NEGATIVES
-    opt = torch.optim.AdamW(enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # scalar gains (copy gains, identity scale) must grow by an order of magnitude for a
+    # vector to single out a user's own items; at the base lr that takes many epochs
+    scalars = [p for p in enc.parameters() if p.dim() == 0]
+    others = [p for p in enc.parameters() if p.dim() > 0]
+    groups: list[dict[str, Any]] = [
+        {"params": others},
+        {"params": scalars, "lr": cfg.lr * cfg.scalar_lr_mult, "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     type_w_np = np.asarray(cfg.type_weight_table(), dtype=np.float32)
     type_w = torch.from_numpy(type_w_np).to(device)
     horizon_ms = int(cfg.long_horizon_hours * 3_600_000)
@@ -541,7 +549,8 @@ def _fit(
         if val_split is not None and epoch >= cfg.min_epochs and bad >= cfg.patience:
             log.info("%s: early stop after epoch %d (best %d)", phase, epoch, best_epoch)
             break
-        if deadline is not None and time.perf_counter() > deadline:
+        # stop when another epoch like this one would overrun the budget
+        if deadline is not None and time.perf_counter() + record["seconds"] > deadline:
             log.warning("%s: time budget reached after epoch %d", phase, epoch)
             break
     if best_state is not None:
@@ -664,7 +673,9 @@ def train(
         if cfg.select_alpha:
             selected_alpha = first.alpha
         if cfg.refit:
-            second = _fit(train_df, vocab, cfg, device, best_epoch, None, progress, "refit", None)
+            second = _fit(
+                train_df, vocab, cfg, device, best_epoch, None, progress, "refit", deadline
+            )
             phases["refit"] = {"history": second.history, "epochs": best_epoch}
             enc = second.encoder
         else:

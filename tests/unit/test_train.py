@@ -201,3 +201,19 @@ def test_blend_alpha_is_chosen_on_validation(events: pd.DataFrame, tmp_path: Pat
     assert InterestModel.load(res.out_dir, device="cpu").blend_alpha == chosen
     # at alpha 0.5 the grid reproduces the plain blend figure
     assert by_alpha[0.5] == pytest.approx(val["blend_ndcg@10"])
+
+
+def test_scalar_gains_get_their_own_learning_rate(events: pd.DataFrame, tmp_path: Path) -> None:
+    """With scalar_lr_mult the copy gains and identity scale move much further."""
+    from models.testing import tiny_encoder_config
+
+    moved = []
+    for mult in (1.0, 30.0):
+        cfg = tiny_train_config(
+            epochs=1, scalar_lr_mult=mult, encoder=tiny_encoder_config(identity_dim=8)
+        )
+        res = models.train(events, tmp_path / f"m{mult}", cfg, progress=False)
+        enc = InterestModel.load(res.out_dir, device="cpu").encoder
+        gains = [enc.short_copy_gain, enc.long_copy_gain, enc.ident_scale]
+        moved.append(sum(abs(float(g) - 1.0) for g in gains if g is not None))
+    assert moved[1] > 5 * moved[0]
