@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -156,6 +157,7 @@ class UserIndex:
         blend_weight: float = 0.5,
         model_version: str | None = None,
         write_chunk: int = 2048,
+        background_rebuild: bool = False,
     ) -> None:
         """Create an empty user index.
 
@@ -170,6 +172,11 @@ class UserIndex:
             write_chunk: Users written under one hold of the write lock; a
                 larger batch is applied in chunks so that readers (``get``) wait
                 at most one chunk.
+            background_rebuild: Retrain a vector set's structure (flat -> IVF, IVF
+                regrown) in a daemon thread instead of in the writer's call, so a
+                consumer catching up on a topic never stalls on k-means; searches
+                use the old structure (exact while flat) until the swap, and writes
+                made meanwhile are journaled (see ``FaissIndex.maybe_rebuild``).
         """
         if not 0.0 <= blend_weight <= 1.0:
             raise ValueError(f"blend_weight must be within 0..1, got {blend_weight}")
@@ -181,6 +188,11 @@ class UserIndex:
         self.blend_weight = float(blend_weight)
         self.model_version = model_version
         self.write_chunk = write_chunk
+        self.background_rebuild = background_rebuild
+        self._rebuilder: threading.Thread | None = None
+        self._rebuild_again = False
+        self._rebuilds_held = False
+        self._rebuild_lock = threading.Lock()
         self._lock = RWLock()
         self._meta: dict[str, _Meta] = {}
         self._sets: dict[str, VectorIndex] = {}
@@ -322,8 +334,7 @@ class UserIndex:
                     result.applied += len(rows)
                     result.applied_ids.extend(ids)
         if result.applied:
-            for vi in self._sets.values():
-                vi.maybe_rebuild()
+            self._rebuild()
         return result
 
     def remove(self, user_id: str) -> bool:
@@ -338,9 +349,62 @@ class UserIndex:
                 for vi in self._sets.values():
                     vi.remove(gone)
         if gone:
-            for vi in self._sets.values():
-                vi.maybe_rebuild()
+            self._rebuild()
         return len(gone)
+
+    # ------------------------------------------------------------------ rebuilds
+    def _rebuild(self) -> None:
+        """Let each vector set move to the structure its size calls for."""
+        if not self.background_rebuild:
+            with self._rebuild_lock:
+                if self._rebuilds_held:
+                    self._rebuild_again = True
+                    return
+                self._rebuild_again = False
+            for vi in list(self._sets.values()):
+                vi.maybe_rebuild()
+            return
+        with self._rebuild_lock:
+            self._rebuild_again = True
+            if self._rebuilds_held or self._rebuilder is not None:
+                return  # the running thread will look again before it exits
+            t = threading.Thread(target=self._rebuild_loop, name="user-index-rebuild", daemon=True)
+            self._rebuilder = t
+        t.start()
+
+    def _rebuild_loop(self) -> None:
+        while True:
+            with self._rebuild_lock:
+                if not self._rebuild_again:
+                    self._rebuilder = None
+                    return
+                self._rebuild_again = False
+            for vi in list(self._sets.values()):
+                try:
+                    vi.maybe_rebuild()
+                except Exception:  # the old structure keeps serving; retried on next write
+                    logger.exception("background rebuild of the user index failed")
+
+    def hold_rebuilds(self, hold: bool) -> None:
+        """Hold structure rebuilds (e.g. while a consumer catches up); release runs them.
+
+        While held, the vector sets keep their current structure (exact search
+        while flat) and writes stay cheap; releasing starts the rebuilds the
+        writes called for (in the background with ``background_rebuild``).
+        """
+        with self._rebuild_lock:
+            self._rebuilds_held = hold
+            due = not hold and self._rebuild_again
+        if due:
+            self._rebuild()
+
+    def wait_rebuilds(self, timeout: float | None = None) -> bool:
+        """Wait for a background rebuild in progress; True when none is running."""
+        t = self._rebuilder
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
 
     # ------------------------------------------------------------------ reads
     def version(self, user_id: str) -> int | None:

@@ -183,6 +183,9 @@ def create_app(
             items.dim if items is not None else None,
             blend_weight=items.blend_alpha if items is not None else 0.5,
             model_version=None if items is None else items.model_version,
+            # k-means of a growing index runs beside the consumer, not in it: a
+            # replica rebuilding 100k+ users from the topic never stalls on it
+            background_rebuild=True,
         )
     )
     metrics = ApiMetrics(users=lambda: float(users.count()),

@@ -304,6 +304,8 @@ class OutputConsumer:
             self.error = None
             if not self.ready:
                 self.status = "catching_up"
+                # k-means on a half-filled index is wasted work: train once caught up
+                self.users.hold_rebuilds(True)
             next_lag = next_parts = time.monotonic()
             live_end: dict[Any, int] = dict(self._target)
             while not self._stop.is_set():
@@ -359,6 +361,7 @@ class OutputConsumer:
     def _become_ready(self) -> None:
         self.status = "ready"
         self._ready.set()
+        self.users.hold_rebuilds(False)
         if self.metrics is not None:
             self.metrics.ready.set(1)
         logger.info(

@@ -193,6 +193,39 @@ def test_grows_to_ivf_through_batches() -> None:
     assert users.search(users.vector("u1999", "short"), 1, "short")[0] == [["u1999"]]
 
 
+def test_background_rebuild_keeps_writes_and_searches_going() -> None:
+    users = UserIndex(
+        DIM, config=FaissConfig(ivf_min_rows=1500, nprobe=10_000), background_rebuild=True
+    )
+    rng = np.random.default_rng(1)
+    vecs = rng.standard_normal((3000, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    for start in range(0, 3000, 250):  # writes go on while the rebuild thread trains
+        users.upsert_many(
+            [UserRecord(f"u{j}", 1, vecs[j], -vecs[j]) for j in range(start, start + 250)]
+        )
+        # every user written so far is found exactly, whatever structure serves
+        probe = start + 249
+        assert users.search(vecs[probe], 1, "short")[0] == [[f"u{probe}"]]
+    assert users.wait_rebuilds(timeout=120)
+    sets = users.stats()["sets"]
+    assert all(st["kind"] == "ivf" and st["count"] == 3000 for st in sets.values()), sets
+    for j in (0, 1499, 2999):  # journaled writes made during training are in the new structure
+        assert users.search(vecs[j], 1, "short")[0] == [[f"u{j}"]]
+        assert users.search(-vecs[j], 1, "long")[0] == [[f"u{j}"]]
+
+
+def test_held_rebuilds_run_on_release() -> None:
+    users = UserIndex(DIM, config=FaissConfig(ivf_min_rows=1000, nprobe=10_000))
+    users.hold_rebuilds(True)
+    rng = np.random.default_rng(2)
+    vecs = rng.standard_normal((1500, DIM)).astype(np.float32)
+    users.upsert_many([UserRecord(f"u{j}", 1, vecs[j], vecs[j]) for j in range(1500)])
+    assert {st["kind"] for st in users.stats()["sets"].values()} == {"flat"}
+    users.hold_rebuilds(False)
+    assert {st["kind"] for st in users.stats()["sets"].values()} == {"ivf"}
+
+
 def test_big_batches_are_written_in_chunks() -> None:
     users = UserIndex(DIM, backend="numpy", write_chunk=7)
     recs = [UserRecord(f"u{i}", 2, _vec(i), _vec(i + 1)) for i in range(50)]
