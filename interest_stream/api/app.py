@@ -311,13 +311,15 @@ def _add_routes(app: FastAPI, state: ApiState, offload: bool) -> None:
         ):
             raise ApiError(403, "forbidden", "the admin token is wrong")
 
-    @app.get("/v1/users/{user_id}/interest", response_model=InterestOut, tags=["users"])
+    @app.get("/v1/users/{user_id:path}/interest", response_model=InterestOut, tags=["users"])
     async def user_interest(user_id: UserId) -> dict[str, Any]:
         """The user's current interest record (404 if unknown)."""
         return state.users.get(user_id).to_dict()
 
     @app.get(
-        "/v1/users/{user_id}/recommendations", response_model=RecommendationsOut, tags=["users"]
+        "/v1/users/{user_id:path}/recommendations",
+        response_model=RecommendationsOut,
+        tags=["users"],
     )
     async def recommendations(
         user_id: UserId,
@@ -348,7 +350,7 @@ def _add_routes(app: FastAPI, state: ApiState, offload: bool) -> None:
             "items": [{"item_id": i, "score": s} for i, s in hits],
         }
 
-    @app.get("/v1/items/{item_id}/similar", response_model=SimilarOut, tags=["items"])
+    @app.get("/v1/items/{item_id:path}/similar", response_model=SimilarOut, tags=["items"])
     async def similar(item_id: ItemId, k: KParam = 10) -> dict[str, Any]:
         """Items nearest an item (itself excluded)."""
         items = _require_items(state)
@@ -384,7 +386,7 @@ def _add_routes(app: FastAPI, state: ApiState, offload: bool) -> None:
         }
 
     @app.delete(
-        "/v1/users/{user_id}",
+        "/v1/users/{user_id:path}",
         response_model=ForgetOut,
         tags=["admin"],
         dependencies=[Depends(require_admin)],

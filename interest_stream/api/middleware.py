@@ -7,6 +7,7 @@ microseconds, which matters for a p99 target of a few milliseconds.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -16,6 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from interest_stream.api.metrics import ApiMetrics
 
 __all__ = ["BodyLimitMiddleware", "TimingMiddleware"]
+
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
 
 
 def _too_large(limit: int) -> bytes:
@@ -102,7 +105,8 @@ class TimingMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route: Any = scope.get("route")
-            template = getattr(route, "path", None) or "<unmatched>"
+            # "/v1/users/{user_id:path}/interest" -> "/v1/users/{user_id}/interest"
+            template = _CONVERTOR.sub(r"{\1}", getattr(route, "path", None) or "<unmatched>")
             self.metrics.latency.labels(scope.get("method", ""), template, str(status)).observe(
                 (time.perf_counter() - start) * 1000.0
             )

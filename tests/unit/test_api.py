@@ -109,6 +109,22 @@ def test_interest(app_and_client: tuple[ApiState, TestClient]) -> None:
     assert len(body["long"]) == DIM
 
 
+def test_ids_with_slashes_and_spaces(app_and_client: tuple[ApiState, TestClient]) -> None:
+    """The event contract allows '/' in ids: every route serves them (URL-encoded or not)."""
+    state, client = app_and_client
+    v = _unit(np.arange(1, DIM + 1, dtype=np.float32))
+    state.users.upsert("shop/42 a", 7, v, v, {"event_time": 1, "updated_at": 2})
+    for path in ("shop%2F42%20a", "shop/42%20a"):
+        got = client.get(f"/v1/users/{path}/interest")
+        assert got.status_code == 200 and got.json()["user_id"] == "shop/42 a"
+        recs = client.get(f"/v1/users/{path}/recommendations?k=3")
+        assert recs.status_code == 200 and len(recs.json()["items"]) == 3
+    assert client.get("/v1/users/shop%2F43/interest").status_code == 404
+    gone = client.delete("/v1/users/shop%2F42%20a", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert gone.status_code == 200, gone.text
+    assert client.get("/v1/users/shop%2F42%20a/interest").status_code == 404
+
+
 def test_interest_errors(client: TestClient) -> None:
     body = _err(client.get("/v1/users/nobody/interest"), 404, "unknown_user")
     assert "nobody" in body["detail"]
