@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,7 +92,8 @@ def _id_list(obj: dict[str, Any], name: str) -> tuple[str, ...]:
         return ()
     if not isinstance(v, list) or not all(isinstance(i, str) for i in v):
         raise MalformedRecord(f"{name} must be a list of item id strings")
-    return tuple(v)
+    # item ids repeat across millions of users: one string object per item id
+    return tuple(sys.intern(i) for i in v)
 
 
 def decode_record(
@@ -161,7 +163,7 @@ def _recent_ids(obj: dict[str, Any]) -> tuple[str, ...]:
         isinstance(e, list) and e and isinstance(e[0], str) for e in v
     ):
         raise MalformedRecord("recent must be a list of [item_id, event_type, ts]")
-    return tuple(dict.fromkeys(e[0] for e in v))
+    return tuple(dict.fromkeys(sys.intern(e[0]) for e in v))
 
 
 def encode_record(record: dict[str, Any]) -> bytes:
