@@ -169,7 +169,7 @@ def test_dashboard_explorer_and_live_counters(api: dict[str, Any]) -> None:
 
             # while the user does not change, the browser's revalidation costs a 304
             def revalidated() -> bool:
-                label = 'route="/v1/dashboard/users/{user_id:path}",status="304"'
+                label = 'route="/v1/dashboard/users/{user_id}",status="304"'
                 return label in http.get("/metrics").text
 
             deadline = time.monotonic() + 10
