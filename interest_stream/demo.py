@@ -163,7 +163,10 @@ def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
         prev_applied, prev_t = 0.0, time.monotonic()
         done_at: float | None = None
         while not done.is_set() or _lagging(worker_url, len(df)):
-            done.wait(2.0)
+            if done.is_set():
+                time.sleep(2.0)  # the replay is over: poll at the same pace while catching up
+            else:
+                done.wait(2.0)
             worker.check()
             api.check()
             _, wtext = http_get_json(f"{worker_url}/metrics")
