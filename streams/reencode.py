@@ -254,8 +254,9 @@ class Reencoder:
             old = self._pending.get(user)
             if old is not None and old.produced_at is not None:
                 ts = old.produced_at if ts is None else max(ts, old.produced_at)
-            # coalesce: the newest window replaces the older one, keeping queue position
-            self._pending[user] = _Pending(window, ts)
+            # coalesce: the newest window replaces the older one, keeping queue position;
+            # a copy, since the worker goes on applying events to its own object
+            self._pending[user] = _Pending(window.view(), ts)
         self.metrics.pending.set(len(self._pending))
         if self._pending:
             self._wakeup.set()

@@ -180,6 +180,27 @@ class BehaviorWindow:
     offsets: dict[str, int] = field(default_factory=dict)
     recent_ids: list[bytes] = field(default_factory=list)
 
+    def view(self) -> BehaviorWindow:
+        """A copy of what encoding and records read (history, counts, version).
+
+        The worker keeps mutating its cached windows while the re-encoder's
+        thread reads the submitted ones; the re-encoder takes this copy so the
+        thread never sees a half-applied event. Offsets and event ids are not
+        copied (the copy is never applied to or written back).
+        """
+        return BehaviorWindow(
+            self.user_id,
+            self.config,
+            self.items[:],
+            self.types[:],
+            self.times[:],
+            dict(self.type_counts),
+            dict(self.decayed),
+            self.decay_ref,
+            self.version,
+            self.event_time,
+        )
+
     # ------------------------------------------------------------------ updates
     def is_duplicate(
         self,

@@ -183,3 +183,20 @@ def test_run_loop_flushes_everyone_in_batches_of_at_most_batch_max(n_users: int)
     sink, enc = asyncio.run(run())
     assert sorted(rec["user_id"] for rec in sink.records) == sorted(f"u{k}" for k in range(n_users))
     assert max(enc.short_calls) <= 256 and sum(enc.short_calls) == n_users
+
+
+def test_submitted_windows_are_copies_the_worker_can_keep_mutating() -> None:
+    async def run() -> tuple[Sink, BehaviorWindow]:
+        sink = Sink()
+        r = Reencoder(HashEncoder(), sink, flush_ms=1, batch_max=8)
+        w = window("u", [("a", "view"), ("b", "view")])
+        await r.submit({"u": w})
+        # the worker applies the next batch to its cached object before the flush
+        w.apply(Event("u", "c", "cart", T0 + 10_000), "t", 0, 99)
+        await r.flush_once()
+        return sink, w
+
+    sink, w = asyncio.run(run())
+    rec = sink.records[0]
+    assert rec["version"] == 2 and [e[0] for e in rec["recent"]] == ["a", "b"]
+    assert w.version == 3 and w.items[-1] == "c"
