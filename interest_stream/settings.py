@@ -155,6 +155,12 @@ class Settings(BaseSettings):
     batch_within_ms: int = Field(
         100, ge=1, le=60_000, description="Longest the worker waits to fill a batch (ms)."
     )
+    fetch_max_wait_ms: int = Field(
+        50,
+        ge=0,
+        le=60_000,
+        description="Longest the broker holds the worker's fetch when no data is ready (ms).",
+    )
     flush_ms: int = Field(
         20, ge=1, le=60_000, description="Re-encode flush interval for touched users (ms)."
     )

@@ -257,3 +257,17 @@ def test_commit_guard_never_commits_past_a_missing_message(
     consumer._acked_index[tp] = {3017}
     consumer._gap[tp].addi(3016, 3017)
     assert asyncio.run(attempt()) == 3018
+
+
+def test_fetch_max_wait_reaches_the_aiokafka_consumer(tmp_path: Path) -> None:
+    """Faust hard-codes 1,500 ms; the worker's setting replaces it (latency, see worker.py)."""
+    import asyncio
+
+    w = WindowWorker(make(tmp_path, fetch_max_wait_ms=40), partitions=2)
+
+    async def build() -> int:
+        thread = w.app.consumer._thread  # type: ignore[attr-defined]
+        consumer = thread._create_worker_consumer(w.app.transport)
+        return int(consumer._fetch_max_wait_ms)
+
+    assert asyncio.run(build()) == 40
