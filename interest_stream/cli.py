@@ -417,6 +417,12 @@ def bench_ingest_cmd(events_path: Path | None, bootstrap: str | None, as_json: b
     "--load-seconds", type=click.FloatRange(min=1), default=60.0, help="Length of the load phase."
 )
 @click.option(
+    "--load-event-rate",
+    type=click.FloatRange(min=1),
+    default=500.0,
+    help="Events/s the worker applies during the load phase.",
+)
+@click.option(
     "--scale-users",
     type=click.IntRange(min=0),
     default=0,
@@ -444,6 +450,7 @@ def bench_pipeline_cmd(
     naive_events: int,
     load_rps: float,
     load_seconds: float,
+    load_event_rate: float,
     scale_users: int,
     scale_events_per_user: int,
     bootstrap: str | None,
@@ -470,6 +477,7 @@ def bench_pipeline_cmd(
             scale_events_per_user=scale_events_per_user,
             load_rps=load_rps,
             load_seconds=load_seconds,
+            load_event_rate=load_event_rate,
         )
         if charts is not None:
             from streams.bench_pipeline import write_charts

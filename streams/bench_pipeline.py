@@ -169,6 +169,7 @@ def bench_pipeline(
     scale_events_per_user: int | None = 4,
     load_rps: float = 0.0,
     load_seconds: float = 60.0,
+    load_event_rate: float = 500.0,
 ) -> dict[str, Any]:
     """Run the pipeline benchmark (see the module docstring); returns every figure.
 
@@ -182,7 +183,9 @@ def bench_pipeline(
         scale_users: Synthetic users of the scale phase (0 = skip it).
         scale_events_per_user: Latest events kept per synthetic user (``None`` = all).
         load_rps: Mixed API queries per second of the load phase (0 = skip it).
-        load_seconds: Length of the load phase (the replay is paced to last as long).
+        load_seconds: Length of the load phase.
+        load_event_rate: Events/s replayed into the worker during the load phase
+            (the file's head, as many events as the phase lasts).
     """
     from streams.kafka_local.broker import free_port
 
@@ -260,7 +263,9 @@ def bench_pipeline(
             )
         result["rss_mb"] = {"worker": _rss_mb(worker.pid), "api": _rss_mb(api.pid)}
         if load_rps > 0:
-            result["load"] = load_phase(s, events, model_dir, aurl, wurl, load_rps, load_seconds)
+            result["load"] = load_phase(
+                s, events, model_dir, aurl, wurl, load_rps, load_seconds, load_event_rate
+            )
         if scale_users > 0:
             result["scale"] = scale_phase(
                 s, events, worker, scale_users, scale_events_per_user, root
@@ -292,8 +297,9 @@ def load_phase(
     worker_metrics_url: str,
     rps: float,
     seconds: float,
+    event_rate: float = 500.0,
 ) -> dict[str, Any]:
-    """Mixed API queries at ``rps`` while the events are replayed again (see the docstring)."""
+    """Mixed API queries at ``rps`` while events are replayed at ``event_rate`` meanwhile."""
     import threading
 
     from interest_stream.api.bench import load_phase as api_load
@@ -301,13 +307,13 @@ def load_phase(
 
     users = sorted({str(u) for u in events["user_id"].unique()})
     items, _, _ = load_item_vectors(model_dir)
-    event_rate = max(1.0, len(events) / seconds)
+    replayed = events.head(max(1, int(event_rate * seconds)))
     before = _metrics(worker_metrics_url)
     replay_error: list[BaseException] = []
 
     def replay() -> None:
         try:
-            replay_events(events, settings, rate=event_rate)
+            replay_events(replayed, settings, rate=event_rate)
         except BaseException as exc:  # reported in the result
             replay_error.append(exc)
 
@@ -319,6 +325,7 @@ def load_phase(
     applied = after.get("interest_worker_events_applied_total", 0) - before.get(
         "interest_worker_events_applied_total", 0
     )
+    res["events_replayed"] = len(replayed)
     res["events_replayed_eps"] = round(event_rate, 1)
     res["events_applied_during"] = int(applied)
     res["replay_error"] = repr(replay_error[0]) if replay_error else None
