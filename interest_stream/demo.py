@@ -201,13 +201,13 @@ def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
             f"/v1/users/{user}/recommendations?k=5&horizon=blend",
             f"/v1/items/{df['item_id'].iloc[-1]}/similar?k=5",
             "/metrics",
-            "/  (the dashboard, in a browser)",
         ):
             opts.say(f"  curl -s '{api_url}{path}'")
         opts.say(
             f"  curl -s -X POST {api_url}/v1/audience -H 'content-type: application/json' "
             f'-d \'{{"item_id": "{df["item_id"].iloc[-1]}", "k": 5}}\''
         )
+        opts.say(f"  open {api_url}/#user={user} in a browser: the live dashboard")
         _, rec = http_get_json(f"{api_url}/v1/users/{user}/recommendations?k=5&horizon=blend")
         summary["example_recommendations"] = rec
         if opts.duration is not None:
