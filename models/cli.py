@@ -155,6 +155,11 @@ _D = _train_defaults()
 @click.option(
     "--next-item-rate", default=_D["next_item_rate"], help="Share of next-item examples per epoch."
 )
+@click.option(
+    "--scalar-lr-mult",
+    default=20.0,
+    help="Learning-rate multiplier of the scalar gains (TrainConfig default: 1).",
+)
 @click.option("--short-max-len", default=_D["short_max_len"], help="Short path window cap.")
 @click.option("--layers-short", default=_D["n_layers_short"], help="Short path layers.")
 @click.option("--max-minutes", default=None, type=float, help="Wall-clock budget.")
@@ -186,6 +191,7 @@ def train_cmd(
     no_select_alpha: bool,
     sample_half_life_days: float | None,
     next_item_rate: float,
+    scalar_lr_mult: float,
     short_max_len: int,
     layers_short: int,
     max_minutes: float | None,
@@ -227,6 +233,7 @@ def train_cmd(
         select_alpha=not no_select_alpha,
         sample_half_life_days=sample_half_life_days,
         next_item_rate=next_item_rate,
+        scalar_lr_mult=scalar_lr_mult,
         max_train_seconds=None if max_minutes is None else 60 * max_minutes,
     )
     events = read_events(events_path)
