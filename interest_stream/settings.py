@@ -174,7 +174,11 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=256,
-        description="CPU threads of the worker's model (0 = torch's default, one per core).",
+        description="CPU threads of the worker's model (0: 1 in a process, else torch's default).",
+    )
+    encode_process: bool = Field(
+        False,
+        description="Run the worker's model in a child process with its own GIL (experimental).",
     )
     worker_web_port: int = Field(
         6066, ge=0, le=65535, description="Worker's metrics/health port (0 = pick a free one)."

@@ -170,6 +170,13 @@ def build_record(
     return rec
 
 
+def _close_model(model: object) -> None:
+    """Release a model's resources if it has any (e.g. an encoder process)."""
+    close = getattr(model, "close", None)
+    if callable(close):
+        close()
+
+
 def checkpoint_version(model_dir: Path) -> str | None:
     """The ``model_version`` in a checkpoint's ``config.json`` (``None`` if unreadable)."""
     try:
@@ -313,7 +320,14 @@ class Reencoder:
         model = self.model
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        short, long = await loop.run_in_executor(self._executor, self._encode, model, batch)
+        try:
+            short, long = await loop.run_in_executor(self._executor, self._encode, model, batch)
+        except BaseException:
+            # nobody is lost: the users wait again (unless a newer window already does)
+            for user, pending in batch:
+                self._pending.setdefault(user, pending)
+            self.metrics.pending.set(len(self._pending))
+            raise
         self.metrics.encode_ms.observe((time.perf_counter() - t0) * 1000.0)
         self.metrics.batch_users.observe(len(batch))
         self._remember_long(batch, long)
@@ -374,6 +388,7 @@ class Reencoder:
         self._room.set()
         self._wakeup.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        _close_model(self.model)
 
     # ------------------------------------------------------------------ hot reload
     async def maybe_reload(self, model_dir: Path) -> bool:
@@ -396,7 +411,9 @@ class Reencoder:
                 new.model_version, new.dim, self.model.dim,
             )  # fmt: skip
         self.metrics.model.labels(self.model.model_version).set(0)
-        self.model = new
+        old, self.model = self.model, new
+        # closed after any flush already queued on the encode thread with the old model
+        loop.run_in_executor(self._executor, _close_model, old)
         self.metrics.model.labels(new.model_version).set(1)
         self._long.clear()
         log.info("model %s swapped in; re-encoding users progressively", new.model_version)

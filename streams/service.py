@@ -35,10 +35,19 @@ FORGET_FILTER_USERS = 100_000
 STARTUP_SWEEP_PER_S = 2000.0
 
 
-def _load_model(path: Path, device: str) -> Encoder:
+def _load_model(path: Path, settings: Settings) -> Encoder:
+    """The worker's encoder: in a child process (default) or in this process."""
+    if settings.encode_process:
+        from streams.encoder_process import ProcessEncoder
+
+        return ProcessEncoder(path, settings.device, threads=settings.encode_threads or 1)
+    if settings.encode_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.encode_threads)
     from models import InterestModel
 
-    model: Encoder = InterestModel.load(path, device=device)
+    model: Encoder = InterestModel.load(path, device=settings.device)
     return model
 
 
@@ -116,14 +125,13 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
         futures = [await producer.send(out_topic, k, v, None, None, None) for k, v in records]
         await asyncio.gather(*futures)
 
-    device = s.device
     reencoder = Reencoder(
         model,
         publish,
         flush_ms=s.flush_ms,
         batch_max=s.encode_batch_max,
         long_refresh_s=s.long_refresh_s,
-        loader=lambda p: _load_model(p, device),
+        loader=lambda p: _load_model(p, s),
         registry=worker.metrics.registry,
     )
 
@@ -180,11 +188,7 @@ def run(settings: Settings) -> int:
     if settings.model_dir is None:
         log.warning("INTEREST_MODEL_DIR is not set: keeping state only, no vectors are published")
     else:
-        if settings.encode_threads > 0:
-            import torch
-
-            torch.set_num_threads(settings.encode_threads)
-        model = _load_model(Path(settings.model_dir), settings.device)
+        model = _load_model(Path(settings.model_dir), settings)
         attach_reencoder(worker, model)
         log.info(
             "re-encoding with model %s (dim %d) into %s",
