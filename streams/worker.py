@@ -507,6 +507,11 @@ class _Touched:
     forgotten_dirty: bool = False
 
 
+def _blank(window: BehaviorWindow) -> bool:
+    """A window created for this batch to which nothing was applied (no event, no mark)."""
+    return window.version == 0 and not window.offsets and not window.recent_ids
+
+
 def _ts_ms(message: Message) -> int:
     return round((message.timestamp or 0.0) * 1000)
 
@@ -784,6 +789,8 @@ class WindowWorker:
         for ck, slot in touched.items():
             if slot.window is None:
                 self._cache.pop(ck, None)
+            elif _blank(slot.window):
+                continue  # e.g. only pre-forget events of a forgotten user: it stays gone
             else:
                 res.windows[ck[1]] = slot.window
                 self._remember(ck, slot.window)
@@ -850,6 +857,8 @@ class WindowWorker:
         records: list[tuple[str, int, bytes, bytes | None]] = []
         for (partition, user_id), slot in touched.items():
             key = user_id.encode("utf-8")
+            if slot.window is not None and _blank(slot.window) and not slot.forgotten_dirty:
+                continue  # nothing applied to a user without a window: nothing to store
             if slot.window is not None or slot.forgotten_dirty:
                 value = None if slot.window is None else slot.window.to_bytes()
                 records.append((self._changelog, partition, key, value))

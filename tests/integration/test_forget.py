@@ -266,6 +266,9 @@ def test_forget_logic_in_process(tmp_path: Path) -> None:
         # then a forget of b and its re-delivery in the next batch
         [(c, 0, 2000, b"a", encode_forget("a")), (c, 2, 3000, b"b", encode_forget("b"))],
         [(c, 2, 3000, b"b", encode_forget("b")), (v, 2, 1002, b"b", _ev("b", "i1", "e3"))],
+        # batch 5: after a crash, b's pre-forget event re-delivered alone (no command with
+        # it): dropped, and nothing at all is written for b (was: an empty window)
+        [(v, 2, 1002, b"b", _ev("b", "i1", "e3"))],
     ])  # fmt: skip
     assert res[0].applied == 3
     # a: forgotten mid-batch; the pre-forget event is dropped; the new life has version 1
@@ -285,12 +288,15 @@ def test_forget_logic_in_process(tmp_path: Path) -> None:
     assert res[3].forgotten == {"b": 3000} and res[3].forgotten_events == 1
     assert w._read_stored(b"b", None) is None
     assert forgotten == [{"a": 2000}, {"b": 3000}, {"b": 3000}]
+    assert res[4].forgotten_events == 1 and res[4].applied == 0 and "b" not in res[4].windows
+    assert w._read_stored(b"b", None) is None
     # changelog: b got a tombstone; a's old window was replaced by its new life (version 1)
     # in the same batch, so no old-life value survives either way
     from streams.window import BehaviorWindow, WindowConfig
 
     log = [(k, v) for t, k, v, _ in prod.sent if t == "fx-windows-changelog"]
     assert [k for k, v in log if v is None] == [b"b"]
+    assert [v for k, v in log if k == b"b"][-1] is None  # the tombstone stays b's last word
     a_values = [v for k, v in log if k == b"a"]
     newest = BehaviorWindow.from_bytes(a_values[-1] or b"", WindowConfig())
     assert len(a_values) == 2 and newest.version == 1
