@@ -178,7 +178,7 @@ class Settings(BaseSettings):
     )
     encode_process: bool = Field(
         False,
-        description="Run the worker's model in a child process with its own GIL (experimental).",
+        description="Run the worker's model in a child process with its own GIL (opt-in).",
     )
     worker_web_port: int = Field(
         6066, ge=0, le=65535, description="Worker's metrics/health port (0 = pick a free one)."
