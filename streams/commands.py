@@ -38,6 +38,7 @@ from interest_stream.settings import Settings
 
 __all__ = [
     "FORGET",
+    "AckedProducer",
     "CommandError",
     "CommandPublisher",
     "ForgetCommand",
@@ -143,13 +144,17 @@ def ensure_command_topic(settings: Settings, partitions: int) -> int:
     return int(have)
 
 
-class CommandPublisher:
-    """Sends commands to the worker through a lazily created kafka-python producer (acks=all)."""
+class AckedProducer:
+    """A kafka-python producer for rare sends that must be acknowledged (acks=all).
+
+    Created on the first send (the API starts without a broker), shared by the
+    threads of a process; every send waits for the broker's ack. Used for admin
+    commands and tombstones.
+    """
 
     def __init__(self, settings: Settings, *, timeout_s: float = 10.0) -> None:
-        """Remember the settings; the producer connects on the first command."""
+        """Remember the settings; the producer connects on the first send."""
         self.settings = settings
-        self.topic = command_topic(settings)
         self.timeout_s = timeout_s
         self._producer: Any = None
         self._lock = threading.Lock()
@@ -170,6 +175,31 @@ class CommandPublisher:
                 )
             return self._producer
 
+    def send(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """Send one record and wait for its ack (raises what kafka-python raises)."""
+        self._get().send(topic, key=key, value=value).get(timeout=self.timeout_s)
+
+    def close(self) -> None:
+        """Flush and release the connection."""
+        with self._lock:
+            if self._producer is not None:
+                try:
+                    self._producer.close(timeout=5)
+                except Exception:  # pragma: no cover - best effort
+                    log.debug("producer close failed", exc_info=True)
+                self._producer = None
+
+
+class CommandPublisher:
+    """Sends commands to the worker through an :class:`AckedProducer`."""
+
+    def __init__(self, settings: Settings, *, timeout_s: float = 10.0) -> None:
+        """Remember the settings; the producer connects on the first command."""
+        self.settings = settings
+        self.topic = command_topic(settings)
+        self.timeout_s = timeout_s
+        self._out = AckedProducer(settings, timeout_s=timeout_s)
+
     def forget(self, user_id: str) -> None:
         """Publish a forget command for ``user_id`` and wait for the broker's ack.
 
@@ -177,10 +207,7 @@ class CommandPublisher:
             CommandError: The broker did not acknowledge it in time.
         """
         try:
-            fut = self._get().send(
-                self.topic, key=user_id.encode("utf-8"), value=encode_forget(user_id)
-            )
-            fut.get(timeout=self.timeout_s)
+            self._out.send(self.topic, user_id.encode("utf-8"), encode_forget(user_id))
         except Exception as exc:
             raise CommandError(
                 f"could not publish the forget command of {user_id!r} to {self.topic!r}: "
@@ -193,10 +220,4 @@ class CommandPublisher:
 
     def close(self) -> None:
         """Flush and release the connection."""
-        with self._lock:
-            if self._producer is not None:
-                try:
-                    self._producer.close(timeout=5)
-                except Exception:  # pragma: no cover - best effort
-                    log.debug("producer close failed", exc_info=True)
-                self._producer = None
+        self._out.close()

@@ -27,9 +27,8 @@ client retries it.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from interest_stream.api.errors import PublishError
 from interest_stream.settings import Settings
@@ -78,36 +77,20 @@ def worker_forget_hook(settings: Settings) -> ForgetHook:
 
 
 class KafkaPublisher:
-    """Tombstones through a lazily created kafka-python producer (acks=all)."""
+    """Tombstones through an acknowledged producer (acks=all, created on first use)."""
 
     def __init__(self, settings: Settings, *, timeout_s: float = 10.0) -> None:
         """Remember the settings; the producer connects on the first tombstone."""
+        from streams.commands import AckedProducer
+
         self.settings = settings
         self.timeout_s = timeout_s
-        self._producer: Any = None
-        self._lock = threading.Lock()
-
-    def _get(self) -> Any:
-        with self._lock:
-            if self._producer is None:
-                from kafka import KafkaProducer
-
-                self._producer = KafkaProducer(
-                    bootstrap_servers=self.settings.kafka_bootstrap.split(","),
-                    acks="all",
-                    linger_ms=0,
-                    max_block_ms=int(self.timeout_s * 1000),
-                    request_timeout_ms=int(self.timeout_s * 1000),
-                    reconnect_backoff_max_ms=1000,
-                    **self.settings.kafka_client_config(),
-                )
-            return self._producer
+        self._out = AckedProducer(settings, timeout_s=timeout_s)
 
     def tombstone(self, user_id: str) -> None:
         """See :meth:`Publisher.tombstone`."""
         try:
-            fut = self._get().send(self.settings.output_topic, key=user_id.encode(), value=None)
-            fut.get(timeout=self.timeout_s)
+            self._out.send(self.settings.output_topic, user_id.encode(), None)
         except Exception as exc:
             raise PublishError(
                 f"could not publish the tombstone of {user_id!r} to "
@@ -116,10 +99,4 @@ class KafkaPublisher:
 
     def close(self) -> None:
         """See :meth:`Publisher.close`."""
-        with self._lock:
-            if self._producer is not None:
-                try:
-                    self._producer.close(timeout=5)
-                except Exception:  # pragma: no cover - best effort
-                    logger.debug("producer close failed", exc_info=True)
-                self._producer = None
+        self._out.close()
