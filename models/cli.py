@@ -67,6 +67,8 @@ def _train_defaults() -> dict[str, Any]:
         "dim": e.dim,
         "d_model": e.d_model,
         "identity_dim": e.identity_dim,
+        "revisit_dim": e.revisit_dim,
+        "revisit_half_life_hours": e.revisit_half_life_hours,
         "short_max_len": e.short_max_len,
         "n_layers_short": e.n_layers_short,
         "long_half_life_hours": e.long_half_life_hours,
@@ -116,6 +118,24 @@ _D = _train_defaults()
     "--identity-dim",
     default=_D["identity_dim"],
     help="Coordinates of the item vectors that are a fixed random item code.",
+)
+@click.option(
+    "--revisit-dim",
+    default=_D["revisit_dim"],
+    type=click.IntRange(min=0),
+    help="Size of the revisit channel appended to every vector (0 = none; see docs).",
+)
+@click.option(
+    "--revisit-half-life-hours",
+    default=_D["revisit_half_life_hours"],
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Recency half-life of the revisit channel.",
+)
+@click.option(
+    "--revisit-gain",
+    default=None,
+    type=click.FloatRange(min=0.0),
+    help="Fixed revisit gain (default: chosen on the validation split).",
 )
 @click.option("--d-model", default=_D["d_model"], help="Transformer width.")
 @click.option(
@@ -181,6 +201,9 @@ def train_cmd(
     no_refit: bool,
     dim: int,
     identity_dim: int,
+    revisit_dim: int,
+    revisit_half_life_hours: float,
+    revisit_gain: float | None,
     d_model: int,
     long_horizon_hours: float,
     long_half_life_hours: float | None,
@@ -208,6 +231,8 @@ def train_cmd(
         dim=dim,
         d_model=d_model,
         identity_dim=identity_dim,
+        revisit_dim=revisit_dim,
+        revisit_half_life_hours=revisit_half_life_hours,
         long_half_life_hours=long_half_life_hours,
         short_max_len=short_max_len,
         n_layers_short=layers_short,
@@ -235,6 +260,7 @@ def train_cmd(
         next_item_rate=next_item_rate,
         scalar_lr_mult=scalar_lr_mult,
         max_train_seconds=None if max_minutes is None else 60 * max_minutes,
+        revisit_gain=revisit_gain,
     )
     events = read_events(events_path)
     res = train(events, out_dir, cfg, progress=not quiet)

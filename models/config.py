@@ -135,6 +135,16 @@ class EncoderConfig:
             weights (an event this many hours older than the newest one weighs half
             as much); ``None`` = no recency weighting. A long half-life keeps the
             long vector a long-term profile: a burst of recent events cannot dominate it.
+        revisit_dim: Size of the *revisit channel* appended to every vector (0 = none).
+            Each item gets a fixed random code of this size; the long-term vector's
+            channel is the recency- and type-weighted mean of the codes of the items
+            in the user's history, times a gain chosen on the validation split, so
+            the vector's inner product with an item's vector adds a "the user keeps
+            coming back to this item" score (approximately: random codes are only
+            nearly orthogonal; more dimensions, less cross-talk). The short vector's
+            channel is zero. Vectors are ``dim + revisit_dim`` long.
+        revisit_half_life_hours: Recency decay of the revisit channel: an event this
+            many hours older than the user's newest event weighs half as much.
     """
 
     dim: int = 64
@@ -150,6 +160,13 @@ class EncoderConfig:
     attention_dropout: float = 0.0
     long_half_life_hours: float | None = None
     identity_dim: int = 0
+    revisit_dim: int = 0
+    revisit_half_life_hours: float = 48.0
+
+    @property
+    def out_dim(self) -> int:
+        """Size of every vector the encoder publishes: ``dim + revisit_dim``."""
+        return self.dim + self.revisit_dim
 
     def __post_init__(self) -> None:
         """Check the sizes at once, naming the offending field."""
@@ -176,6 +193,10 @@ class EncoderConfig:
             raise ModelError("EncoderConfig.attention_dropout must be in [0, 1)")
         if self.long_half_life_hours is not None and self.long_half_life_hours <= 0:
             raise ModelError("EncoderConfig.long_half_life_hours must be > 0 or None")
+        if self.revisit_dim < 0:
+            raise ModelError(f"EncoderConfig.revisit_dim must be >= 0, got {self.revisit_dim}")
+        if self.revisit_half_life_hours <= 0:
+            raise ModelError("EncoderConfig.revisit_half_life_hours must be > 0")
 
     def bert_config(self, n_layers: int, max_positions: int) -> BertConfig:
         """The Hugging Face config of one transformer path.
@@ -300,6 +321,9 @@ class TrainConfig:
         max_train_seconds: Optional wall-clock budget of the whole training (fit and
             refit): no epoch is started that would, at the pace of the last one, end
             after it.
+        revisit_gain: Gain of the revisit channel (``EncoderConfig.revisit_dim``):
+            ``None`` = chosen on the validation split together with the blend alpha
+            (grid ``models.train.REVISIT_GAIN_GRID``; 64 without validation).
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -340,6 +364,7 @@ class TrainConfig:
     sample_half_life_days: float | None = None
     grad_clip: float = 1.0
     max_train_seconds: float | None = None
+    revisit_gain: float | None = None
 
     def __post_init__(self) -> None:
         """Coerce enum strings and check ranges, naming the offending field."""
@@ -356,6 +381,8 @@ class TrainConfig:
             raise ModelError("TrainConfig.val_fraction must be in [0, 0.5)")
         if not 0.0 <= self.blend_alpha <= 1.0:
             raise ModelError("TrainConfig.blend_alpha must be in [0, 1]")
+        if self.revisit_gain is not None and self.revisit_gain < 0:
+            raise ModelError("TrainConfig.revisit_gain must be >= 0 or None")
         if not 0.0 < self.next_item_rate <= 1.0:
             raise ModelError("TrainConfig.next_item_rate must be in (0, 1]")
         if not 0.0 <= self.item_dropout < 1.0:

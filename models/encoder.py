@@ -32,6 +32,19 @@ Long path (long history, a profile)
     every prefix (the decay is exponential, so it factors out of the running
     sums), which keeps training cheap (:meth:`InterestEncoder.long_prefix_vectors`).
 
+Revisit channel (optional, ``revisit_dim``)
+    Every vector gets ``revisit_dim`` more coordinates. Items have fixed random
+    codes there (seeded, saved with the weights); the long vector's channel is
+    ``gain * sum_j w_j code(j) / sum_j w_j`` with ``w_j`` = a fixed weight of the
+    event type (:data:`~models.config.DEFAULT_TYPE_WEIGHTS`) times a fixed recency
+    decay. Its inner product with an item's vector approximates the user's
+    (recency-weighted) share of events on that item: how much they keep coming
+    back to it, which a 64-dimensional semantic vector cannot say about *one*
+    item among tens of thousands. Nothing in it is learned; ``gain`` is chosen on
+    the validation split (``models.train``). The short vector's channel is zero.
+    Training never sees the channel: :meth:`InterestEncoder.item_table` is the
+    semantic part, :meth:`InterestEncoder.score_table` the published item vectors.
+
 Empty windows return a learned "no history" vector per path (trained on every
 user's first event, it behaves like a popularity prior).
 
@@ -48,7 +61,13 @@ import torch
 from torch import Tensor, nn
 from transformers import BertModel
 
-from models.config import N_SPECIAL_ITEMS, N_TYPE_IDS, EncoderConfig
+from models.config import (
+    DEFAULT_TYPE_WEIGHTS,
+    N_SPECIAL_ITEMS,
+    N_TYPE_IDS,
+    EncoderConfig,
+    type_index,
+)
 from models.features import WindowArrays
 
 __all__ = ["InterestEncoder", "SeqBatch"]
@@ -105,6 +124,10 @@ class SeqBatch:
         width = self.items.shape[1]
         ar = torch.arange(width, device=self.items.device)
         return ar[None, :] < self.lengths[:, None]
+
+
+_REVISIT_SEED = 0x5EED
+"""Seed of the revisit codes (plus the table's row count): refits get the same codes."""
 
 
 class InterestEncoder(nn.Module):
@@ -181,6 +204,23 @@ class InterestEncoder(nn.Module):
         # auxiliary head (used by the training task): next event type from the short vector
         self.type_head = nn.Linear(dim, N_TYPE_IDS)
 
+        # revisit channel: fixed codes, fixed type weights, one gain set after training
+        if cfg.revisit_dim > 0:
+            gen = torch.Generator().manual_seed(_REVISIT_SEED + rows)
+            codes = torch.randn(rows, cfg.revisit_dim, generator=gen) / math.sqrt(cfg.revisit_dim)
+            codes[:N_SPECIAL_ITEMS] = 0.0  # padding and OOV never accumulate
+            self.register_buffer("revisit_codes", codes)
+            type_w = torch.zeros(N_TYPE_IDS)
+            for name, w in DEFAULT_TYPE_WEIGHTS.items():
+                type_w[type_index(name)] = w
+            self.register_buffer("revisit_type_w", type_w)
+            self.register_buffer("revisit_gain", torch.tensor(0.0))
+
+    @property
+    def out_dim(self) -> int:
+        """Size of the published vectors (``dim + revisit_dim``)."""
+        return self.cfg.out_dim
+
     # ------------------------------------------------------------------ items
     def item_table(self) -> Tensor:
         """Vectors of every item index.
@@ -199,6 +239,40 @@ class InterestEncoder(nn.Module):
         pad = torch.ones(table.shape[0], 1, device=table.device, dtype=table.dtype)
         pad[0] = 0.0
         return table * pad
+
+    def score_table(self) -> Tensor:
+        """The published item vectors: :meth:`item_table` plus the revisit codes.
+
+        Returns:
+            float32 ``[n_items + 2, out_dim]`` (same row layout as :meth:`item_table`).
+        """
+        table = self.item_table()
+        if self.cfg.revisit_dim == 0:
+            return table
+        return torch.cat([table, self.get_buffer("revisit_codes").to(table.dtype)], dim=1)
+
+    def revisit_vector(self, batch: SeqBatch) -> Tensor:
+        """The long vector's revisit channel for a batch of histories (newest first).
+
+        Args:
+            batch: Histories (``age_s`` relative to each row's newest event); cut to
+                ``long_max_len`` newest events like :meth:`encode_long`.
+
+        Returns:
+            float32 ``[B, revisit_dim]``: ``gain * sum_j w_j code(j) / sum_j w_j``;
+            zeros for an empty history (and ``[B, 0]`` without the channel).
+        """
+        b = batch.items.shape[0]
+        if self.cfg.revisit_dim == 0:
+            return torch.zeros(b, 0, device=batch.items.device)
+        batch = self._cap(batch, self.cfg.long_max_len)
+        rate = math.log(2.0) / (3600.0 * self.cfg.revisit_half_life_hours)
+        decay = torch.exp(-rate * batch.age_s.clamp_min(0.0).float())
+        w = self.get_buffer("revisit_type_w")[batch.types] * decay * batch.mask
+        codes = self.get_buffer("revisit_codes")[batch.items]  # [B, L, D]
+        total = w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        out = torch.einsum("bl,bld->bd", w / total, codes)
+        return self.get_buffer("revisit_gain") * out
 
     def _age_bucket(self, age_s: Tensor) -> Tensor:
         bucket = torch.floor(torch.log2(1.0 + age_s.clamp_min(0.0)))

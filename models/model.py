@@ -122,9 +122,10 @@ class InterestModel:
         self.item_index: dict[str, int] = {item: i for i, item in enumerate(self.item_ids)}
         self.config = config
         self.model_version: str = str(config.get("model_version", "untrained"))
-        self.dim: int = encoder.cfg.dim
+        self.dim: int = encoder.out_dim
         self.device = device
         self._table: torch.Tensor | None = None
+        self._scores: torch.Tensor | None = None
         train_cfg = config.get("train", {})
         self.short_window_events = int(train_cfg.get("short_window_events", 50))
         self.short_window_minutes = float(train_cfg.get("short_window_minutes", 30.0))
@@ -180,7 +181,10 @@ class InterestModel:
 
     def item_vectors(self) -> np.ndarray:
         """float32 ``[n_items, dim]``: row ``i`` is the vector of ``item_ids[i]``."""
-        table = self._item_table()[N_SPECIAL_ITEMS:]
+        if self._scores is None:
+            with torch.inference_mode():
+                self._scores = self.encoder.score_table()
+        table = self._scores[N_SPECIAL_ITEMS:]
         out: np.ndarray = table.detach().cpu().numpy().astype(np.float32, copy=True)
         return out
 
@@ -210,12 +214,14 @@ class InterestModel:
                 idx = order[start:end]
                 arrays = arrays_from_histories([histories[i] for i in idx], self.item_index, cap)
                 batch = SeqBatch.from_arrays(arrays, pin=cuda).to(self.device, non_blocking=cuda)
-                vec = (
-                    self.encoder.encode_long(batch, table)
-                    if long
-                    else self.encoder.encode_short(batch, table)
-                )
-                out[idx] = vec.float().cpu().numpy()
+                if long:
+                    vec = self.encoder.encode_long(batch, table)
+                    extra = self.encoder.revisit_vector(batch)
+                else:
+                    vec = self.encoder.encode_short(batch, table)
+                    extra = vec.new_zeros(vec.shape[0], self.encoder.cfg.revisit_dim)
+                out[idx, : vec.shape[1]] = vec.float().cpu().numpy()
+                out[idx, vec.shape[1] :] = extra.float().cpu().numpy()
                 start = end
         return out
 
@@ -305,14 +311,14 @@ def save_checkpoint(
     os.replace(tmp, folder / WEIGHTS_FILE)
     encoder.eval()
     with torch.inference_mode():
-        vectors = encoder.item_table()[N_SPECIAL_ITEMS:].float().cpu().numpy()
+        vectors = encoder.score_table()[N_SPECIAL_ITEMS:].float().cpu().numpy()
     np.save(folder / ITEM_VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32))
     write_json(folder / ITEMS_FILE, list(item_ids))
     full = {
         "format_version": FORMAT_VERSION,
         "model_version": version,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        "dim": encoder.cfg.dim,
+        "dim": encoder.out_dim,
         "metric": "ip",
         "n_items": encoder.n_items,
         "n_categories": encoder.n_categories,

@@ -73,6 +73,9 @@ _REQUIRED = ("user_id", "item_id", "event_type", "ts")
 _RIDGE_LAMBDA = 1.0
 ALPHA_GRID = tuple(round(0.1 * k, 1) for k in range(11))
 """Blend alphas tried on the validation split when ``TrainConfig.select_alpha``."""
+REVISIT_GAIN_GRID = (0.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
+"""Revisit-channel gains tried on the validation split (with every blend alpha)."""
+_REVISIT_GAIN_NO_VALIDATION = 64.0
 
 
 @dataclass
@@ -297,6 +300,65 @@ def _validate(
             if nd > out["best_alpha_ndcg@10"] + 1e-9:
                 out["best_alpha"], out["best_alpha_ndcg@10"] = alpha, nd
     return out
+
+
+def _select_revisit(
+    enc: InterestEncoder,
+    split: EvalSplit,
+    vocab: _Vocab,
+    cfg: TrainConfig,
+    device: torch.device,
+    alpha: float,
+) -> dict[str, Any]:
+    """Choose the revisit gain (and the blend alpha with it) on the validation split.
+
+    Scores every (alpha, gain) of ``ALPHA_GRID x REVISIT_GAIN_GRID`` (only the given
+    alpha when ``cfg.select_alpha`` is off; only ``cfg.revisit_gain`` when set) by the
+    blended vector's NDCG@10 on ``cfg.val_task``; the best pair wins (ties: the
+    earlier alpha, the smaller gain).
+    """
+    vecs = _encode_split(enc, split, vocab, cfg, device)
+    enc.eval()
+    rows = np.array([vocab.item_index[c] for c in split.candidates], dtype=np.int64)
+    with torch.inference_mode():
+        saved = float(enc.get_buffer("revisit_gain"))
+        enc.get_buffer("revisit_gain").fill_(1.0)
+        parts = []
+        for start in range(0, len(split.users), 512):
+            hs = [h[-cfg.long_history_events :] for h in split.histories[start : start + 512]]
+            la = arrays_from_histories(hs, vocab.item_index, cfg.encoder.long_max_len)
+            parts.append(enc.revisit_vector(SeqBatch.from_arrays(la).to(device)).cpu())
+        enc.get_buffer("revisit_gain").fill_(saved)
+        codes = enc.get_buffer("revisit_codes")[N_SPECIAL_ITEMS:].cpu().numpy()[rows]
+        sem = enc.item_table()[N_SPECIAL_ITEMS:].cpu().numpy()[rows]
+    rev = torch.cat(parts).numpy() if parts else np.zeros((0, codes.shape[1]), np.float32)
+    task = cfg.val_task
+    users = split.users_with_targets(task)
+    exclude = split.hist_items if task is TaskKind.NEW else None
+    alphas = ALPHA_GRID if cfg.select_alpha else (alpha,)
+    gains = REVISIT_GAIN_GRID if cfg.revisit_gain is None else (cfg.revisit_gain,)
+    grid: dict[str, float] = {}
+    best = (alpha, gains[0], -1.0)
+    for a in alphas:
+        for g in gains:
+
+            def score(idx: np.ndarray, a: float = a, g: float = g) -> np.ndarray:
+                v = a * vecs["short"][idx] + (1.0 - a) * vecs["long"][idx]
+                res: np.ndarray = v @ sem.T + ((1.0 - a) * g) * (rev[idx] @ codes.T)
+                return res
+
+            nd = float(rank_metrics(score, users, split.targets[task], exclude)["ndcg@10"].mean())
+            grid[f"alpha{a:.1f}_gain{g:g}"] = nd
+            if nd > best[2] + 1e-9:
+                best = (a, g, nd)
+    log.info(
+        "revisit channel: gain %g, alpha %.1f (validation blend NDCG@10 %.4f; without it %.4f)",
+        best[1],
+        best[0],
+        best[2],
+        max((v for k, v in grid.items() if k.endswith("_gain0")), default=float("nan")),
+    )
+    return {"gain": best[1], "alpha": best[0], "val_ndcg@10": best[2], "grid": grid}
 
 
 def _baseline_scores(split: EvalSplit, task: TaskKind) -> dict[str, float]:
@@ -648,6 +710,7 @@ def train(
 
     phases: dict[str, Any] = {}
     selected_alpha: float | None = None
+    revisit_gain = _REVISIT_GAIN_NO_VALIDATION if cfg.revisit_gain is None else cfg.revisit_gain
     val_cutoff: int | None = None
     if cfg.val_fraction > 0:
         val_cutoff = cutoff_time(train_df["ts"], 1.0 - cfg.val_fraction)
@@ -672,6 +735,12 @@ def train(
         best_epoch, best_val = first.best_epoch, first.best_val
         if cfg.select_alpha:
             selected_alpha = first.alpha
+        if cfg.encoder.revisit_dim > 0:
+            revisit = _select_revisit(first.encoder, val_split, vocab, cfg, device, first.alpha)
+            revisit_gain = float(revisit["gain"])
+            phases["revisit_selection"] = revisit
+            if cfg.select_alpha:
+                selected_alpha = float(revisit["alpha"])
         if cfg.refit:
             second = _fit(
                 train_df, vocab, cfg, device, best_epoch, None, progress, "refit", deadline
@@ -684,6 +753,8 @@ def train(
         only = _fit(train_df, vocab, cfg, device, cfg.epochs, None, progress, "fit", deadline)
         phases["fit"] = {"history": only.history}
         enc, best_epoch, best_val = only.encoder, only.best_epoch, None
+    if cfg.encoder.revisit_dim > 0:
+        enc.get_buffer("revisit_gain").fill_(revisit_gain)
     cold = _cold_start(enc, vocab)
     seconds = time.perf_counter() - t0
 
@@ -714,6 +785,7 @@ def train(
     config = {
         "train": train_dict,
         "blend_alpha_selection": alpha_info,
+        "revisit_gain": revisit_gain if cfg.encoder.revisit_dim > 0 else None,
         "seed": cfg.seed,
         "split": split_info,
         "n_warm_items": vocab.n_warm,

@@ -217,3 +217,45 @@ def test_scalar_gains_get_their_own_learning_rate(events: pd.DataFrame, tmp_path
         gains = [enc.short_copy_gain, enc.long_copy_gain, enc.ident_scale]
         moved.append(sum(abs(float(g) - 1.0) for g in gains if g is not None))
     assert moved[1] > 5 * moved[0]
+
+
+def test_revisit_channel(events: pd.DataFrame, tmp_path: Path) -> None:
+    """The revisit channel: chosen on validation, round-trips, points at returned-to items."""
+    from interest_stream.events import Interaction
+    from models.testing import tiny_encoder_config
+    from models.train import REVISIT_GAIN_GRID
+
+    cfg = tiny_train_config(
+        epochs=2, val_fraction=0.2, encoder=tiny_encoder_config(revisit_dim=256)
+    )
+    res = models.train(events, tmp_path / "m", cfg, progress=False)
+    saved = json.loads((res.out_dir / "config.json").read_text())
+    sel = res.metrics["phases"]["revisit_selection"]
+    assert saved["dim"] == 16 + 256
+    assert saved["revisit_gain"] == sel["gain"] and sel["gain"] in REVISIT_GAIN_GRID
+    assert sel["val_ndcg@10"] == pytest.approx(max(sel["grid"].values()))
+    assert saved["train"]["blend_alpha"] == sel["alpha"]
+    model = InterestModel.load(res.out_dir, device="cpu")
+    assert model.dim == 272 and model.item_vectors().shape == (len(model.item_ids), 272)
+    assert float(model.encoder.get_buffer("revisit_gain")) == sel["gain"]
+    # the codes are saved with the weights: what the item vectors file holds is what scores
+    _, vectors, _ = load_item_vectors(res.out_dir)
+    np.testing.assert_array_equal(vectors, model.item_vectors())
+
+    model.encoder.get_buffer("revisit_gain").fill_(1.0)
+    items = model.item_ids
+    t0 = 1_700_000_000_000
+    # item 0 five times (once purchased); item 2 three times; item 1 once, ten days ago
+    hist = [Interaction(items[1], "view", t0 - 240 * 3_600_000)]
+    hist += [Interaction(items[0], "view", t0 + k * 60_000) for k in range(4)]
+    hist += [Interaction(items[0], "purchase", t0 + 300_000)]
+    hist += [Interaction(items[2], "view", t0 + 600_000 + k * 1000) for k in range(3)]
+    long = model.encode_long([hist])[0]
+    short = model.encode_short([hist])[0]
+    assert np.all(short[16:] == 0.0)  # the short vector has no revisit channel
+    rev = model.item_vectors()[:, 16:] @ long[16:]
+    others = np.delete(rev, [0, 1, 2])
+    assert rev[0] > rev[2] > rev[1]
+    assert rev[0] > others.max() and rev[2] > np.percentile(others, 99)
+    # an empty history has a zero channel
+    assert np.all(model.encode_long([[]])[0][16:] == 0.0)
