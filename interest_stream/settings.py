@@ -168,7 +168,15 @@ class Settings(BaseSettings):
         512, ge=1, le=100_000, description="Most users re-encoded in one model call."
     )
     long_refresh_s: float = Field(
-        60.0, ge=0, description="Least seconds between two long-term re-encodes of one user."
+        60.0,
+        ge=0,
+        description="Seconds between two long-term re-encodes of one user (jittered x0.75-1.25).",
+    )
+    long_refresh_per_flush: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Most cached long-term vectors refreshed per flush (new users always encode).",
     )
     encode_threads: int = Field(
         0,
@@ -176,9 +184,10 @@ class Settings(BaseSettings):
         le=256,
         description="CPU threads of the worker's model (0: 1 in a process, else torch's default).",
     )
-    encode_process: bool = Field(
-        False,
-        description="Run the worker's model in a child process with its own GIL (opt-in).",
+    encode_process: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description="Run the worker's model in a child process with its own GIL: auto = "
+        "yes unless the model runs on a GPU.",
     )
     worker_web_port: int = Field(
         6066, ge=0, le=65535, description="Worker's metrics/health port (0 = pick a free one)."
@@ -209,6 +218,30 @@ class Settings(BaseSettings):
         "INFO", description="Log level of the entry points."
     )
     log_json: bool = Field(False, description="Write logs as JSON lines.")
+
+    @field_validator("encode_process", mode="before")
+    @classmethod
+    def _tri_state(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            low = value.strip().lower()
+            return {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false",
+                    "off": "false"}.get(low, low)  # fmt: skip
+        return value
+
+    def use_encode_process(self) -> bool:
+        """Whether the worker's model runs in a child process (resolves ``auto``).
+
+        ``auto`` means yes unless the model will run on a GPU (``device=cuda``, or
+        ``auto`` on a machine with an NVIDIA device node): on CPUs the model and
+        the event loop otherwise fight over one interpreter lock.
+        """
+        if self.encode_process != "auto":
+            return self.encode_process == "true"
+        if self.device == "cuda":
+            return False
+        return not (self.device == "auto" and os.path.exists("/dev/nvidiactl"))
 
     @field_validator("event_topics", mode="before")
     @classmethod

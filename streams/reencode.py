@@ -10,7 +10,12 @@ thread so the event loop keeps consuming:
 * the **short-term** vector is re-encoded on every flush;
 * the **long-term** vector only when the user has none cached or it is older
   than ``INTEREST_LONG_REFRESH_S`` (it moves slowly; refreshing it per event is
-  waste). Cached long vectors live in a bounded LRU.
+  waste). Cached long vectors live in a bounded LRU. Each cached vector's
+  refresh time is jittered (x0.75-1.25 of the period) and one flush refreshes at
+  most ``long_refresh_per_flush`` long vectors (users with no long vector yet are
+  always encoded): otherwise every user encoded in the same catch-up second
+  would come due in the same second a minute later, and that one flush of
+  hundreds of 200-event histories stalls every user behind it.
 
 Back-pressure: when encoding falls behind, more users wait and each flush takes
 a full batch; once ``max_pending`` users wait, :meth:`submit` blocks, which
@@ -28,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -194,6 +200,25 @@ class _Pending:
     produced_at: int | None
 
 
+@dataclass
+class _Encoded:
+    batch: list[tuple[str, _Pending]]
+    model_version: str
+    short: np.ndarray
+    long: np.ndarray
+
+
+async def _settle(task: asyncio.Task[int]) -> None:
+    """Wait for a publish task; a failure is logged (its users were re-queued)."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("publishing a re-encode flush failed; its users wait again")
+        await asyncio.sleep(1.0)
+
+
 class Reencoder:
     """Coalescing, batching re-encoder with back-pressure and hot model reload.
 
@@ -205,6 +230,8 @@ class Reencoder:
         long_refresh_s: Least seconds between two long-term encodes of a user.
         max_pending: Users waiting beyond which :meth:`submit` blocks.
         long_cache_users: Bound of the cached long-term vectors (LRU).
+        long_refresh_per_flush: Most cached long vectors refreshed by one flush
+            (default ``batch_max // 8``, at least 1); the rest keep theirs one flush longer.
         loader: Loads a checkpoint folder (for hot reload).
         registry: Prometheus registry for the loop's metrics (default: a private one).
     """
@@ -219,6 +246,7 @@ class Reencoder:
         long_refresh_s: float = 60.0,
         max_pending: int | None = None,
         long_cache_users: int = 200_000,
+        long_refresh_per_flush: int | None = None,
         loader: Callable[[Path], Encoder] | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
@@ -229,8 +257,11 @@ class Reencoder:
         self.long_refresh_s = long_refresh_s
         self.max_pending = max_pending or batch_max * 16
         self._long_cache_users = long_cache_users
+        self.long_refresh_per_flush = max(1, long_refresh_per_flush or batch_max // 8)
+        self._rng = random.Random(0x10A6)  # noqa: S311  (load spreading, not security)
         self._loader = loader
         self._pending: dict[str, _Pending] = {}
+        # user -> (monotonic time its long vector is due for a refresh, vector)
         self._long: OrderedDict[str, tuple[float, np.ndarray]] = OrderedDict()
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
@@ -283,98 +314,147 @@ class Reencoder:
             self._room.set()
         return batch
 
+    def _long_due(self, cached: Sequence[tuple[float, np.ndarray] | None]) -> list[int]:
+        """Rows needing a long encode: every user without one, plus the most overdue
+        ``long_refresh_per_flush`` refreshes."""
+        now = time.monotonic()
+        missing = [i for i, c in enumerate(cached) if c is None]
+        overdue = sorted((c[0], i) for i, c in enumerate(cached) if c is not None and c[0] <= now)
+        return sorted(missing + [i for _, i in overdue[: self.long_refresh_per_flush]])
+
     def _encode(
         self, model: Encoder, batch: list[tuple[str, _Pending]]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Short vectors for all, long vectors for the users due (runs in the encode thread)."""
-        now = time.monotonic()
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Short vectors for all, long vectors for the users due (runs in the encode thread).
+
+        Returns:
+            ``(short, long, due)``: ``due`` are the rows whose long vector is new.
+        """
         cached = [self._long.get(user) for user, _ in batch]
         short = model.encode_short([p.window.short() for _, p in batch])
-        due = [i for i, c in enumerate(cached) if c is None or now - c[0] >= self.long_refresh_s]
+        due = self._long_due(cached)
         long = np.empty_like(short)
         if due:
             fresh = model.encode_long([batch[i][1].window.long() for i in due])
             long[due] = fresh
+        fresh_rows = set(due)
         for i, c in enumerate(cached):
-            if c is not None and now - c[0] < self.long_refresh_s:
+            if i not in fresh_rows and c is not None:
                 long[i] = c[1]
         self.metrics.reencoded.labels("short").inc(len(batch))
         self.metrics.reencoded.labels("long").inc(len(due))
-        return short, long
+        return short, long, due
 
-    def _remember_long(self, batch: list[tuple[str, _Pending]], long: np.ndarray) -> None:
+    def _remember_long(
+        self, batch: list[tuple[str, _Pending]], long: np.ndarray, due: Sequence[int]
+    ) -> None:
         now = time.monotonic()
-        for i, (user, _) in enumerate(batch):
-            cached = self._long.get(user)
-            if cached is None or now - cached[0] >= self.long_refresh_s:
-                self._long[user] = (now, long[i].copy())
-            self._long.move_to_end(user)
+        for i in due:
+            user = batch[i][0]
+            jitter = 0.75 + 0.5 * self._rng.random()
+            self._long[user] = (now + self.long_refresh_s * jitter, long[i].copy())
+        for user, _ in batch:
+            if user in self._long:
+                self._long.move_to_end(user)
         while len(self._long) > self._long_cache_users:
             self._long.popitem(last=False)
+
+    def _requeue(self, batch: list[tuple[str, _Pending]]) -> None:
+        """Nobody is lost: the users wait again (unless a newer window already does)."""
+        for user, pending in batch:
+            self._pending.setdefault(user, pending)
+        self.metrics.pending.set(len(self._pending))
+        self._wakeup.set()
+
+    async def _encode_batch(self, batch: list[tuple[str, _Pending]]) -> _Encoded:
+        model = self.model
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        try:
+            short, long, due = await loop.run_in_executor(
+                self._executor, self._encode, model, batch
+            )
+        except BaseException:
+            self._requeue(batch)
+            raise
+        self.metrics.encode_ms.observe((time.perf_counter() - t0) * 1000.0)
+        self.metrics.batch_users.observe(len(batch))
+        self._remember_long(batch, long, due)
+        return _Encoded(batch, model.model_version, short, long)
+
+    async def _publish_batch(self, enc: _Encoded) -> int:
+        t1 = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        try:
+            records = [
+                (
+                    user.encode(),
+                    dumps(
+                        build_record(
+                            user,
+                            p.window,
+                            enc.short[i],
+                            enc.long[i],
+                            enc.model_version,
+                            produced_at=p.produced_at,
+                            now_ms=now_ms,
+                        )
+                    ).encode(),
+                )
+                for i, (user, p) in enumerate(enc.batch)
+            ]
+            await self._publish(records)
+        except BaseException:
+            self._requeue(enc.batch)
+            raise
+        self.metrics.publish_ms.observe((time.perf_counter() - t1) * 1000.0)
+        self.metrics.published.inc(len(records))
+        self.flushes += 1
+        return len(records)
 
     async def flush_once(self) -> int:
         """Encode and publish up to one batch; returns the users published."""
         batch = self._take()
         if not batch:
             return 0
-        model = self.model
-        loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
-        try:
-            short, long = await loop.run_in_executor(self._executor, self._encode, model, batch)
-        except BaseException:
-            # nobody is lost: the users wait again (unless a newer window already does)
-            for user, pending in batch:
-                self._pending.setdefault(user, pending)
-            self.metrics.pending.set(len(self._pending))
-            raise
-        self.metrics.encode_ms.observe((time.perf_counter() - t0) * 1000.0)
-        self.metrics.batch_users.observe(len(batch))
-        self._remember_long(batch, long)
-        t1 = time.perf_counter()
-        now_ms = int(time.time() * 1000)
-        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-        records = [
-            (
-                user.encode(),
-                dumps(
-                    build_record(
-                        user,
-                        p.window,
-                        short[i],
-                        long[i],
-                        model.model_version,
-                        produced_at=p.produced_at,
-                        now_ms=now_ms,
-                    )
-                ).encode(),
-            )
-            for i, (user, p) in enumerate(batch)
-        ]
-        await self._publish(records)
-        self.metrics.publish_ms.observe((time.perf_counter() - t1) * 1000.0)
-        self.metrics.published.inc(len(records))
-        self.flushes += 1
-        return len(records)
+        return await self._publish_batch(await self._encode_batch(batch))
 
     async def run(self) -> None:
-        """Flush loop: wait for work, give it ``flush_ms`` to coalesce, flush, repeat."""
-        while not self._stopping:
-            if not self._pending:
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
-                except TimeoutError:
+        """Flush loop: wait for work, give it ``flush_ms`` to coalesce, encode, publish.
+
+        Pipelined: while one flush's records are built and wait for Kafka's acks, the
+        next batch is already encoding. A flush's records are sent only after the
+        previous flush's were acknowledged, so a user's records stay in order.
+        """
+        inflight: asyncio.Task[int] | None = None
+        try:
+            while not self._stopping:
+                if not self._pending:
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+                    except TimeoutError:
+                        continue
+                    if len(self._pending) < self.batch_max:
+                        await asyncio.sleep(self.flush_s)
+                batch = self._take()
+                if not batch:
                     continue
-                if len(self._pending) < self.batch_max:
-                    await asyncio.sleep(self.flush_s)
-            try:
-                await self.flush_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("re-encode flush failed; retrying in 1 s")
-                await asyncio.sleep(1.0)
+                try:
+                    encoded = await self._encode_batch(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("re-encode flush failed; retrying in 1 s")
+                    await asyncio.sleep(1.0)
+                    continue
+                if inflight is not None:
+                    await _settle(inflight)
+                inflight = asyncio.ensure_future(self._publish_batch(encoded))
+        finally:
+            if inflight is not None and not inflight.done():
+                await _settle(inflight)
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Flush everything pending (at shutdown)."""

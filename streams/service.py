@@ -36,8 +36,8 @@ STARTUP_SWEEP_PER_S = 2000.0
 
 
 def _load_model(path: Path, settings: Settings) -> Encoder:
-    """The worker's encoder: in a child process (default) or in this process."""
-    if settings.encode_process:
+    """The worker's encoder: in a child process (default on CPU) or in this process."""
+    if settings.use_encode_process():
         from streams.encoder_process import ProcessEncoder
 
         return ProcessEncoder(path, settings.device, threads=settings.encode_threads or 1)
@@ -131,6 +131,7 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
         flush_ms=s.flush_ms,
         batch_max=s.encode_batch_max,
         long_refresh_s=s.long_refresh_s,
+        long_refresh_per_flush=s.long_refresh_per_flush,
         loader=lambda p: _load_model(p, s),
         registry=worker.metrics.registry,
     )

@@ -132,6 +132,28 @@ def test_long_vector_is_refreshed_on_its_own_cadence() -> None:
     assert enc.long_calls == [1, 1] and sink.records[0]["long"] != sink.records[1]["long"]
 
 
+def test_long_refreshes_per_flush_are_capped_and_new_users_always_encode() -> None:
+    """A wave of due long vectors is spread over flushes; the most overdue go first."""
+
+    async def run() -> tuple[HashEncoder, Reencoder]:
+        enc, sink = HashEncoder(), Sink()
+        r = Reencoder(
+            enc, sink, flush_ms=1, batch_max=64, long_refresh_s=0.0, long_refresh_per_flush=3
+        )
+        users = {f"u{k}": window(f"u{k}", [("a", "view")]) for k in range(10)}
+        await r.submit(users)
+        await r.flush_once()  # all new: 10 long encodes despite the cap
+        await r.submit(users | {"new": window("new", [("b", "view")])})
+        await r.flush_once()  # 10 due (refresh 0 s) + 1 new: the new one + 3 refreshes
+        await r.submit(users)
+        await r.flush_once()
+        return enc, r
+
+    enc, r = asyncio.run(run())
+    assert enc.long_calls == [10, 4, 3]
+    assert len(r._long) == 11  # every user keeps a long vector
+
+
 def test_back_pressure_blocks_submit_until_a_flush_makes_room() -> None:
     async def run() -> tuple[bool, bool, int]:
         r = Reencoder(HashEncoder(), Sink(), flush_ms=1, batch_max=2, max_pending=3)

@@ -26,6 +26,21 @@ def test_env_and_file_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert load_settings(api_port=9300).api_port == 9300  # explicit beats env
 
 
+def test_encode_process_is_tri_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto = child process unless the model runs on a GPU; true/false/1/0 force it."""
+    for raw, expected in (("true", True), ("1", True), ("off", False), ("FALSE", False)):
+        monkeypatch.setenv("INTEREST_ENCODE_PROCESS", raw)
+        assert load_settings().use_encode_process() is expected, raw
+    monkeypatch.setenv("INTEREST_ENCODE_PROCESS", "auto")
+    monkeypatch.setenv("INTEREST_DEVICE", "cuda")
+    assert load_settings().use_encode_process() is False
+    monkeypatch.setenv("INTEREST_DEVICE", "cpu")
+    assert load_settings().use_encode_process() is True
+    monkeypatch.setenv("INTEREST_ENCODE_PROCESS", "sometimes")
+    with pytest.raises(ConfigError, match="INTEREST_ENCODE_PROCESS"):
+        load_settings()
+
+
 def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INTEREST_BATCH_MAX", "0")
     with pytest.raises(ConfigError, match="INTEREST_BATCH_MAX"):
