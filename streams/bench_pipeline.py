@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -117,6 +118,69 @@ def _rss_mb(pid: int | None) -> float | None:
     except OSError:
         return None
     return None
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds so far of a process and its live descendants (all
+    threads; e.g. the worker plus its encoder process), from /proc."""
+    if pid is None:
+        return None
+    fields = _stat(pid)
+    if fields is None:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / ticks
+    parents = {pid}
+    stats = {
+        int(e.name): f
+        for e in Path("/proc").iterdir()
+        if e.name.isdigit() and (f := _stat(int(e.name))) is not None
+    }
+    grew = True
+    while grew:
+        grew = False
+        for child, f in stats.items():
+            if child not in parents and int(f[1]) in parents:
+                parents.add(child)
+                total += (int(f[11]) + int(f[12])) / ticks
+                grew = True
+    return total
+
+
+def _broker_pid() -> int | None:
+    """Pid of the local Kafka broker (a java process running ``kafka.Kafka``), if any."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kafka.Kafka" in cmd and any(b"java" in c for c in cmd[:1]):
+            return int(entry.name)
+    return None
+
+
+def _cpu_snapshot(pids: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds per named process; ``bench`` is this process (the replay producer)."""
+    out = {name: v for name, pid in pids.items() if (v := _cpu_s(pid)) is not None}
+    t = os.times()
+    out["bench"] = t.user + t.system
+    return out
+
+
+def _cpu_share(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, Any]:
+    """Cores used per process over an interval (1.0 = one core busy all the time)."""
+    return {
+        k: round((after[k] - before[k]) / seconds, 2) for k in after if k in before and seconds > 0
+    }
 
 
 def naive_pipeline_rate(
@@ -208,6 +272,7 @@ def bench_pipeline(
         wait_http(f"{aurl}/healthz", timeout=120)
         t0 = time.monotonic()
         worker.start()
+        pids = {"worker": worker.pid, "api": api.pid, "broker": _broker_pid()}
         deadline = t0 + 900
         while time.monotonic() < deadline:
             m = _metrics(wurl)
@@ -232,7 +297,9 @@ def bench_pipeline(
             time.sleep(2.0)
             wb, ab = _metrics(wurl), _metrics(f"{aurl}/metrics")
             t_start = time.monotonic()
+            cpu_b = _cpu_snapshot(pids)
             st = replay_events(events, s, rate=rate)
+            cpu_a = _cpu_snapshot(pids)
             applied_target = wb.get("interest_worker_events_applied_total", 0) + n
             while time.monotonic() < t_start + st.seconds + 60:
                 if _metrics(wurl).get("interest_worker_events_applied_total", 0) >= applied_target:
@@ -242,6 +309,7 @@ def bench_pipeline(
             wa, aa = _metrics(wurl), _metrics(f"{aurl}/metrics")
             dt = time.monotonic() - t_start
             short_key = 'interest_reencoded_users_total{horizon="short"}'
+            long_key = 'interest_reencoded_users_total{horizon="long"}'
             result["phases"].append(
                 {
                     "target_eps": rate,
@@ -255,10 +323,15 @@ def bench_pipeline(
                         1,
                     ),
                     "reencodes_per_s": round((wa.get(short_key, 0) - wb.get(short_key, 0)) / dt, 1),
+                    "long_reencodes_per_s": round(
+                        (wa.get(long_key, 0) - wb.get(long_key, 0)) / dt, 1
+                    ),
                     "freshness": _hist_quantiles(ab, aa, "interest_freshness_ms"),
+                    "transit_ms": _hist_quantiles(ab, aa, "interest_record_transit_ms"),
                     "flush_users": _hist_quantiles(wb, wa, "interest_reencode_batch_users"),
                     "encode_ms": _hist_quantiles(wb, wa, "interest_reencode_latency_ms"),
                     "publish_ms": _hist_quantiles(wb, wa, "interest_publish_latency_ms"),
+                    "cpu_cores": _cpu_share(cpu_b, cpu_a, st.seconds),
                 }
             )
         result["rss_mb"] = {"worker": _rss_mb(worker.pid), "api": _rss_mb(api.pid)}

@@ -144,6 +144,9 @@ def apply_messages(
                 fresh = [now_ms - r.produced_at for r in plan.upsert if r.produced_at]
                 if fresh:
                     metrics.observe_freshness(fresh)
+                for r in plan.upsert:
+                    if r.updated_at:
+                        metrics.transit.observe(now_ms - r.updated_at)
     if metrics is not None:
         metrics.count_records(stats.applied, stats.stale, stats.malformed, stats.tombstones)
     return stats

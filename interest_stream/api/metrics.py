@@ -12,6 +12,7 @@ name                                                type       labels
                                                                malformed, tombstone
 ``interest_api_forgotten_total``                    counter    (admin deletes)
 ``interest_freshness_ms``                           histogram  (event produced -> vector here)
+``interest_record_transit_ms``                      histogram  (record built -> vector here)
 ==================================================  =========  =========================
 
 ``route`` is the path template (``/v1/users/{user_id}/interest``), never the
@@ -79,6 +80,13 @@ class ApiMetrics:
         self.freshness = Histogram(
             "interest_freshness_ms",
             "Event produced to Kafka -> its user's new vectors readable in this API (ms).",
+            buckets=FRESHNESS_BUCKETS_MS,
+            registry=r,
+        )
+        self.transit = Histogram(
+            "interest_record_transit_ms",
+            "Record built by the worker (its updated_at) -> readable in this API (ms): the "
+            "output topic's share of the freshness.",
             buckets=FRESHNESS_BUCKETS_MS,
             registry=r,
         )
