@@ -108,16 +108,22 @@ def _hist_quantiles(before: dict[str, float], after: dict[str, float], name: str
     return out
 
 
-def _rss_mb(pid: int | None) -> float | None:
-    if pid is None:
-        return None
+def _vm_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024.0, 1)
+                return int(line.split()[1]) / 1024.0
     except OSError:
+        return 0.0
+    return 0.0
+
+
+def _rss_mb(pid: int | None) -> float | None:
+    """Resident memory (MB) of a process plus its live descendants (the worker's
+    encoder process counts as the worker's)."""
+    if pid is None or not Path(f"/proc/{pid}").exists():
         return None
-    return None
+    return round(sum(_vm_rss_mb(p) for p in [pid, *_descendants(pid)]), 1)
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -127,30 +133,37 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
+def _descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (from /proc)."""
+    parent_of = {
+        int(e.name): int(f[1])
+        for e in Path("/proc").iterdir()
+        if e.name.isdigit() and (f := _stat(int(e.name))) is not None
+    }
+    found: list[int] = []
+    frontier = {pid}
+    while frontier:
+        nxt = {child for child, parent in parent_of.items() if parent in frontier}
+        nxt -= set(found) | {pid}
+        found.extend(sorted(nxt))
+        frontier = nxt
+    return found
+
+
 def _cpu_s(pid: int | None) -> float | None:
     """User + system CPU seconds so far of a process and its live descendants (all
     threads; e.g. the worker plus its encoder process), from /proc."""
     if pid is None:
         return None
-    fields = _stat(pid)
-    if fields is None:
-        return None
     ticks = os.sysconf("SC_CLK_TCK")
-    total = (int(fields[11]) + int(fields[12])) / ticks
-    parents = {pid}
-    stats = {
-        int(e.name): f
-        for e in Path("/proc").iterdir()
-        if e.name.isdigit() and (f := _stat(int(e.name))) is not None
-    }
-    grew = True
-    while grew:
-        grew = False
-        for child, f in stats.items():
-            if child not in parents and int(f[1]) in parents:
-                parents.add(child)
-                total += (int(f[11]) + int(f[12])) / ticks
-                grew = True
+    total = 0.0
+    for p in [pid, *_descendants(pid)]:
+        f = _stat(p)
+        if f is None:
+            if p == pid:
+                return None
+            continue
+        total += (int(f[11]) + int(f[12])) / ticks
     return total
 
 
