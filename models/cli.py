@@ -69,6 +69,7 @@ def _train_defaults() -> dict[str, Any]:
         "identity_dim": e.identity_dim,
         "revisit_dim": e.revisit_dim,
         "revisit_half_life_hours": e.revisit_half_life_hours,
+        "trend": e.trend,
         "short_max_len": e.short_max_len,
         "n_layers_short": e.n_layers_short,
         "long_half_life_hours": e.long_half_life_hours,
@@ -130,6 +131,12 @@ _D = _train_defaults()
     default=_D["revisit_half_life_hours"],
     type=click.FloatRange(min=0.0, min_open=True),
     help="Recency half-life of the revisit channel.",
+)
+@click.option(
+    "--trend/--no-trend",
+    default=_D["trend"],
+    help="Append a trend coordinate (recent item popularity; window and gain chosen on "
+    "validation).",
 )
 @click.option(
     "--revisit-gain",
@@ -203,6 +210,7 @@ def train_cmd(
     identity_dim: int,
     revisit_dim: int,
     revisit_half_life_hours: float,
+    trend: bool,
     revisit_gain: float | None,
     d_model: int,
     long_horizon_hours: float,
@@ -233,6 +241,7 @@ def train_cmd(
         identity_dim=identity_dim,
         revisit_dim=revisit_dim,
         revisit_half_life_hours=revisit_half_life_hours,
+        trend=trend,
         long_half_life_hours=long_half_life_hours,
         short_max_len=short_max_len,
         n_layers_short=layers_short,

@@ -145,6 +145,12 @@ class EncoderConfig:
             channel is zero. Vectors are ``dim + revisit_dim`` long.
         revisit_half_life_hours: Recency decay of the revisit channel: an event this
             many hours older than the user's newest event weighs half as much.
+        trend: Append one *trend* coordinate: on the item side how popular the item
+            was in the last days of the training data (``log1p`` of its events, unit
+            variance over items), on the user side one gain (the same in the short and
+            long vectors, so also for users without history). The window (1, 3 or 7
+            days) and the gain are chosen on the validation split. A checkpoint's trend
+            is frozen at its training time: retrain (hot reload) to follow new trends.
     """
 
     dim: int = 64
@@ -162,11 +168,12 @@ class EncoderConfig:
     identity_dim: int = 0
     revisit_dim: int = 0
     revisit_half_life_hours: float = 48.0
+    trend: bool = False
 
     @property
     def out_dim(self) -> int:
-        """Size of every vector the encoder publishes: ``dim + revisit_dim``."""
-        return self.dim + self.revisit_dim
+        """Size of every vector the encoder publishes: ``dim + revisit_dim (+ 1 with trend)``."""
+        return self.dim + self.revisit_dim + int(self.trend)
 
     def __post_init__(self) -> None:
         """Check the sizes at once, naming the offending field."""

@@ -45,6 +45,11 @@ Revisit channel (optional, ``revisit_dim``)
     Training never sees the channel: :meth:`InterestEncoder.item_table` is the
     semantic part, :meth:`InterestEncoder.score_table` the published item vectors.
 
+Trend coordinate (optional, ``trend``)
+    One more coordinate: the item's popularity in the last days of the training
+    data (frozen in the checkpoint) on the item side, one gain on the user side
+    (short and long alike), both set after training on the validation split.
+
 Empty windows return a learned "no history" vector per path (trained on every
 user's first event, it behaves like a popularity prior).
 
@@ -215,6 +220,10 @@ class InterestEncoder(nn.Module):
                 type_w[type_index(name)] = w
             self.register_buffer("revisit_type_w", type_w)
             self.register_buffer("revisit_gain", torch.tensor(0.0))
+        # trend coordinate: per-item recent popularity, one user-side gain (set after training)
+        if cfg.trend:
+            self.register_buffer("trend_item", torch.zeros(rows))
+            self.register_buffer("trend_gain", torch.tensor(0.0))
 
     @property
     def out_dim(self) -> int:
@@ -247,9 +256,19 @@ class InterestEncoder(nn.Module):
             float32 ``[n_items + 2, out_dim]`` (same row layout as :meth:`item_table`).
         """
         table = self.item_table()
-        if self.cfg.revisit_dim == 0:
-            return table
-        return torch.cat([table, self.get_buffer("revisit_codes").to(table.dtype)], dim=1)
+        parts = [table]
+        if self.cfg.revisit_dim > 0:
+            parts.append(self.get_buffer("revisit_codes").to(table.dtype))
+        if self.cfg.trend:
+            parts.append(self.get_buffer("trend_item").to(table.dtype).unsqueeze(1))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else table
+
+    def trend_vector(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
+        """The user side of the trend coordinate: ``[B, 1]`` of the gain (``[B, 0]`` without)."""
+        if not self.cfg.trend:
+            return torch.zeros(batch_size, 0, device=device)
+        gain = self.get_buffer("trend_gain")
+        return gain.to(device).expand(batch_size, 1).clone()
 
     def revisit_vector(self, batch: SeqBatch) -> Tensor:
         """The long vector's revisit channel for a batch of histories (newest first).

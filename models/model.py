@@ -220,8 +220,9 @@ class InterestModel:
                 else:
                     vec = self.encoder.encode_short(batch, table)
                     extra = vec.new_zeros(vec.shape[0], self.encoder.cfg.revisit_dim)
-                out[idx, : vec.shape[1]] = vec.float().cpu().numpy()
-                out[idx, vec.shape[1] :] = extra.float().cpu().numpy()
+                trend = self.encoder.trend_vector(vec.shape[0], vec.device)
+                full = torch.cat([vec, extra.to(vec.dtype), trend.to(vec.dtype)], dim=1)
+                out[idx] = full.float().cpu().numpy()
                 start = end
         return out
 

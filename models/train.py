@@ -76,6 +76,10 @@ ALPHA_GRID = tuple(round(0.1 * k, 1) for k in range(11))
 REVISIT_GAIN_GRID = (0.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
 """Revisit-channel gains tried on the validation split (with every blend alpha)."""
 _REVISIT_GAIN_NO_VALIDATION = 64.0
+TREND_DAYS_GRID = (1.0, 3.0, 7.0)
+"""Trend windows (days before the cutoff) tried on the validation split."""
+TREND_WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
+"""Trend weights tried, in standard deviations of the blend's validation scores."""
 
 
 @dataclass
@@ -302,7 +306,24 @@ def _validate(
     return out
 
 
-def _select_revisit(
+def trend_scores(
+    df: pd.DataFrame, item_index: dict[str, int], n_items: int, end_ts: int, days: float
+) -> np.ndarray:
+    """Item side of the trend coordinate: ``log1p`` of each item's events in the
+    ``days`` before ``end_ts``, scaled to unit standard deviation over the items.
+
+    Returns:
+        float32 ``[n_items]`` in vocabulary order.
+    """
+    recent = df[(df["ts"] >= end_ts - int(days * 86_400_000)) & (df["ts"] < end_ts)]
+    rows = recent["item_id"].astype(str).map(item_index).dropna().to_numpy(dtype=np.int64)
+    pop = np.log1p(np.bincount(rows, minlength=n_items).astype(np.float64))
+    sd = float(pop.std())
+    out: np.ndarray = (pop / sd if sd > 0 else pop).astype(np.float32)
+    return out
+
+
+def _select_channels(
     enc: InterestEncoder,
     split: EvalSplit,
     vocab: _Vocab,
@@ -310,55 +331,118 @@ def _select_revisit(
     device: torch.device,
     alpha: float,
 ) -> dict[str, Any]:
-    """Choose the revisit gain (and the blend alpha with it) on the validation split.
+    """Choose the fixed channels' settings (and the blend alpha) on the validation split.
 
-    Scores every (alpha, gain) of ``ALPHA_GRID x REVISIT_GAIN_GRID`` (only the given
-    alpha when ``cfg.select_alpha`` is off; only ``cfg.revisit_gain`` when set) by the
-    blended vector's NDCG@10 on ``cfg.val_task``; the best pair wins (ties: the
-    earlier alpha, the smaller gain).
+    1. Revisit channel (``revisit_dim > 0``): every (alpha, gain) of
+       ``ALPHA_GRID x REVISIT_GAIN_GRID`` (only the given alpha when ``cfg.select_alpha``
+       is off; only ``cfg.revisit_gain`` when set).
+    2. Trend coordinate (``trend``): with that gain, every (alpha, days, weight) of
+       ``ALPHA_GRID x TREND_DAYS_GRID x TREND_WEIGHT_GRID``; the user-side gain is the
+       weight times the standard deviation of the blend's scores (scale-free grid).
+
+    Each step keeps the best validation NDCG@10 of the blend on ``cfg.val_task`` (ties:
+    the earlier grid point).
     """
     vecs = _encode_split(enc, split, vocab, cfg, device)
     enc.eval()
     rows = np.array([vocab.item_index[c] for c in split.candidates], dtype=np.int64)
+    n_users = len(split.users)
+    revisit = cfg.encoder.revisit_dim > 0
     with torch.inference_mode():
-        saved = float(enc.get_buffer("revisit_gain"))
-        enc.get_buffer("revisit_gain").fill_(1.0)
-        parts = []
-        for start in range(0, len(split.users), 512):
-            hs = [h[-cfg.long_history_events :] for h in split.histories[start : start + 512]]
-            la = arrays_from_histories(hs, vocab.item_index, cfg.encoder.long_max_len)
-            parts.append(enc.revisit_vector(SeqBatch.from_arrays(la).to(device)).cpu())
-        enc.get_buffer("revisit_gain").fill_(saved)
-        codes = enc.get_buffer("revisit_codes")[N_SPECIAL_ITEMS:].cpu().numpy()[rows]
         sem = enc.item_table()[N_SPECIAL_ITEMS:].cpu().numpy()[rows]
-    rev = torch.cat(parts).numpy() if parts else np.zeros((0, codes.shape[1]), np.float32)
+        codes = np.zeros((len(rows), 0), np.float32)
+        rev = np.zeros((n_users, 0), np.float32)
+        if revisit:
+            saved = float(enc.get_buffer("revisit_gain"))
+            enc.get_buffer("revisit_gain").fill_(1.0)
+            parts = []
+            for start in range(0, n_users, 512):
+                hs = [h[-cfg.long_history_events :] for h in split.histories[start : start + 512]]
+                la = arrays_from_histories(hs, vocab.item_index, cfg.encoder.long_max_len)
+                parts.append(enc.revisit_vector(SeqBatch.from_arrays(la).to(device)).cpu())
+            enc.get_buffer("revisit_gain").fill_(saved)
+            codes = enc.get_buffer("revisit_codes")[N_SPECIAL_ITEMS:].cpu().numpy()[rows]
+            if parts:
+                rev = torch.cat(parts).numpy()
     task = cfg.val_task
     users = split.users_with_targets(task)
     exclude = split.hist_items if task is TaskKind.NEW else None
     alphas = ALPHA_GRID if cfg.select_alpha else (alpha,)
-    gains = REVISIT_GAIN_GRID if cfg.revisit_gain is None else (cfg.revisit_gain,)
+
+    def base(idx: np.ndarray, a: float, g: float) -> np.ndarray:
+        v = a * vecs["short"][idx] + (1.0 - a) * vecs["long"][idx]
+        res: np.ndarray = v @ sem.T
+        if g:
+            res = res + ((1.0 - a) * g) * (rev[idx] @ codes.T)
+        return res
+
+    def ndcg(fn: Any) -> float:
+        return float(rank_metrics(fn, users, split.targets[task], exclude)["ndcg@10"].mean())
+
+    out: dict[str, Any] = {"alpha": alpha, "revisit_gain": 0.0, "trend_gain": 0.0}
     grid: dict[str, float] = {}
-    best = (alpha, gains[0], -1.0)
+    best = (alpha, 0.0, -1.0)
+    gains: tuple[float, ...] = (0.0,)
+    if revisit:
+        gains = REVISIT_GAIN_GRID if cfg.revisit_gain is None else (cfg.revisit_gain,)
     for a in alphas:
         for g in gains:
-
-            def score(idx: np.ndarray, a: float = a, g: float = g) -> np.ndarray:
-                v = a * vecs["short"][idx] + (1.0 - a) * vecs["long"][idx]
-                res: np.ndarray = v @ sem.T + ((1.0 - a) * g) * (rev[idx] @ codes.T)
-                return res
-
-            nd = float(rank_metrics(score, users, split.targets[task], exclude)["ndcg@10"].mean())
+            nd = ndcg(lambda idx, a=a, g=g: base(idx, a, g))
             grid[f"alpha{a:.1f}_gain{g:g}"] = nd
             if nd > best[2] + 1e-9:
                 best = (a, g, nd)
-    log.info(
-        "revisit channel: gain %g, alpha %.1f (validation blend NDCG@10 %.4f; without it %.4f)",
-        best[1],
-        best[0],
-        best[2],
-        max((v for k, v in grid.items() if k.endswith("_gain0")), default=float("nan")),
-    )
-    return {"gain": best[1], "alpha": best[0], "val_ndcg@10": best[2], "grid": grid}
+    out.update(alpha=best[0], revisit_gain=best[1], val_ndcg_at_10=best[2], revisit_grid=grid)
+    if revisit:
+        log.info(
+            "revisit channel: gain %g, alpha %.1f (validation NDCG@10 %.4f; without it %.4f)",
+            best[1],
+            best[0],
+            best[2],
+            max((v for k, v in grid.items() if k.endswith("_gain0")), default=float("nan")),
+        )
+    if cfg.encoder.trend and len(users):
+        a0, g0, nd0 = best
+        sample = users[: min(len(users), 256)]
+        scale = float(np.std(base(sample, a0, g0))) or 1.0
+        tgrid: dict[str, float] = {}
+        tbest: tuple[float, float | None, float, float] = (a0, None, 0.0, nd0)
+        for days in TREND_DAYS_GRID:
+            pop = trend_scores(split.train, vocab.item_index, len(vocab.item_ids),
+                               split.cutoff_ts, days)[rows]  # fmt: skip
+            for a in alphas:
+                for w in TREND_WEIGHT_GRID:
+                    if w == 0.0:
+                        continue  # = the revisit step's figure
+
+                    def score(
+                        idx: np.ndarray, a: float = a, w: float = w, pop: np.ndarray = pop
+                    ) -> np.ndarray:
+                        return base(idx, a, g0) + (w * scale) * pop[None, :]
+
+                    nd = ndcg(score)
+                    tgrid[f"days{days:g}_alpha{a:.1f}_w{w:g}"] = nd
+                    if nd > tbest[3] + 1e-9:
+                        tbest = (a, days, w, nd)
+        out.update(
+            alpha=tbest[0],
+            trend_days=tbest[1],
+            trend_weight=tbest[2],
+            trend_gain=tbest[2] * scale,
+            score_std=scale,
+            val_ndcg_at_10=tbest[3],
+            trend_grid=tgrid,
+        )
+        log.info(
+            "trend coordinate: %s days, weight %g (gain %.3g), alpha %.1f "
+            "(validation NDCG@10 %.4f; without it %.4f)",
+            tbest[1],
+            tbest[2],
+            tbest[2] * scale,
+            tbest[0],
+            tbest[3],
+            nd0,
+        )
+    return out
 
 
 def _baseline_scores(split: EvalSplit, task: TaskKind) -> dict[str, float]:
@@ -711,6 +795,7 @@ def train(
     phases: dict[str, Any] = {}
     selected_alpha: float | None = None
     revisit_gain = _REVISIT_GAIN_NO_VALIDATION if cfg.revisit_gain is None else cfg.revisit_gain
+    trend_gain, trend_days = 0.0, None  # without validation the trend stays off
     val_cutoff: int | None = None
     if cfg.val_fraction > 0:
         val_cutoff = cutoff_time(train_df["ts"], 1.0 - cfg.val_fraction)
@@ -735,12 +820,14 @@ def train(
         best_epoch, best_val = first.best_epoch, first.best_val
         if cfg.select_alpha:
             selected_alpha = first.alpha
-        if cfg.encoder.revisit_dim > 0:
-            revisit = _select_revisit(first.encoder, val_split, vocab, cfg, device, first.alpha)
-            revisit_gain = float(revisit["gain"])
-            phases["revisit_selection"] = revisit
+        if cfg.encoder.revisit_dim > 0 or cfg.encoder.trend:
+            channels = _select_channels(first.encoder, val_split, vocab, cfg, device, first.alpha)
+            revisit_gain = float(channels["revisit_gain"])
+            trend_gain = float(channels["trend_gain"])
+            trend_days = channels.get("trend_days")
+            phases["channel_selection"] = channels
             if cfg.select_alpha:
-                selected_alpha = float(revisit["alpha"])
+                selected_alpha = float(channels["alpha"])
         if cfg.refit:
             second = _fit(
                 train_df, vocab, cfg, device, best_epoch, None, progress, "refit", deadline
@@ -755,6 +842,12 @@ def train(
         enc, best_epoch, best_val = only.encoder, only.best_epoch, None
     if cfg.encoder.revisit_dim > 0:
         enc.get_buffer("revisit_gain").fill_(revisit_gain)
+    if cfg.encoder.trend:
+        if trend_days is not None:
+            pop = trend_scores(train_df, vocab.item_index, len(vocab.item_ids), cutoff, trend_days)
+            item_side = enc.get_buffer("trend_item")
+            item_side[N_SPECIAL_ITEMS:] = torch.from_numpy(pop).to(item_side.device)
+        enc.get_buffer("trend_gain").fill_(trend_gain if trend_days is not None else 0.0)
     cold = _cold_start(enc, vocab)
     seconds = time.perf_counter() - t0
 
@@ -786,6 +879,7 @@ def train(
         "train": train_dict,
         "blend_alpha_selection": alpha_info,
         "revisit_gain": revisit_gain if cfg.encoder.revisit_dim > 0 else None,
+        "trend": {"days": trend_days, "gain": trend_gain} if cfg.encoder.trend else None,
         "seed": cfg.seed,
         "split": split_info,
         "n_warm_items": vocab.n_warm,

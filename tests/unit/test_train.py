@@ -15,6 +15,7 @@ from models.checkpoint import load_item_vectors
 from models.config import N_SPECIAL_ITEMS
 from models.encoder import InterestEncoder
 from models.model import save_checkpoint
+from interest_stream.events import Interaction
 from models.testing import taobao_slice, tiny_train_config
 
 
@@ -221,7 +222,6 @@ def test_scalar_gains_get_their_own_learning_rate(events: pd.DataFrame, tmp_path
 
 def test_revisit_channel(events: pd.DataFrame, tmp_path: Path) -> None:
     """The revisit channel: chosen on validation, round-trips, points at returned-to items."""
-    from interest_stream.events import Interaction
     from models.testing import tiny_encoder_config
     from models.train import REVISIT_GAIN_GRID
 
@@ -230,14 +230,14 @@ def test_revisit_channel(events: pd.DataFrame, tmp_path: Path) -> None:
     )
     res = models.train(events, tmp_path / "m", cfg, progress=False)
     saved = json.loads((res.out_dir / "config.json").read_text())
-    sel = res.metrics["phases"]["revisit_selection"]
+    sel = res.metrics["phases"]["channel_selection"]
     assert saved["dim"] == 16 + 256
-    assert saved["revisit_gain"] == sel["gain"] and sel["gain"] in REVISIT_GAIN_GRID
-    assert sel["val_ndcg@10"] == pytest.approx(max(sel["grid"].values()))
+    assert saved["revisit_gain"] == sel["revisit_gain"] and sel["revisit_gain"] in REVISIT_GAIN_GRID
+    assert sel["val_ndcg_at_10"] == pytest.approx(max(sel["revisit_grid"].values()))
     assert saved["train"]["blend_alpha"] == sel["alpha"]
     model = InterestModel.load(res.out_dir, device="cpu")
     assert model.dim == 272 and model.item_vectors().shape == (len(model.item_ids), 272)
-    assert float(model.encoder.get_buffer("revisit_gain")) == sel["gain"]
+    assert float(model.encoder.get_buffer("revisit_gain")) == sel["revisit_gain"]
     # the codes are saved with the weights: what the item vectors file holds is what scores
     _, vectors, _ = load_item_vectors(res.out_dir)
     np.testing.assert_array_equal(vectors, model.item_vectors())
@@ -259,3 +259,32 @@ def test_revisit_channel(events: pd.DataFrame, tmp_path: Path) -> None:
     assert rev[0] > others.max() and rev[2] > np.percentile(others, 99)
     # an empty history has a zero channel
     assert np.all(model.encode_long([[]])[0][16:] == 0.0)
+
+
+def test_trend_coordinate(events: pd.DataFrame, tmp_path: Path) -> None:
+    """The trend coordinate: recent item popularity on the item side, one gain for users."""
+    from models.testing import tiny_encoder_config
+    from models.train import TREND_DAYS_GRID, trend_scores
+
+    cfg = tiny_train_config(epochs=2, val_fraction=0.2, encoder=tiny_encoder_config(trend=True))
+    res = models.train(events, tmp_path / "m", cfg, progress=False)
+    saved = json.loads((res.out_dir / "config.json").read_text())
+    sel = res.metrics["phases"]["channel_selection"]
+    assert saved["dim"] == 17
+    best = max([sel["val_ndcg_at_10"], *sel["trend_grid"].values()])
+    assert sel["val_ndcg_at_10"] == pytest.approx(best)
+    model = InterestModel.load(res.out_dir, device="cpu")
+    trend_item = model.item_vectors()[:, -1]
+    hs = [[], [Interaction(model.item_ids[0], "view", 1_700_000_000_000)]]
+    for vec in (model.encode_short(hs), model.encode_long(hs)):
+        np.testing.assert_allclose(vec[:, -1], saved["trend"]["gain"], rtol=1e-6)
+    days = saved["trend"]["days"]
+    if days is None:  # the grid's best was no trend at all
+        assert saved["trend"]["gain"] == 0.0 and not trend_item.any()
+    else:
+        assert days in TREND_DAYS_GRID and saved["trend"]["gain"] > 0
+        cutoff = saved["split"]["train_cutoff_ts"]
+        before = events[events["ts"] < cutoff]
+        expected = trend_scores(before, model.item_index, len(model.item_ids), cutoff, days)
+        np.testing.assert_allclose(trend_item, expected, rtol=1e-6)
+        assert trend_item.std() == pytest.approx(1.0, rel=1e-3)
