@@ -124,7 +124,8 @@ Publish = Callable[[Sequence[tuple[bytes, bytes | None]]], Awaitable[None]]
 
 
 def _floats(vec: np.ndarray) -> list[float]:
-    return [float(x) for x in np.round(vec.astype(np.float64), 6)]
+    out: list[float] = np.round(vec.astype(np.float64), 6).tolist()  # C loop, same floats
+    return out
 
 
 def build_record(
