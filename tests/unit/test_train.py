@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 import models
+from interest_stream.events import Interaction
 from models import DataError, InterestModel, ModelError, TrainConfig
 from models.checkpoint import load_item_vectors
 from models.config import N_SPECIAL_ITEMS
 from models.encoder import InterestEncoder
 from models.model import save_checkpoint
-from interest_stream.events import Interaction
 from models.testing import taobao_slice, tiny_train_config
 
 
