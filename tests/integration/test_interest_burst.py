@@ -36,17 +36,9 @@ def events() -> pd.DataFrame:
     return df[(df["ts"] >= 1_511_539_200_000) & (df["ts"] < 1_512_316_800_000)]
 
 
-@pytest.fixture(scope="module", params=["default", "revisit"])
-def trained(
-    request: pytest.FixtureRequest, events: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """The default architecture, and one with the revisit channel at the gain the shipped
-    Taobao checkpoint chose on validation (512): a burst's items are recent and would
-    weigh most in the channel, yet the long vector must stay with the history."""
+@pytest.fixture(scope="module")
+def trained(events: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("burst") / "model"
-    extra: dict[str, object] = {}
-    if request.param == "revisit":
-        extra = {"encoder": models.EncoderConfig(revisit_dim=128), "revisit_gain": 512.0}
     cfg = models.TrainConfig(
         epochs=3,
         batch_size=1024,
@@ -56,7 +48,6 @@ def trained(
         val_fraction=0.0,
         refit=False,
         device="cpu",
-        **extra,  # type: ignore[arg-type]
     )
     models.train(events, out, cfg, progress=False)
     return out
