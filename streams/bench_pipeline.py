@@ -168,17 +168,13 @@ def _cpu_s(pid: int | None) -> float | None:
 
 
 def _broker_pid() -> int | None:
-    """Pid of the local Kafka broker (a java process running ``kafka.Kafka``), if any."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"kafka.Kafka" in cmd and any(b"java" in c for c in cmd[:1]):
-            return int(entry.name)
-    return None
+    """Pid of the broker ``interest-stream kafka start`` runs (``None`` for an external one)."""
+    from streams.kafka_local.broker import status
+
+    try:
+        return status().pid
+    except Exception:  # the figure is optional: never fail a benchmark over it
+        return None
 
 
 def _cpu_snapshot(pids: dict[str, int | None]) -> dict[str, float]:
