@@ -263,13 +263,6 @@ class InterestEncoder(nn.Module):
             parts.append(self.get_buffer("trend_item").to(table.dtype).unsqueeze(1))
         return torch.cat(parts, dim=1) if len(parts) > 1 else table
 
-    def trend_vector(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
-        """The user side of the trend coordinate: ``[B, 1]`` of the gain (``[B, 0]`` without)."""
-        if not self.cfg.trend:
-            return torch.zeros(batch_size, 0, device=device)
-        gain = self.get_buffer("trend_gain")
-        return gain.to(device).expand(batch_size, 1).clone()
-
     def revisit_vector(self, batch: SeqBatch) -> Tensor:
         """The long vector's revisit channel for a batch of histories (newest first).
 

@@ -214,15 +214,16 @@ class InterestModel:
                 idx = order[start:end]
                 arrays = arrays_from_histories([histories[i] for i in idx], self.item_index, cap)
                 batch = SeqBatch.from_arrays(arrays, pin=cuda).to(self.device, non_blocking=cuda)
-                if long:
-                    vec = self.encoder.encode_long(batch, table)
-                    extra = self.encoder.revisit_vector(batch)
-                else:
-                    vec = self.encoder.encode_short(batch, table)
-                    extra = vec.new_zeros(vec.shape[0], self.encoder.cfg.revisit_dim)
-                trend = self.encoder.trend_vector(vec.shape[0], vec.device)
-                full = torch.cat([vec, extra.to(vec.dtype), trend.to(vec.dtype)], dim=1)
-                out[idx] = full.float().cpu().numpy()
+                enc = self.encoder
+                vec = enc.encode_long(batch, table) if long else enc.encode_short(batch, table)
+                d, rd = vec.shape[1], enc.cfg.revisit_dim
+                out[idx, :d] = vec.float().cpu().numpy()
+                if rd:  # the revisit channel: the long vector's, zero in the short one
+                    out[idx, d : d + rd] = (
+                        enc.revisit_vector(batch).float().cpu().numpy() if long else 0.0
+                    )
+                if enc.cfg.trend:  # the trend coordinate: one gain for every user
+                    out[idx, d + rd] = float(enc.get_buffer("trend_gain"))
                 start = end
         return out
 
