@@ -189,6 +189,11 @@ class Settings(BaseSettings):
         description="Run the worker's model in a child process with its own GIL: auto = "
         "yes unless the model runs on a GPU.",
     )
+    allow_untested_faust: bool = Field(
+        False,
+        description="Start the worker on faust-streaming/aiokafka versions other than the "
+        "tested ones (it patches their internals).",
+    )
     worker_web_port: int = Field(
         6066, ge=0, le=65535, description="Worker's metrics/health port (0 = pick a free one)."
     )

@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from interest_stream.settings import Settings, load_settings
+from streams.positions import is_reserved_key
 from streams.replay import replay_events
 from streams.state import WorkerProcess, read_topic, wait_for
 from streams.topics import ensure_topics
@@ -159,7 +160,7 @@ def bench_ingest(
     sizes: list[int] = []
     latest: dict[bytes | None, int] = {}
     for rec in read_topic(settings, changelog_topic(settings)):
-        if rec.value is not None:
+        if rec.value is not None and not is_reserved_key(rec.key):
             latest[rec.key] = len(rec.value)
     sizes = list(latest.values())
     batches = m.get("interest_worker_batch_size_count", 0.0)

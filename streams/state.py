@@ -202,6 +202,7 @@ class WorkerProcess:
         log_path: File for the child's stdout and stderr (default: discarded).
         extra_env: More variables, e.g. ``INTEREST_FAUST_BROKER_SESSION_TIMEOUT``.
         cwd: Working directory of the child.
+        cpus: Cores the child (and its children) may run on (default: all).
     """
 
     def __init__(
@@ -211,6 +212,7 @@ class WorkerProcess:
         log_path: Path | None = None,
         extra_env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        cpus: set[int] | None = None,
     ) -> None:
         if not settings.worker_web_port:
             raise WorkerProcessError("WorkerProcess needs a fixed worker_web_port (not 0)")
@@ -221,6 +223,7 @@ class WorkerProcess:
         self.base_url = f"http://127.0.0.1:{settings.worker_web_port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self.cpus = set(cpus) if cpus else None
 
     # --------------------------------------------------------------- process
     def start(self) -> WorkerProcess:
@@ -232,12 +235,14 @@ class WorkerProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # closed in _reap
         out = self._log if self._log is not None else subprocess.DEVNULL
+        cpus = self.cpus
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.worker"],
             env=env,
             cwd=str(self.cwd),
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         log.info("started worker pid %d on %s", self.proc.pid, self.base_url)
         return self

@@ -5,56 +5,25 @@ a Faust app; start N of them with the same ``INTEREST_APP_ID`` to share the
 partitions (a consumer group). Per batch of up to ``INTEREST_BATCH_MAX`` messages
 (``Stream.take_events``, waiting at most ``INTEREST_BATCH_WITHIN_MS``):
 
-1. every message is validated with :func:`interest_stream.events.parse_event`;
-   an invalid one is produced to ``INTEREST_DLQ_TOPIC`` as a
-   :func:`~interest_stream.events.dlq_record` (key = the original key) -- nothing
-   is dropped silently;
-2. a valid event is applied to its user's window, read once per batch from the
-   table store of the message's own partition; duplicates (source offset at or
-   below the window's mark for that topic-partition, or a remembered
-   ``event_id``) are skipped;
-3. each touched user's window is encoded once and produced to the table's
-   changelog topic (``<app_id>-windows-changelog``) **with an explicit
-   partition: the partition of that user's messages** -- a batch spans many
-   partitions, so nothing relies on Faust's "current event" to route writes;
-4. the worker awaits the broker's acknowledgement (``acks=all``) of every
-   changelog and DLQ record of the batch, then writes the windows to the local
-   store (RocksDB via rocksdict, or memory) through
-   :meth:`faust.Table.apply_changelog_batch` with the acknowledged changelog
-   offsets, so the store's persisted offset matches the changelog exactly;
-5. the optional ``on_batch`` hook (:class:`BatchHook`) gets every written
-   window; only then does the batch end and Faust ack its messages.
+1. each message is admitted only at its partition's *source position* (the next
+   offset the state has applied, :mod:`streams.positions`); an older one is a
+   duplicate, and records the stream skipped are read from the broker and
+   applied first -- nothing is ever stepped over;
+2. it is validated (:func:`interest_stream.events.parse_event`); an invalid one
+   goes to ``INTEREST_DLQ_TOPIC`` as a :func:`~interest_stream.events.dlq_record`;
+3. a valid event is applied to its user's window (duplicates by ``event_id`` or
+   by the window's per-partition offset mark are skipped);
+4. touched windows, then each partition's positions record, are produced to the
+   changelog (``<app_id>-windows-changelog``, explicit partition = the user's);
+   once the broker acknowledged all of them (``acks=all``) they are written to
+   the local store with their changelog offsets, and the positions become
+   *durable*: the only offsets Faust commits (:func:`streams.faust_compat.own_commits`);
+5. the ``on_batch`` hook (:class:`BatchHook`) gets every written window.
 
-**Exactly-once decision.** Faust only commits offsets of *acked* messages, and
-``take_events`` acks a batch's messages when the agent asks for the next batch,
-i.e. after step 5. A source offset is therefore never committed before the
-changelog records that hold its effect are acknowledged by the broker.
-Faust's own safety net (``producer.flush()`` before a commit) is not relied on:
-in faust-streaming 0.15.3 ``ProducerBuffer.flush`` gives up after 0.1 s without
-progress, and table writes through ``Table.__setitem__`` go through that buffer.
-After a crash, messages after the last commit are re-delivered; their effects
-are either in the recovered window (then the window's per-topic-partition
-offset mark skips them) or not (then they are applied now) -- per-user counts and
-versions end up exactly as if every event had been applied once. A user whose
-messages were all redelivered is still written again, so a changelog record
-that was lost with the crash is re-sent. The DLQ is at-least-once: a malformed
-message can reach it twice after a crash (its ``source`` offsets identify it).
-Faust's ``processing_guarantee="exactly_once"`` (Kafka transactions) was not
-used: it needs one transactional producer per partition group, commits only
-every ``broker_commit_interval`` (latency), and offset marks already give
-exactly-once *state*; the only benefit would be a duplicate-free DLQ.
-
-One more guard sits on Faust's commit bookkeeping: after a recovery re-seek,
-faust-streaming 0.15.3 can ack offsets below the committed one a second time
-(commits of that partition then freeze for good) and can drop the message at
-the committed offset (Faust would then commit past it). Both were seen in the
-crash test; ``_guard_commit_bookkeeping`` drops the stale entries, never
-commits past a missing message and re-reads the partition from it.
-
-Unexpected errors while a batch is half done (a producer failure, a bug) stop
-the process at once without committing (``os._exit(70)``): a restart then
-re-delivers the batch. Any other shutdown (SIGTERM, SIGINT) is graceful: Faust
-waits for the batch in flight, then stops.
+Exactly-once effect on state follows (why, and the Faust behaviour it guards
+against: docs/ARCHITECTURE.md, "Exactly-once state"). The DLQ is
+at-least-once. Unexpected errors half-way stop the process at once without
+committing (``os._exit(70)``); SIGTERM/SIGINT stop gracefully.
 
 **Forgetting a user** (right to be forgotten): the agent also consumes the
 command topic (:mod:`streams.commands`, co-partitioned with the event topics).
@@ -84,16 +53,13 @@ import socket
 import ssl
 import sys
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextvars import Token
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Protocol, cast
 
 import faust
-from faust.streams import _current_event  # Faust has no public setter for it
 from faust.types import TP, EventT, StreamT
 from faust.types.auth import CredentialsT
 from faust.types.tuples import Message
@@ -108,10 +74,20 @@ from prometheus_client import (
     generate_latest,
 )
 
-from interest_stream.errors import InterestStreamError, InvalidEvent
+from interest_stream.errors import ConfigError, InterestStreamError, InvalidEvent
 from interest_stream.events import dlq_record, parse_event
 from interest_stream.settings import Settings, load_settings
+from streams import faust_compat
 from streams.commands import CommandError, command_topic, ensure_command_topic, parse_command
+from streams.positions import (
+    POSITIONS_KEY,
+    OffsetReader,
+    PositionsError,
+    SourceRecord,
+    decode_positions,
+    encode_positions,
+    is_reserved_key,
+)
 from streams.window import BehaviorWindow, StateCodecError, WindowConfig
 
 __all__ = [
@@ -138,8 +114,6 @@ log = logging.getLogger(__name__)
 TABLE_NAME = "windows"
 FORGOTTEN_TABLE = "forgotten"
 FAIL_STOP_EXIT_CODE = 70
-#: Seconds a missing offset at the head of the acked offsets is waited for before a re-seek.
-HOLE_REPAIR_S = 10.0
 #: Decoded windows kept in memory per worker (about 25 KB each at 200 events).
 CACHE_WINDOWS = 4096
 _METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";charset")[0].split("; charset")[0]
@@ -172,7 +146,7 @@ class BatchHook(Protocol):
     """Called after each batch with every window written in it (user_id -> window).
 
     The windows' changelog records are already acknowledged when the hook runs,
-    and the batch's source offsets are acked only after it returns, so a crash
+    and the batch's source offsets are committed only after it returns, so a crash
     inside the hook re-delivers the batch (its users are then passed again).
     The hook may be a plain or an ``async`` function; it must not modify the
     windows. An exception is logged and counted, and processing goes on.
@@ -240,14 +214,19 @@ class WorkerMetrics:
             "Exceptions raised by the on_batch hook.",
             registry=r,
         )
-        self.commit_repairs = Counter(
-            "interest_worker_commit_repairs",
-            "Stale acked offsets (at or below a committed offset) dropped before a commit.",
+        self.source_holes = Counter(
+            "interest_worker_source_holes",
+            "Times the stream skipped records of a partition (read from the broker instead).",
             registry=r,
         )
-        self.commit_holds = Counter(
-            "interest_worker_commit_hole_reseeks",
-            "Partitions re-read because the message at the committed offset was never acked.",
+        self.source_gaps = Counter(
+            "interest_worker_source_gaps",
+            "Skipped offsets without a record (transaction markers, compaction, retention).",
+            registry=r,
+        )
+        self.filled = Counter(
+            "interest_worker_events_filled",
+            "Records the stream skipped that the worker read from the broker and applied.",
             registry=r,
         )
         self.batch_size = Histogram(
@@ -369,111 +348,6 @@ def _credentials(settings: Settings) -> CredentialsT | None:
     )
 
 
-_GUARDED: weakref.WeakSet[Any] = weakref.WeakSet()
-_FETCH_WAIT_ATTR = "interest_fetch_max_wait_ms"
-
-
-def _install_fetch_wait_patch() -> None:
-    """Let an app choose its consumer's ``fetch_max_wait_ms`` (Faust hard-codes 1,500).
-
-    aiokafka keeps one fetch request in flight per broker, and a request leaves
-    out the partitions whose fetched records are still buffered. With many
-    partitions (event topics, changelogs, commands) the request in flight often
-    holds only partitions that have no new data, so the broker parks it for the
-    whole ``fetch_max_wait_ms`` while new events wait behind it: measured, this
-    was most of the worker's 1.5-2 s produce-to-vector latency. The patch reads
-    the wanted value from the app (:data:`_FETCH_WAIT_ATTR`) and sets it on the
-    aiokafka consumer before it starts; apps without it keep Faust's value.
-    """
-    from faust.transport.drivers import aiokafka as faust_aiokafka
-
-    cls = faust_aiokafka.AIOKafkaConsumerThread
-    if getattr(cls, "_interest_fetch_wait_patched", False):
-        return
-    original = cls._create_worker_consumer
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        wait_ms = getattr(self.app, _FETCH_WAIT_ATTR, None)
-        if wait_ms is not None and hasattr(consumer, "_fetch_max_wait_ms"):
-            consumer._fetch_max_wait_ms = int(wait_ms)  # noqa: SLF001 - read by start()
-        return consumer
-
-    cls._create_worker_consumer = create  # type: ignore[method-assign]
-    cls._interest_fetch_wait_patched = True  # type: ignore[attr-defined]
-
-
-def _guard_commit_bookkeeping(consumer: Any, metrics: WorkerMetrics) -> None:
-    """Make Faust's offset commits safe against re-delivered and dropped messages.
-
-    faust-streaming 0.15.3 keeps, per partition, a sorted list of acked offsets
-    and commits up to the end of its first run of consecutive numbers; it also
-    commits when the run starts one *past* the committed offset. Around a
-    recovery re-seek two things were seen in the crash test:
-
-    * offsets below the committed one are acked a second time; the run then
-      stops at the duplicate and commits of that partition freeze for good;
-    * a message at the committed offset is never acked (dropped between the
-      fetch and the stream); with the stale entries gone Faust would commit past
-      it -- one event lost.
-
-    This wrapper drops stale entries (below the committed offset, or
-    duplicates), and when the message at the committed offset is missing (and
-    not a known gap such as a transaction marker) it does not commit; if the
-    hole is still there after ``HOLE_REPAIR_S`` seconds it seeks the partition
-    back to the committed offset, so the message is delivered again (already
-    applied messages come back as duplicates and are skipped by the windows'
-    offset marks). Installed once per consumer instance; Faust's own logic
-    runs otherwise unchanged.
-    """
-    if consumer in _GUARDED:
-        return
-    original = consumer._new_offset  # noqa: SLF001 - see docstring
-    holes: dict[TP, float] = {}
-    reseeks: set[asyncio.Future[None]] = set()
-
-    def new_offset(tp: TP) -> int | None:
-        acked = consumer._acked.get(tp)  # noqa: SLF001 - see docstring
-        committed = consumer._committed_offset.get(tp)  # noqa: SLF001 - see docstring
-        if acked and committed is not None:
-            clean = sorted({o for o in acked if o >= committed})
-            if len(clean) != len(acked):
-                log.info(
-                    "dropping %d stale acked offsets of %s below committed %d",
-                    len(acked) - len(clean),
-                    tp,
-                    committed,
-                )
-                metrics.commit_repairs.inc(len(acked) - len(clean))
-                acked[:] = clean
-                index = consumer._acked_index[tp]  # noqa: SLF001 - see docstring
-                index.clear()
-                index.update(clean)
-            gap = consumer._gap.get(tp)  # noqa: SLF001 - see docstring
-            if clean and clean[0] > committed and not (gap and gap[committed]):
-                now = time.monotonic()
-                since = holes.setdefault(tp, now)
-                if now - since >= HOLE_REPAIR_S:
-                    holes[tp] = now
-                    metrics.commit_holds.inc()
-                    log.warning(
-                        "%s: offset %d was never acked although %d was; re-reading from it",
-                        tp,
-                        committed,
-                        clean[0],
-                    )
-                    task = asyncio.ensure_future(consumer.seek(tp, committed))
-                    reseeks.add(task)
-                    task.add_done_callback(reseeks.discard)
-                return None
-            holes.pop(tp, None)
-        result: int | None = original(tp)
-        return result
-
-    consumer._new_offset = new_offset  # noqa: SLF001 - see docstring
-    _GUARDED.add(consumer)
-
-
 def _exit_now(reason: str) -> NoReturn:
     log.critical("stopping at once without committing offsets: %s", reason)
     for handler in logging.getLogger().handlers:
@@ -527,6 +401,7 @@ class BatchResult:
     windows: dict[str, BehaviorWindow] = field(default_factory=dict)
     forgotten: dict[str, int] = field(default_factory=dict)
     forgotten_events: int = 0
+    filled: int = 0
 
 
 class WindowWorker:
@@ -551,6 +426,7 @@ class WindowWorker:
         partitions: int | None = None,
         fail_stop: Callable[[str], NoReturn] = _exit_now,
     ) -> None:
+        faust_compat.check_versions(settings.allow_untested_faust)
         self.settings = settings
         self.config = WindowConfig.from_settings(settings)
         self.partitions = partitions if partitions is not None else check_topics(settings)
@@ -560,6 +436,14 @@ class WindowWorker:
         self.web_port = settings.worker_web_port or _free_port()
         self._fail_stop = fail_stop
         self._started_consuming = False
+        # Source positions (streams.positions) acknowledged in the changelog, per
+        # partition: topic -> next offset. Read lazily from the store; cleared on
+        # every rebalance.
+        self._durable: dict[int, dict[str, int]] = {}
+        # The same once the batch's hooks returned: what Faust commits
+        # (faust_compat.own_commits), so a crash in a hook re-delivers the batch.
+        self._committable: dict[int, dict[str, int]] = {}
+        self._reader = OffsetReader(settings)
         # Decoded windows of recently touched users, (partition, user_id) -> window.
         # Always equal to the durable state (a failed write stops the process);
         # cleared on every rebalance, before table recovery may change the store.
@@ -606,7 +490,7 @@ class WindowWorker:
     def _build_app(self) -> faust.App:
         s = self.settings
         brokers = [f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",") if h.strip()]
-        _install_fetch_wait_patch()
+        faust_compat.install_fetch_wait_patch()
         app = faust.App(
             s.app_id,
             broker=brokers,
@@ -627,7 +511,7 @@ class WindowWorker:
             web_host="127.0.0.1",
             web_port=self.web_port,
         )
-        setattr(app, _FETCH_WAIT_ATTR, s.fetch_max_wait_ms)
+        setattr(app, faust_compat.FETCH_WAIT_ATTR, s.fetch_max_wait_ms)
         return app
 
     def check_store(self) -> None:
@@ -648,6 +532,84 @@ class WindowWorker:
         self, sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
     ) -> None:
         self._cache.clear()
+        self._durable.clear()
+        self._committable.clear()
+
+    def _durable_offset(self, tp: TP) -> int | None:
+        """The offset Faust may commit for ``tp``: the changelog covers everything below it."""
+        return self._committable.get(tp.partition, {}).get(tp.topic)
+
+    def _positions(self, partition: int, event: EventT[Any]) -> dict[str, int]:
+        """The durable positions of ``partition`` (read from the store on first use)."""
+        known = self._durable.get(partition)
+        if known is not None:
+            return known
+        raw = self._read_stored(POSITIONS_KEY, event)
+        positions: dict[str, int] = {}
+        if raw is not None:
+            try:
+                positions = decode_positions(raw)
+            except PositionsError as exc:
+                log.error("partition %d: %s; starting from the committed offsets", partition, exc)
+        self._durable[partition] = positions
+        return positions
+
+    async def _admit(
+        self, ev: EventT[Any], batch_pos: dict[int, dict[str, int]]
+    ) -> list[EventT[Any]]:
+        """The messages to apply for ``ev``, in order: ``[ev]``, or ``[skipped..., ev]``.
+
+        A message is applied only at or below its partition's position (every
+        earlier offset applied or without a record); one below is re-delivered
+        and goes through as before (the window's offset mark skips it, and its
+        user is written and passed to the hooks again). When the stream skipped offsets
+        (it can drop fetched messages around a rebalance, see
+        docs/ARCHITECTURE.md), the skipped records are read from the broker and
+        come first; nothing is ever stepped over.
+
+        Raises:
+            PositionsError: The skipped records could not be read (fail-stop).
+        """
+        msg = ev.message
+        pos = batch_pos.get(msg.partition)
+        if pos is None:
+            pos = batch_pos[msg.partition] = dict(self._positions(msg.partition, ev))
+        offset = msg.offset
+        nxt = pos.get(msg.topic)
+        if nxt is None:  # first message of this topic-partition: start at the committed offset
+            nxt = faust_compat.committed_offset(self.app.consumer, msg.tp) or 0
+        if offset <= nxt:
+            pos[msg.topic] = max(nxt, offset + 1)
+            return [ev]
+        pos[msg.topic] = offset + 1
+        records = await asyncio.to_thread(self._reader.read, msg.topic, msg.partition, nxt, offset)
+        if records:
+            self.metrics.source_holes.inc()
+            log.warning(
+                "%s: the stream skipped %d records at %d..%d; read them from the broker",
+                msg.tp,
+                len(records),
+                nxt,
+                offset - 1,
+            )
+        self.metrics.source_gaps.inc(offset - nxt - len(records))
+        return [*(self._event_of(msg.tp, r) for r in records), ev]
+
+    def _event_of(self, tp: TP, rec: SourceRecord) -> EventT[Any]:
+        """A Faust event for a record read by :class:`~streams.positions.OffsetReader`."""
+        msg = Message(
+            tp.topic,
+            tp.partition,
+            rec.offset,
+            rec.timestamp_ms / 1000.0,
+            0,
+            None,
+            rec.key,
+            rec.value,
+            None,
+            tp=tp,
+        )
+        return faust.Event(self.app, rec.key, rec.value, None, msg)
 
     def _load_window(self, user_id: str, event: EventT[Any]) -> BehaviorWindow:
         """The window of ``user_id`` in the partition of ``event`` (a new one if none).
@@ -687,7 +649,7 @@ class WindowWorker:
             self._cache.popitem(last=False)
 
     async def _agent(self, stream: StreamT[bytes]) -> None:
-        _guard_commit_bookkeeping(self.app.consumer, self.metrics)
+        faust_compat.own_commits(self.app.consumer, self._durable_offset)
         s = self.settings
         # take_events is on faust.Stream but missing from the StreamT interface
         within = s.batch_within_ms / 1000.0
@@ -710,11 +672,8 @@ class WindowWorker:
     ) -> bytes | None:
         """The stored bytes of ``key`` in the partition of ``event`` (any partition if None)."""
         store = (self.table if table is None else table).data
-        token: Token[Any] = _current_event.set(weakref.ref(event) if event is not None else None)
-        try:
+        with faust_compat.current_event(event):
             value = store.get(key)
-        finally:
-            _current_event.reset(token)
         return bytes(value) if value is not None else None
 
     def _dlq_value(
@@ -740,7 +699,12 @@ class WindowWorker:
         res = BatchResult(consumed=len(events))
         touched: dict[tuple[int, str], _Touched] = {}
         dlq_out: list[tuple[bytes | None, bytes]] = []
+        batch_pos: dict[int, dict[str, int]] = {}
+        admitted: list[EventT[Any]] = []
         for ev in events:
+            admitted.extend(await self._admit(ev, batch_pos))
+        res.filled = len(admitted) - len(events)
+        for ev in admitted:
             msg = ev.message
             if msg.topic == self._commands:
                 self._command(ev, touched, dlq_out, res)
@@ -785,7 +749,8 @@ class WindowWorker:
             else:
                 res.duplicates += 1
         res.dlq = len(dlq_out)
-        await self._write(touched, dlq_out)
+        await self._write(touched, dlq_out, batch_pos)
+        self._durable.update(batch_pos)
         for ck, slot in touched.items():
             if slot.window is None:
                 self._cache.pop(ck, None)
@@ -798,6 +763,7 @@ class WindowWorker:
         m.forgotten_events.inc(res.forgotten_events)
         m.applied.inc(res.applied)
         m.duplicates.inc(res.duplicates)
+        m.filled.inc(res.filled)
         m.dlq.inc(res.dlq)
         m.windows_written.inc(len(touched))
         m.batch_size.observe(res.consumed)
@@ -807,6 +773,7 @@ class WindowWorker:
             await self._call_forget_hook(res.forgotten)
         if self.on_batch is not None and res.windows:
             await self._call_hook(res.windows)
+        self._committable.update(batch_pos)
         return res
 
     def _command(
@@ -850,8 +817,13 @@ class WindowWorker:
         self,
         touched: Mapping[tuple[int, str], _Touched],
         dlq_out: Sequence[tuple[bytes | None, bytes]],
+        batch_pos: Mapping[int, dict[str, int]],
     ) -> None:
-        """Produce changelog + DLQ records, await acks, then update the local store."""
+        """Produce changelog + DLQ records, await acks, then update the local store.
+
+        Each partition's positions record comes after its windows, so the
+        changelog never holds a position ahead of the windows it covers.
+        """
         producer = self.app.producer
         pending: list[Awaitable[Any]] = []
         records: list[tuple[str, int, bytes, bytes | None]] = []
@@ -866,6 +838,9 @@ class WindowWorker:
                 records.append(
                     (self._forgotten_changelog, partition, key, slot.forgotten.to_bytes())
                 )
+        for partition, pos in batch_pos.items():
+            if pos != self._durable.get(partition):
+                records.append((self._changelog, partition, POSITIONS_KEY, encode_positions(pos)))
         for topic, partition, key, value in records:
             pending.append(await producer.send(topic, key, value, partition, None, None))
         for key_or_none, value in dlq_out:
@@ -919,7 +894,10 @@ class WindowWorker:
         Raises:
             StateCodecError: The stored bytes are corrupt.
         """
-        raw = self._read_stored(user_id.encode("utf-8"), None)
+        key = user_id.encode("utf-8")
+        if is_reserved_key(key):
+            return None
+        raw = self._read_stored(key, None)
         if raw is None:
             return None
         window = BehaviorWindow.from_bytes(raw, self.config)
@@ -1097,7 +1075,7 @@ def read_changelog_windows(
     return {
         key.decode("utf-8"): BehaviorWindow.from_bytes(value, config)
         for key, value in latest.items()
-        if value is not None
+        if value is not None and not is_reserved_key(key)
     }
 
 
@@ -1110,7 +1088,12 @@ def main() -> None:
     )
     level = max(logging.WARNING, logging.getLevelName(settings.log_level))
     logging.getLogger("kafka").setLevel(level)
-    sys.exit(run_worker(settings))
+    try:
+        code = run_worker(settings)
+    except ConfigError as exc:  # e.g. untested faust-streaming / aiokafka versions
+        log.error("%s", exc)
+        sys.exit(2)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,13 @@ def pytest_configure(config: pytest.Config) -> None:
             "INTEREST_TEST_BOOTSTRAP",
             "INTEREST_DATA_DIR",
             "INTEREST_KAFKA_HOME",
+            "INTEREST_TEST_SEED",
+            "INTEREST_PRESSURE_REPEAT",
         ):
             del os.environ[key]
+
+
+_BROKER_PID: list[int] = []
 
 
 @pytest.fixture(scope="session")
@@ -44,10 +49,18 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data_dir = tmp_path_factory.mktemp("kafka")
     cfg = BrokerConfig(data_dir=data_dir, port=free_port())
     status = start(cfg, timeout=180.0)
+    if status.pid is not None:
+        _BROKER_PID.append(status.pid)
     try:
         yield status.bootstrap
     finally:
         stop(cfg)
+
+
+@pytest.fixture
+def kafka_broker_pid(kafka_bootstrap: str) -> int | None:
+    """Process id of the session's broker (``None`` for an external one)."""
+    return _BROKER_PID[-1] if _BROKER_PID else None
 
 
 @pytest.fixture
