@@ -26,7 +26,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 typecheck: install
-	$(VENV)/bin/mypy interest_stream streams models index
+	$(PY) .ci/typecheck.py
 
 unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

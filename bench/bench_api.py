@@ -1,6 +1,6 @@
 """API benchmark runner: /interest and /recommendations under a loopback load generator.
 
-Runs :func:`interest_stream.api.bench.bench_api` (server and load generator in
+Runs :func:`bench.api.bench_api` (server and load generator in
 child processes), prints a summary and writes every figure as JSON.
 
     .venv/bin/python bench/bench_api.py                          # 100k users, 55k synthetic items
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from interest_stream.api.bench import bench_api
+from bench.api import bench_api
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from index.bench import bench_index
+from bench.index import bench_index
 
 
 def _model_dim(model: Path | None) -> int | None:

@@ -29,10 +29,10 @@ import httpx
 import numpy as np
 from kafka import KafkaProducer
 
+from interest_stream.core.settings import Settings
 from interest_stream.procs import settings_env
-from interest_stream.settings import Settings
-from streams.kafka_local.broker import BrokerConfig, free_port, start, stop
-from streams.topics import ensure_topics
+from interest_stream.streams.kafka_local.broker import BrokerConfig, free_port, start, stop
+from interest_stream.streams.topics import ensure_topics
 
 
 def produce(settings: Settings, users: int, dim: int) -> float:

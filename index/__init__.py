@@ -16,8 +16,8 @@ Only numpy is imported eagerly; faiss is imported when a FAISS index is created.
 
 from __future__ import annotations
 
-from index.base import METRICS, VectorIndex, create_index
-from index.errors import (
+from interest_stream.index.base import METRICS, VectorIndex, create_index
+from interest_stream.index.errors import (
     DimensionMismatch,
     IndexNotBuilt,
     MissingIndexDependency,
@@ -25,10 +25,16 @@ from index.errors import (
     UnknownId,
     VectorIndexError,
 )
-from index.faiss_backend import FaissConfig, FaissIndex, get_threads, gpu_count, set_threads
-from index.item_index import ItemIndex, write_item_vectors
-from index.numpy_backend import NumpyIndex
-from index.user_index import HORIZONS, Horizon, UpsertResult, UserIndex, UserRecord
+from interest_stream.index.faiss_backend import (
+    FaissConfig,
+    FaissIndex,
+    get_threads,
+    gpu_count,
+    set_threads,
+)
+from interest_stream.index.item_index import ItemIndex, write_item_vectors
+from interest_stream.index.numpy_backend import NumpyIndex
+from interest_stream.index.user_index import HORIZONS, Horizon, UpsertResult, UserIndex, UserRecord
 
 __all__ = [
     "HORIZONS",

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Final
 import numpy as np
 import numpy.typing as npt
 
-from index.errors import DimensionMismatch, SnapshotError
+from interest_stream.index.errors import DimensionMismatch, SnapshotError
 
 __all__ = [
     "INDEX_META_FILE",
@@ -438,11 +438,11 @@ def create_index(
     """
     cls: type[VectorIndex]
     if backend == "numpy":
-        from index.numpy_backend import NumpyIndex
+        from interest_stream.index.numpy_backend import NumpyIndex
 
         cls = NumpyIndex
     elif backend == "faiss":
-        from index.faiss_backend import FaissIndex
+        from interest_stream.index.faiss_backend import FaissIndex
 
         cls = FaissIndex
     elif "." in backend:

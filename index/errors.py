@@ -1,12 +1,12 @@
 """Errors raised by the :mod:`index` package.
 
 Every error derives from :class:`VectorIndexError`, itself a subclass of the
-project root :class:`~interest_stream.errors.InterestStreamError`.
+project root :class:`~interest_stream.core.errors.InterestStreamError`.
 """
 
 from __future__ import annotations
 
-from interest_stream.errors import InterestStreamError
+from interest_stream.core.errors import InterestStreamError
 
 __all__ = [
     "DimensionMismatch",

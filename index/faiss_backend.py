@@ -43,8 +43,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import numpy.typing as npt
 
-from index._sync import RWLock
-from index.base import (
+from interest_stream.index._sync import RWLock
+from interest_stream.index.base import (
     INDEX_META_FILE,
     VectorIndex,
     Vectors,
@@ -57,7 +57,7 @@ from index.base import (
     versions_dict,
     write_json,
 )
-from index.errors import MissingIndexDependency, SnapshotError, UnknownId
+from interest_stream.index.errors import MissingIndexDependency, SnapshotError, UnknownId
 
 __all__ = [
     "FaissConfig",

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from index.base import VectorIndex, Vectors, as_matrix, create_index
-from index.errors import DimensionMismatch, SnapshotError, UnknownId
-from index.faiss_backend import FaissConfig
+from interest_stream.index.base import VectorIndex, Vectors, as_matrix, create_index
+from interest_stream.index.errors import DimensionMismatch, SnapshotError, UnknownId
+from interest_stream.index.faiss_backend import FaissConfig
 
 __all__ = ["ItemIndex", "read_checkpoint", "write_item_vectors"]
 
@@ -72,7 +72,7 @@ def read_checkpoint(
     """
     path = Path(folder)
     try:  # imported dynamically: index/ must not need (or type-check) the models package
-        load_item_vectors = importlib.import_module("models").load_item_vectors
+        load_item_vectors = importlib.import_module("interest_stream.models").load_item_vectors
     except (ImportError, AttributeError):
         ids, vecs, cfg = _fallback_read(path)
     else:

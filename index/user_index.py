@@ -31,8 +31,8 @@ from typing import Any, Final, Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
-from index._sync import RWLock
-from index.base import (
+from interest_stream.index._sync import RWLock
+from interest_stream.index.base import (
     VectorIndex,
     Vectors,
     as_matrix,
@@ -43,8 +43,8 @@ from index.base import (
     read_meta,
     write_json,
 )
-from index.errors import DimensionMismatch, IndexNotBuilt, SnapshotError, UnknownId
-from index.faiss_backend import FaissConfig
+from interest_stream.index.errors import DimensionMismatch, IndexNotBuilt, SnapshotError, UnknownId
+from interest_stream.index.faiss_backend import FaissConfig
 
 __all__ = ["HORIZONS", "Horizon", "UpsertResult", "UserIndex", "UserRecord"]
 

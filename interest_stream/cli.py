@@ -18,10 +18,11 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from interest_stream import __version__
-from interest_stream.errors import ConfigError, EventFileError, InterestStreamError
+from interest_stream.core.benchmarks import load_bench
+from interest_stream.core.errors import ConfigError, EventFileError, InterestStreamError
+from interest_stream.core.settings import Settings, load_settings, settings_table
 from interest_stream.logs import configure_logging
-from interest_stream.settings import Settings, load_settings, settings_table
-from models import cli as models_cli
+from interest_stream.models import cli as models_cli
 
 __all__ = ["main"]
 
@@ -36,7 +37,7 @@ EXIT_INPUT = 4
 
 
 def _exit_code(exc: InterestStreamError) -> int:
-    from streams.topics import KafkaUnavailable
+    from interest_stream.streams.topics import KafkaUnavailable
 
     if isinstance(exc, KafkaUnavailable):
         return EXIT_KAFKA
@@ -45,7 +46,7 @@ def _exit_code(exc: InterestStreamError) -> int:
     if isinstance(exc, EventFileError):
         return EXIT_INPUT
     try:
-        from models.errors import ModelError
+        from interest_stream.models.errors import ModelError
     except ImportError:  # pragma: no cover - models extra missing
         return EXIT_FAILURE
     if isinstance(exc, ModelError):
@@ -145,7 +146,7 @@ def kafka_group() -> None:
 
 
 def _broker_cfg(port: int | None, data_dir: Path | None) -> Any:
-    from streams.kafka_local.broker import BrokerConfig
+    from interest_stream.streams.kafka_local.broker import BrokerConfig
 
     kwargs: dict[str, Any] = {}
     if port is None:
@@ -188,7 +189,7 @@ def _status_line(st: dict[str, Any]) -> str:
 @json_option
 def kafka_start(port: int | None, data_dir: Path | None, timeout: float, as_json: bool) -> None:
     """Install (first time, from Maven Central) and start Kafka; print the bootstrap address."""
-    from streams.kafka_local import broker
+    from interest_stream.streams.kafka_local import broker
 
     def run() -> dict[str, Any]:
         cfg = _broker_cfg(port, data_dir)
@@ -203,7 +204,7 @@ def kafka_start(port: int | None, data_dir: Path | None, timeout: float, as_json
 @json_option
 def kafka_install(as_json: bool) -> None:
     """Fetch Apache Kafka's jars from Maven Central (once; later calls are no-ops)."""
-    from streams.kafka_local import broker
+    from interest_stream.streams.kafka_local import broker
 
     home = _guard(as_json, lambda: broker.install(_broker_cfg(None, None), progress=not as_json))
     _emit({"home": str(home)}, as_json, lambda d: f"kafka installed in {d['home']}")
@@ -215,7 +216,7 @@ def kafka_install(as_json: bool) -> None:
 @json_option
 def kafka_stop(port: int | None, data_dir: Path | None, as_json: bool) -> None:
     """Stop the local Kafka started by `kafka start` (idempotent)."""
-    from streams.kafka_local import broker
+    from interest_stream.streams.kafka_local import broker
 
     stopped = _guard(as_json, lambda: broker.stop(_broker_cfg(port, data_dir)))
     _emit(
@@ -230,7 +231,7 @@ def kafka_stop(port: int | None, data_dir: Path | None, as_json: bool) -> None:
 @json_option
 def kafka_status(port: int | None, data_dir: Path | None, lines: int, as_json: bool) -> None:
     """Show whether the local Kafka runs and answers, and the tail of its log."""
-    from streams.kafka_local import broker
+    from interest_stream.streams.kafka_local import broker
 
     st = _guard(as_json, lambda: broker.status(_broker_cfg(port, data_dir)).to_dict())
 
@@ -249,7 +250,7 @@ def kafka_status(port: int | None, data_dir: Path | None, lines: int, as_json: b
 @json_option
 def topics_cmd(bootstrap: str | None, as_json: bool) -> None:
     """Create the event, DLQ and output topics if missing (idempotent)."""
-    from streams.topics import ensure_topics
+    from interest_stream.streams.topics import ensure_topics
 
     counts = _guard(as_json, lambda: ensure_topics(_settings(kafka_bootstrap=bootstrap)))
     _emit(counts, as_json, lambda d: "\n".join(f"{t}: {n} partitions" for t, n in d.items()))
@@ -288,9 +289,9 @@ def replay_cmd(
     as_json: bool,
 ) -> None:
     """Publish an event file to Kafka (key = user_id, JSON values), with a progress bar."""
-    from interest_stream.eventfile import read_events
-    from streams.replay import replay_events
-    from streams.topics import ensure_topics
+    from interest_stream.core.eventfile import read_events
+    from interest_stream.streams.replay import replay_events
+    from interest_stream.streams.topics import ensure_topics
 
     def run() -> dict[str, Any]:
         s = _settings(kafka_bootstrap=bootstrap)
@@ -321,7 +322,7 @@ def worker_cmd(
     bootstrap: str | None, state_dir: Path | None, model_dir: Path | None, web_port: int | None
 ) -> None:
     """Run a stream worker (Faust app); run N of them for N-way scale-out."""
-    from streams.service import run as run_worker
+    from interest_stream.service import run as run_worker
 
     def run() -> None:
         s = _settings(
@@ -359,7 +360,7 @@ def serve_cmd(
 
 # --------------------------------------------------------------------------- train / evaluate
 # The model verbs live beside the code they drive (models/cli.py) and are mounted
-# here, so `interest-stream train|evaluate|bench encoder` and `python -m models`
+# here, so `interest-stream train|evaluate|bench encoder` and `python -m interest_stream.models`
 # are the same commands; errors reach the user through _Group.invoke.
 main.add_command(models_cli.train_cmd, "train")
 main.add_command(models_cli.evaluate_cmd, "evaluate")
@@ -381,10 +382,10 @@ bench_group.add_command(models_cli.bench_encoder_cmd, "encoder")
 @json_option
 def bench_ingest_cmd(events_path: Path | None, bootstrap: str | None, as_json: bool) -> None:
     """Events/s the worker applies vs a bare aiokafka consumer on the same topics."""
-    from interest_stream.eventfile import read_events, shared_data_dir
+    from interest_stream.core.eventfile import read_events, shared_data_dir
 
     def run() -> dict[str, Any]:
-        from streams.bench import bench_ingest
+        bench_ingest = load_bench("ingest").bench_ingest
 
         s = _settings(kafka_bootstrap=bootstrap)
         path = events_path or shared_data_dir() / "taobao-userbehavior" / "user_histories.csv.gz"
@@ -459,10 +460,10 @@ def bench_pipeline_cmd(
     as_json: bool,
 ) -> None:
     """Whole system: applied events/s, re-encodes/s, freshness, RSS; ceiling and floor."""
-    from interest_stream.eventfile import read_events, shared_data_dir
+    from interest_stream.core.eventfile import read_events, shared_data_dir
 
     def run() -> dict[str, Any]:
-        from streams.bench_pipeline import bench_pipeline
+        bench_pipeline = load_bench("pipeline").bench_pipeline
 
         s = _settings(kafka_bootstrap=bootstrap)
         path = events_path or shared_data_dir() / "taobao-userbehavior" / "user_histories.csv.gz"
@@ -480,13 +481,12 @@ def bench_pipeline_cmd(
             load_event_rate=load_event_rate,
         )
         if charts is not None:
-            from streams.bench_pipeline import write_charts
-
+            write_charts = load_bench("pipeline").write_charts
             res["charts"] = [str(p) for p in write_charts(res, charts)]
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(res, indent=2))
-        return res
+        return dict(res)
 
     _emit(_guard(as_json, run), as_json)
 
@@ -499,7 +499,7 @@ def bench_index_cmd(users: int, dim: int, as_json: bool) -> None:
     """Audience query latency/recall over synthetic users, and upsert throughput."""
 
     def run() -> dict[str, Any]:
-        from index.bench import bench_index
+        bench_index = load_bench("index").bench_index
 
         _settings()
         return dict(bench_index(n_users=users, dim=dim, progress=not as_json))
@@ -530,7 +530,8 @@ def bench_api_cmd(
     """API latency p50/p99 and throughput under a loopback load generator."""
 
     def run() -> dict[str, Any]:
-        from interest_stream.api.bench import ENDPOINTS, bench_api
+        api_bench = load_bench("api")
+        ENDPOINTS, bench_api = api_bench.ENDPOINTS, api_bench.bench_api
 
         _settings()
         eps = tuple(e.strip() for e in endpoints.split(",") if e.strip())

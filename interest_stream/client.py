@@ -20,7 +20,7 @@ Query a running ``interest-stream serve``::
         for hit in api.recommendations("1000169", k=5, horizon="short"):
             print(hit.item_id, hit.score)
 
-Every error is an :class:`~interest_stream.errors.InterestStreamError`:
+Every error is an :class:`~interest_stream.core.errors.InterestStreamError`:
 :class:`ApiRequestError` subclasses by HTTP status (:class:`NotFound`, :class:`InvalidRequest`,
 :class:`Unauthorized`, :class:`Forbidden`, :class:`Conflict`,
 :class:`ServiceUnavailable`), :class:`ApiUnreachable` when no answer came,
@@ -41,7 +41,6 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from index.user_index import UserRecord
 from interest_stream.api.records import MalformedRecord, Tombstone, decode_record
 from interest_stream.api.schemas import (
     AudienceOut,
@@ -53,8 +52,9 @@ from interest_stream.api.schemas import (
     ScoredUser,
     SimilarOut,
 )
-from interest_stream.errors import InterestStreamError
-from interest_stream.settings import Settings, load_settings
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.settings import Settings, load_settings
+from interest_stream.index.user_index import UserRecord
 
 __all__ = [
     "ApiRequestError",

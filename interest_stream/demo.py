@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interest_stream.errors import InterestStreamError
-from interest_stream.eventfile import read_events, shared_data_dir
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.eventfile import read_events, shared_data_dir
+from interest_stream.core.settings import Settings
 from interest_stream.procs import Service, http_get_json, wait_http
-from interest_stream.settings import Settings
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -63,8 +63,8 @@ def _metric(text: str, name: str) -> float | None:
 
 
 def _ensure_kafka(settings: Settings, opts: DemoOptions) -> tuple[Settings, Any]:
-    from streams.kafka_local import broker
-    from streams.topics import KafkaUnavailable, admin_client
+    from interest_stream.streams.kafka_local import broker
+    from interest_stream.streams.topics import KafkaUnavailable, admin_client
 
     try:
         admin_client(settings, timeout_s=3.0).close()
@@ -81,7 +81,7 @@ def _ensure_kafka(settings: Settings, opts: DemoOptions) -> tuple[Settings, Any]
 
 
 def _ensure_model(events_path: Path, model_dir: Path, opts: DemoOptions) -> None:
-    from models import TrainConfig, train
+    from interest_stream.models import TrainConfig, train
 
     if (model_dir / "config.json").exists() and not opts.retrain:
         opts.say(f"[model] reusing the checkpoint in {model_dir}")
@@ -107,8 +107,8 @@ def _ensure_model(events_path: Path, model_dir: Path, opts: DemoOptions) -> None
 
 def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
     """Run the demo; returns a summary (also printed). Stops everything on exit."""
-    from streams.replay import replay_events
-    from streams.topics import ensure_topics
+    from interest_stream.streams.replay import replay_events
+    from interest_stream.streams.topics import ensure_topics
 
     events_path = opts.events or (
         shared_data_dir() / "taobao-userbehavior" / "user_histories.csv.gz"
@@ -225,7 +225,7 @@ def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
         api.stop()
         worker.stop()
         if kafka_cfg is not None and opts.stop_kafka is not False:
-            from streams.kafka_local import broker
+            from interest_stream.streams.kafka_local import broker
 
             broker.stop(kafka_cfg)
             opts.say("[kafka] stopped")

@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from interest_stream.errors import InterestStreamError
-from interest_stream.settings import Settings
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.settings import Settings
 
 __all__ = ["Service", "ServiceError", "http_get_json", "settings_env", "wait_http"]
 
@@ -36,7 +36,7 @@ class ServiceError(InterestStreamError):
 
 def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment that makes a child process read exactly these settings."""
-    from streams.state import settings_environ
+    from interest_stream.core.settings import settings_environ
 
     return settings_environ(settings, base)
 
@@ -101,7 +101,7 @@ class Service:
     ) -> Service:
         """A service running ``interest-stream <verb...>`` with this interpreter."""
         # -P: never let the working directory shadow the packages (e.g. a ./models folder)
-        args = [sys.executable, "-P", "-m", "interest_stream.cli", *verb]
+        args = [sys.executable, "-m", "interest_stream.cli", *verb]
         return cls(name, args, settings, log_dir, extra_env=extra_env)
 
     def start(self) -> Service:

@@ -9,7 +9,6 @@ so ``from models import load_item_vectors, blend`` stays light for the API):
 * :func:`load_item_vectors` — item ids, vectors and config of a checkpoint, no torch;
 * :class:`TrainConfig`, :class:`EncoderConfig`, :func:`train`, :class:`TrainResult`;
 * :func:`evaluate` — temporal, full-ranking evaluation against baselines;
-* :func:`bench_encoder` — encoder throughput;
 * :func:`select_device`, :func:`short_window`;
 * :class:`ModelError` (root), :class:`CheckpointError`, :class:`DataError`.
 """
@@ -19,17 +18,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from models.blending import blend
-from models.checkpoint import FORMAT_VERSION, load_item_meta, load_item_vectors
-from models.config import EncoderConfig, LossKind, TaskKind, TrainConfig
-from models.errors import CheckpointError, DataError, ModelError
-from models.features import short_window
+from interest_stream.models.blending import blend
+from interest_stream.models.checkpoint import FORMAT_VERSION, load_item_meta, load_item_vectors
+from interest_stream.models.config import EncoderConfig, LossKind, TaskKind, TrainConfig
+from interest_stream.models.errors import CheckpointError, DataError, ModelError
+from interest_stream.models.features import short_window
 
 if TYPE_CHECKING:
-    from models.bench import bench_encoder
-    from models.evaluate import evaluate
-    from models.model import InterestModel, select_device
-    from models.train import TrainResult, train
+    from interest_stream.models.evaluate import evaluate
+    from interest_stream.models.model import InterestModel, select_device
+    from interest_stream.models.train import TrainResult, train
 
 __all__ = [
     "FORMAT_VERSION",
@@ -42,7 +40,6 @@ __all__ = [
     "TaskKind",
     "TrainConfig",
     "TrainResult",
-    "bench_encoder",
     "blend",
     "evaluate",
     "load_item_meta",
@@ -53,10 +50,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "InterestModel": "models.model",
-    "select_device": "models.model",
-    "TrainResult": "models.train",
-    "bench_encoder": "models.bench",
+    "InterestModel": "interest_stream.models.model",
+    "select_device": "interest_stream.models.model",
+    "TrainResult": "interest_stream.models.train",
 }
 # ``models.train`` / ``models.evaluate`` are submodules *and* the package's functions:
 # the submodules are callable (see models._callable), so both spellings work.
@@ -65,7 +61,7 @@ _CALLABLE_MODULES = ("train", "evaluate")
 
 def __getattr__(name: str) -> Any:
     if name in _CALLABLE_MODULES:
-        return importlib.import_module(f"models.{name}")
+        return importlib.import_module(f"interest_stream.models.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'models' has no attribute {name!r}")

@@ -1,5 +1,5 @@
-"""``python -m models train|evaluate|bench-encoder`` (the same commands the main CLI mounts)."""
+"""``python -m interest_stream.models train|evaluate|bench-encoder`` (as mounted by the CLI)."""
 
-from models.cli import run
+from interest_stream.models.cli import run
 
 run()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from models.split import EvalSplit
+from interest_stream.models.split import EvalSplit
 
 __all__ = ["Baselines"]
 

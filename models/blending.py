@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.errors import ModelError
+from interest_stream.models.errors import ModelError
 
 __all__ = ["blend"]
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import CheckpointError
+from interest_stream.models.errors import CheckpointError
 
 __all__ = [
     "CONFIG_FILE",

@@ -1,11 +1,11 @@
-"""Click commands of the model verbs for ``interest_stream.cli`` (and ``python -m models``).
+"""Click commands of the model verbs (``python -m interest_stream.models``, mounted by the CLI).
 
 ``interest-stream train``, ``interest-stream evaluate`` and
 ``interest-stream bench encoder`` are thin layers over :func:`models.train.train`,
 :func:`models.evaluate.evaluate` and :func:`models.bench.bench_encoder`; the
 commands here are those layers, so the coordinator's CLI can simply do::
 
-    from models.cli import bench_encoder_cmd, evaluate_cmd, train_cmd
+    from interest_stream.models.cli import bench_encoder_cmd, evaluate_cmd, train_cmd
     main.add_command(train_cmd, "train")
     main.add_command(evaluate_cmd, "evaluate")
     bench.add_command(bench_encoder_cmd, "encoder")
@@ -37,7 +37,7 @@ def _item_text(value: str | None, events: str) -> str | None:
     if value is None or value == "none":
         return None
     if value == "auto":
-        from models.text import find_item_text
+        from interest_stream.models.text import find_item_text
 
         found = find_item_text(events)
         return None if found is None else str(found)
@@ -45,7 +45,7 @@ def _item_text(value: str | None, events: str) -> str | None:
 
 
 def _train_defaults() -> dict[str, Any]:
-    from models.config import EncoderConfig, TrainConfig
+    from interest_stream.models.config import EncoderConfig, TrainConfig
 
     t, e = TrainConfig(), EncoderConfig()
     return {
@@ -231,9 +231,15 @@ def train_cmd(
 ) -> None:
     """Train the interest encoder on an event file and write a checkpoint folder."""
     _setup_logging(not quiet)
-    from interest_stream.eventfile import read_events
-    from models.config import EncoderConfig, LossKind, SeenItems, TaskKind, TrainConfig
-    from models.train import train
+    from interest_stream.core.eventfile import read_events
+    from interest_stream.models.config import (
+        EncoderConfig,
+        LossKind,
+        SeenItems,
+        TaskKind,
+        TrainConfig,
+    )
+    from interest_stream.models.train import train
 
     enc = EncoderConfig(
         dim=dim,
@@ -321,8 +327,8 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate a checkpoint against baselines on a temporal split (full ranking)."""
     _setup_logging(not quiet)
-    from interest_stream.eventfile import read_events
-    from models.evaluate import evaluate
+    from interest_stream.core.eventfile import read_events
+    from interest_stream.models.evaluate import evaluate
 
     stem = name or Path(events_path).name.split(".")[0]
     rep = evaluate(
@@ -372,7 +378,9 @@ def bench_encoder_cmd(
     as_json: bool,
 ) -> None:
     """Users encoded per second (short and long path) per batch size vs a per-user loop."""
-    from models.bench import bench_encoder
+    from interest_stream.core.benchmarks import load_bench
+
+    bench_encoder = load_bench("encoder").bench_encoder
 
     sizes = tuple(int(x) for x in batch_sizes.split(","))
     res = bench_encoder(model_dir, sizes, n_users=n_users, threads=threads, device=device)
@@ -395,5 +403,5 @@ main.add_command(bench_encoder_cmd, "bench-encoder")
 
 
 def run(argv: list[str] | None = None) -> Any:
-    """Entry point of ``python -m models``."""
+    """Entry point of ``python -m interest_stream.models``."""
     return main.main(args=argv if argv is not None else sys.argv[1:], prog_name="models")

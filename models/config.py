@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum, unique
 from typing import TYPE_CHECKING, Any
 
-from interest_stream.events import EVENT_TYPE_ALIASES, EVENT_TYPES
-from models.errors import ModelError
+from interest_stream.core.events import EVENT_TYPE_ALIASES, EVENT_TYPES
+from interest_stream.models.errors import ModelError
 
 if TYPE_CHECKING:
     from transformers import BertConfig

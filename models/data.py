@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from models.config import N_SPECIAL_ITEMS, OOV_INDEX, type_index
-from models.features import WindowArrays, arrays_from_flat, short_window_starts
+from interest_stream.models.config import N_SPECIAL_ITEMS, OOV_INDEX, type_index
+from interest_stream.models.features import WindowArrays, arrays_from_flat, short_window_starts
 
 __all__ = [
     "ChunkPlan",

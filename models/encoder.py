@@ -66,14 +66,14 @@ import torch
 from torch import Tensor, nn
 from transformers import BertModel
 
-from models.config import (
+from interest_stream.models.config import (
     DEFAULT_TYPE_WEIGHTS,
     N_SPECIAL_ITEMS,
     N_TYPE_IDS,
     EncoderConfig,
     type_index,
 )
-from models.features import WindowArrays
+from interest_stream.models.features import WindowArrays
 
 __all__ = ["InterestEncoder", "SeqBatch"]
 

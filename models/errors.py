@@ -1,13 +1,13 @@
 """Errors raised by the :mod:`models` package.
 
 All of them derive from :class:`ModelError`, itself an
-:class:`~interest_stream.errors.InterestStreamError`, so callers can catch the
+:class:`~interest_stream.core.errors.InterestStreamError`, so callers can catch the
 whole family at once.
 """
 
 from __future__ import annotations
 
-from interest_stream.errors import InterestStreamError
+from interest_stream.core.errors import InterestStreamError
 
 __all__ = ["CheckpointError", "DataError", "ModelError"]
 

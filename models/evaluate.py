@@ -45,13 +45,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models._callable import make_callable
-from models.baselines import Baselines
-from models.checkpoint import load_item_meta, read_config, write_json
-from models.config import TaskKind
-from models.errors import DataError, ModelError
-from models.metrics import METRIC_NAMES, bootstrap_ci, paired_ratio_ci, rank_metrics
-from models.split import EvalSplit, cutoff_time, make_split
+from interest_stream.models._callable import make_callable
+from interest_stream.models.baselines import Baselines
+from interest_stream.models.checkpoint import load_item_meta, read_config, write_json
+from interest_stream.models.config import TaskKind
+from interest_stream.models.errors import DataError, ModelError
+from interest_stream.models.metrics import METRIC_NAMES, bootstrap_ci, paired_ratio_ci, rank_metrics
+from interest_stream.models.split import EvalSplit, cutoff_time, make_split
 
 __all__ = ["evaluate", "markdown_tables", "write_report"]
 
@@ -82,7 +82,7 @@ def _model_vectors(
     split: EvalSplit, model_dir: str | os.PathLike[str], device: str | None, alpha: float | None
 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any], dict[str, float]]:
     """Vectors of the test users and candidate item vectors, via the public API."""
-    from models.model import InterestModel
+    from interest_stream.models.model import InterestModel
 
     t0 = time.perf_counter()
     model = InterestModel.load(model_dir, device=device)
@@ -137,7 +137,7 @@ def _cold_start(
     seed: int,
 ) -> dict[str, Any] | None:
     """Rank only the cold items (known from text, first seen after the cutoff)."""
-    from models.checkpoint import load_item_vectors
+    from interest_stream.models.checkpoint import load_item_vectors
 
     ids, vectors, _cfg = load_item_vectors(model_dir)
     meta = load_item_meta(model_dir)
@@ -352,7 +352,7 @@ def evaluate(
 
 
 def _metrics_json(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    from models.checkpoint import METRICS_FILE, read_json
+    from interest_stream.models.checkpoint import METRICS_FILE, read_json
 
     path = Path(model_dir) / METRICS_FILE
     if not path.exists():
@@ -384,8 +384,10 @@ def write_report(
     Returns:
         ``(json_path, png_path)``.
     """
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError as exc:  # plotting is the optional `bench` extra
+        raise ModelError("charts need matplotlib: pip install 'interest-stream[bench]'") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

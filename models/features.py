@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from interest_stream.events import Interaction
-from models.config import N_SPECIAL_ITEMS, OOV_INDEX, type_index
+from interest_stream.core.events import Interaction
+from interest_stream.models.config import N_SPECIAL_ITEMS, OOV_INDEX, type_index
 
 __all__ = [
     "WindowArrays",

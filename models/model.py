@@ -7,7 +7,7 @@
     long = model.encode_long([history_u1, history_u2])    # float32 [2, dim]
     scores = blend(short, long) @ model.item_vectors().T  # rank items
 
-Histories are sequences of :class:`~interest_stream.events.Interaction` in
+Histories are sequences of :class:`~interest_stream.core.events.Interaction` in
 event-time order. The encoder applies its own caps (``short_max_len``,
 ``long_max_len`` newest events), maps unknown item ids to a learned OOV
 embedding and returns a learned per-path "no history" vector for an empty
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from interest_stream.events import Interaction
-from models.blending import blend
-from models.checkpoint import (
+from interest_stream.core.events import Interaction
+from interest_stream.models.blending import blend
+from interest_stream.models.checkpoint import (
     CONFIG_FILE,
     FORMAT_VERSION,
     ITEM_META_FILE,
@@ -45,10 +45,10 @@ from models.checkpoint import (
     read_json,
     write_json,
 )
-from models.config import N_SPECIAL_ITEMS, EncoderConfig
-from models.encoder import InterestEncoder, SeqBatch
-from models.errors import CheckpointError, ModelError
-from models.features import arrays_from_histories, short_window
+from interest_stream.models.config import N_SPECIAL_ITEMS, EncoderConfig
+from interest_stream.models.encoder import InterestEncoder, SeqBatch
+from interest_stream.models.errors import CheckpointError, ModelError
+from interest_stream.models.features import arrays_from_histories, short_window
 
 __all__ = ["InterestModel", "blend", "library_versions", "select_device"]
 

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from interest_stream.events import Interaction
-from models.config import TaskKind
-from models.errors import DataError
+from interest_stream.core.events import Interaction
+from interest_stream.models.config import TaskKind
+from interest_stream.models.errors import DataError
 
 __all__ = ["EvalSplit", "cutoff_time", "make_split"]
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.config import N_SPECIAL_ITEMS
+from interest_stream.models.config import N_SPECIAL_ITEMS
 
 __all__ = ["ItemSoftmax", "type_loss"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.errors import ModelError
+from interest_stream.models.errors import ModelError
 
 __all__ = ["TEXT_DIM", "embed_texts", "find_item_text", "load_item_text", "minilm_path"]
 
@@ -111,7 +111,7 @@ def load_item_text(path: str | os.PathLike[str]) -> pd.DataFrame:
     """
     p = Path(path)
     if p.is_dir():
-        from interest_stream.eventfile import movielens_items
+        from interest_stream.core.eventfile import movielens_items
 
         meta = movielens_items(p)
         text = meta["title"] + " | " + meta["genres"].str.replace("|", ", ", regex=False)

@@ -41,8 +41,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from models._callable import make_callable
-from models.config import (
+from interest_stream.models._callable import make_callable
+from interest_stream.models.config import (
     N_SPECIAL_ITEMS,
     OOV_INDEX,
     LossKind,
@@ -50,20 +50,20 @@ from models.config import (
     TaskKind,
     TrainConfig,
 )
-from models.data import (
+from interest_stream.models.data import (
     EventArrays,
     build_event_arrays,
     chronological,
     chunk_plan,
     long_targets,
 )
-from models.encoder import InterestEncoder, SeqBatch
-from models.errors import DataError
-from models.features import arrays_from_histories, short_window
-from models.metrics import rank_metrics
-from models.model import save_checkpoint, select_device
-from models.split import EvalSplit, cutoff_time, make_split
-from models.task import ItemSoftmax, type_loss
+from interest_stream.models.encoder import InterestEncoder, SeqBatch
+from interest_stream.models.errors import DataError
+from interest_stream.models.features import arrays_from_histories, short_window
+from interest_stream.models.metrics import rank_metrics
+from interest_stream.models.model import save_checkpoint, select_device
+from interest_stream.models.split import EvalSplit, cutoff_time, make_split
+from interest_stream.models.task import ItemSoftmax, type_loss
 
 __all__ = ["TrainResult", "train"]
 
@@ -171,7 +171,7 @@ def _build_vocab(train_df: pd.DataFrame, item_text: pd.DataFrame | None, progres
     text_emb: np.ndarray | None = None
     has_text = np.zeros(len(item_ids), dtype=bool)
     if text_map:
-        from models.text import TEXT_DIM, embed_texts
+        from interest_stream.models.text import TEXT_DIM, embed_texts
 
         has_text = np.array([i in text_map for i in item_ids], dtype=bool)
         rows = np.flatnonzero(has_text)
@@ -447,7 +447,7 @@ def _select_channels(
 
 def _baseline_scores(split: EvalSplit, task: TaskKind) -> dict[str, float]:
     """NDCG@10 of the baselines on a validation split (a yardstick for the curves)."""
-    from models.baselines import Baselines
+    from interest_stream.models.baselines import Baselines
 
     base = Baselines(split)
     users = split.users_with_targets(task)
@@ -751,7 +751,7 @@ def train(
 
     Args:
         events: Canonical events (``user_id, item_id, event_type, ts`` + optional
-            ``category``), e.g. from :func:`interest_stream.eventfile.read_events`.
+            ``category``), e.g. from :func:`interest_stream.core.eventfile.read_events`.
         out_dir: Checkpoint folder to write.
         cfg: Training settings (defaults: :class:`TrainConfig`).
         progress: Show tqdm progress bars.
@@ -777,7 +777,7 @@ def train(
     if len(train_df) < 10 or train_df["user_id"].nunique() < 2:
         raise DataError(f"only {len(train_df)} events before the cutoff; lower the cutoff?")
     if item_text is None and cfg.item_text_path:
-        from models.text import load_item_text
+        from interest_stream.models.text import load_item_text
 
         item_text = load_item_text(cfg.item_text_path)
     vocab = _build_vocab(train_df, item_text, progress)

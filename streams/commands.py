@@ -33,8 +33,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from interest_stream.errors import InterestStreamError
-from interest_stream.settings import Settings
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.settings import Settings
 
 __all__ = [
     "FORGET",
@@ -117,7 +117,7 @@ def ensure_command_topic(settings: Settings, partitions: int) -> int:
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    from streams.topics import admin_client, partition_counts
+    from interest_stream.streams.topics import admin_client, partition_counts
 
     topic = command_topic(settings)
     admin = admin_client(settings)

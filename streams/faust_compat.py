@@ -30,7 +30,7 @@ from typing import Any
 from faust.streams import _current_event  # Faust has no public setter for it
 from faust.types import TP, EventT
 
-from interest_stream.errors import ConfigError
+from interest_stream.core.errors import ConfigError
 
 __all__ = [
     "ALLOW_UNTESTED_ENV",

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from interest_stream.errors import InterestStreamError
-from interest_stream.settings import Settings
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.settings import Settings
 
 __all__ = [
     "POSITIONS_KEY",

@@ -45,8 +45,8 @@ from typing import Any, Protocol
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from interest_stream.events import EVENT_TYPES, Interaction
-from streams.window import BehaviorWindow
+from interest_stream.core.events import EVENT_TYPES, Interaction
+from interest_stream.streams.window import BehaviorWindow
 
 __all__ = [
     "Encoder",

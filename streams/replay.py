@@ -2,7 +2,7 @@
 
 Each event goes out as its canonical JSON object (DESIGN.md), keyed by
 ``user_id``, to ``events.<event_type>`` (or to one topic given by the caller).
-Events are sent in file order after :func:`interest_stream.eventfile.read_events`
+Events are sent in file order after :func:`interest_stream.core.eventfile.read_events`
 has sorted them by event time, so a replay looks like live traffic.
 """
 
@@ -20,10 +20,10 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from tqdm import tqdm
 
-from interest_stream.errors import ConfigError, InterestStreamError
-from interest_stream.events import EVENT_TYPES, topic_event_type
-from interest_stream.settings import Settings
-from streams.topics import KafkaUnavailable
+from interest_stream.core.errors import ConfigError, InterestStreamError
+from interest_stream.core.events import EVENT_TYPES, topic_event_type
+from interest_stream.core.settings import Settings
+from interest_stream.streams.topics import KafkaUnavailable
 
 __all__ = [
     "ReplayError",
@@ -138,7 +138,7 @@ def replay_events(
     """Publish events to Kafka and wait until the broker acknowledged every one.
 
     Args:
-        df: Canonical events (see :func:`interest_stream.eventfile.read_events`).
+        df: Canonical events (see :func:`interest_stream.core.eventfile.read_events`).
         settings: Process settings (bootstrap, security).
         topic: Send everything to this topic instead of the one configured for
             each event type (see :func:`topic_routes`).

@@ -18,8 +18,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from interest_stream.errors import InterestStreamError
-from interest_stream.settings import Settings
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.settings import Settings
 
 __all__ = ["KafkaUnavailable", "TopicError", "admin_client", "ensure_topics", "partition_counts"]
 

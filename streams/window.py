@@ -39,11 +39,11 @@ from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any
 
-from interest_stream.errors import InterestStreamError
-from interest_stream.events import EVENT_TYPES, Event, Interaction
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.events import EVENT_TYPES, Event, Interaction
 
 if TYPE_CHECKING:
-    from interest_stream.settings import Settings
+    from interest_stream.core.settings import Settings
 
 __all__ = [
     "BehaviorWindow",
@@ -91,7 +91,7 @@ def event_id_digest(event_id: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class WindowConfig:
-    """Sizes of a window; see the matching fields of :class:`~interest_stream.settings.Settings`.
+    """Sizes of a window; see the fields of :class:`~interest_stream.core.settings.Settings`.
 
     Attributes:
         long_history_events: Most events kept in the history.

@@ -1,6 +1,6 @@
 """The stream worker: Kafka events -> per-user behaviour windows in a Faust table.
 
-``interest-stream worker`` (or ``python -m streams.worker``) runs one process of
+``interest-stream worker`` (or ``python -m interest_stream.streams.worker``) runs one process of
 a Faust app; start N of them with the same ``INTEREST_APP_ID`` to share the
 partitions (a consumer group). Per batch of up to ``INTEREST_BATCH_MAX`` messages
 (``Stream.take_events``, waiting at most ``INTEREST_BATCH_WITHIN_MS``):
@@ -9,8 +9,8 @@ partitions (a consumer group). Per batch of up to ``INTEREST_BATCH_MAX`` message
    offset the state has applied, :mod:`streams.positions`); an older one is a
    duplicate, and records the stream skipped are read from the broker and
    applied first -- nothing is ever stepped over;
-2. it is validated (:func:`interest_stream.events.parse_event`); an invalid one
-   goes to ``INTEREST_DLQ_TOPIC`` as a :func:`~interest_stream.events.dlq_record`;
+2. it is validated (:func:`interest_stream.core.events.parse_event`); an invalid one
+   goes to ``INTEREST_DLQ_TOPIC`` as a :func:`~interest_stream.core.events.dlq_record`;
 3. a valid event is applied to its user's window (duplicates by ``event_id`` or
    by the window's per-partition offset mark are skipped);
 4. touched windows, then each partition's positions record, are produced to the
@@ -74,12 +74,17 @@ from prometheus_client import (
     generate_latest,
 )
 
-from interest_stream.errors import ConfigError, InterestStreamError, InvalidEvent
-from interest_stream.events import dlq_record, parse_event
-from interest_stream.settings import Settings, load_settings
-from streams import faust_compat
-from streams.commands import CommandError, command_topic, ensure_command_topic, parse_command
-from streams.positions import (
+from interest_stream.core.errors import ConfigError, InterestStreamError, InvalidEvent
+from interest_stream.core.events import dlq_record, parse_event
+from interest_stream.core.settings import Settings, load_settings
+from interest_stream.streams import faust_compat
+from interest_stream.streams.commands import (
+    CommandError,
+    command_topic,
+    ensure_command_topic,
+    parse_command,
+)
+from interest_stream.streams.positions import (
     POSITIONS_KEY,
     OffsetReader,
     PositionsError,
@@ -88,7 +93,7 @@ from streams.positions import (
     encode_positions,
     is_reserved_key,
 )
-from streams.window import BehaviorWindow, StateCodecError, WindowConfig
+from interest_stream.streams.window import BehaviorWindow, StateCodecError, WindowConfig
 
 __all__ = [
     "FORGOTTEN_TABLE",
@@ -285,7 +290,12 @@ def check_topics(settings: Settings) -> int:
             topic exists with another partition count.
         streams.topics.KafkaUnavailable: No broker answers.
     """
-    from streams.topics import TopicError, admin_client, ensure_topics, partition_counts
+    from interest_stream.streams.topics import (
+        TopicError,
+        admin_client,
+        ensure_topics,
+        partition_counts,
+    )
 
     try:
         counts = ensure_topics(settings)
@@ -1080,7 +1090,7 @@ def read_changelog_windows(
 
 
 def main() -> None:
-    """``python -m streams.worker``: run a worker with settings from the environment."""
+    """``python -m interest_stream.streams.worker``: run a worker configured by the environment."""
     settings = load_settings()
     logging.basicConfig(
         level=settings.log_level,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from interest_stream.settings import Settings
+from interest_stream.core.settings import Settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,7 +44,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    from streams.kafka_local.broker import BrokerConfig, free_port, start, stop
+    from interest_stream.streams.kafka_local.broker import BrokerConfig, free_port, start, stop
 
     data_dir = tmp_path_factory.mktemp("kafka")
     cfg = BrokerConfig(data_dir=data_dir, port=free_port())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interest_stream.eventfile import shared_data_dir
+from interest_stream.core.eventfile import shared_data_dir
 from interest_stream.procs import settings_env
 
 DATA = shared_data_dir()

@@ -38,9 +38,6 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from index.faiss_backend import set_threads
-from index.item_index import ItemIndex
-from index.user_index import UserIndex
 from interest_stream import __version__
 from interest_stream.api.consumer import OutputConsumer
 from interest_stream.api.dashboard import dashboard_router
@@ -58,7 +55,10 @@ from interest_stream.api.schemas import (
     RecommendationsOut,
     SimilarOut,
 )
-from interest_stream.settings import Settings, load_settings
+from interest_stream.core.settings import Settings, load_settings
+from interest_stream.index.faiss_backend import set_threads
+from interest_stream.index.item_index import ItemIndex
+from interest_stream.index.user_index import UserIndex
 
 __all__ = ["ApiState", "create_app", "get_state", "serve"]
 

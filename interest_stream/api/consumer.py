@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from index.errors import DimensionMismatch
-from index.user_index import UserIndex, UserRecord
 from interest_stream.api.metrics import ApiMetrics
 from interest_stream.api.records import MalformedRecord, Tombstone, decode_record, plan_batch
-from interest_stream.settings import Settings
+from interest_stream.core.settings import Settings
+from interest_stream.index.errors import DimensionMismatch
+from interest_stream.index.user_index import UserIndex, UserRecord
 
 __all__ = ["ApplyStats", "Message", "OutputConsumer", "apply_messages"]
 

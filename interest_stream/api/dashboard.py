@@ -35,8 +35,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from interest_stream import __version__
 
 if TYPE_CHECKING:
-    from index.item_index import ItemIndex
     from interest_stream.api.app import ApiState
+    from interest_stream.index.item_index import ItemIndex
 
 __all__ = ["STATIC_DIR", "dashboard_router", "top_categories"]
 

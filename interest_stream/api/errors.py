@@ -17,8 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from index.errors import DimensionMismatch, UnknownId
-from interest_stream.errors import InterestStreamError
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.index.errors import DimensionMismatch, UnknownId
 
 __all__ = [
     "ApiError",

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from interest_stream.api.errors import PublishError
-from interest_stream.settings import Settings
+from interest_stream.core.settings import Settings
 
 __all__ = ["ForgetHook", "KafkaPublisher", "Publisher", "worker_forget_hook"]
 
@@ -57,7 +57,7 @@ def worker_forget_hook(settings: Settings) -> ForgetHook:
     The returned callable raises :class:`PublishError` when the broker does not
     acknowledge the command, and has a ``close()`` method.
     """
-    from streams.commands import CommandError, CommandPublisher
+    from interest_stream.streams.commands import CommandError, CommandPublisher
 
     publisher = CommandPublisher(settings)
 
@@ -81,7 +81,7 @@ class KafkaPublisher:
 
     def __init__(self, settings: Settings, *, timeout_s: float = 10.0) -> None:
         """Remember the settings; the producer connects on the first tombstone."""
-        from streams.commands import AckedProducer
+        from interest_stream.streams.commands import AckedProducer
 
         self.settings = settings
         self.timeout_s = timeout_s

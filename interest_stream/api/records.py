@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from index.user_index import UserRecord
-from interest_stream.errors import InterestStreamError
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.index.user_index import UserRecord
 
 __all__ = [
     "MAX_ID_CHARS",

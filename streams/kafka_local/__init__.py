@@ -4,7 +4,7 @@ Used by ``interest-stream kafka start|stop|status`` and by the integration tests
 session fixture. See :mod:`streams.kafka_local.broker`.
 """
 
-from streams.kafka_local.broker import (
+from interest_stream.streams.kafka_local.broker import (
     DEFAULT_KAFKA_VERSION,
     BrokerConfig,
     BrokerStatus,

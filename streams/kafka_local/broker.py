@@ -51,7 +51,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
-from interest_stream.errors import InterestStreamError
+from interest_stream.core.errors import InterestStreamError
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
@@ -372,7 +372,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _resource_text(name: str) -> str:
-    return resources.files(__package__ or "streams.kafka_local").joinpath(name).read_text("utf-8")
+    package = __package__ or "interest_stream.streams.kafka_local"
+    return resources.files(package).joinpath(name).read_text("utf-8")
 
 
 # --------------------------------------------------------------------------- java

@@ -21,8 +21,8 @@ from interest_stream.client import (
     latest_interest,
     read_interest,
 )
-from interest_stream.settings import Settings
-from streams.topics import ensure_topics
+from interest_stream.core.settings import Settings
+from interest_stream.streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from index import write_item_vectors
+from interest_stream.core.settings import Settings
+from interest_stream.index import write_item_vectors
 from interest_stream.procs import Service, wait_http
-from interest_stream.settings import Settings
-from streams.kafka_local.broker import free_port
-from streams.topics import ensure_topics
+from interest_stream.streams.kafka_local.broker import free_port
+from interest_stream.streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

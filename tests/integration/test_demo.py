@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 from helpers import TAOBAO_HISTORIES
 
-from streams.kafka_local.broker import free_port
+from interest_stream.streams.kafka_local.broker import free_port
 
 pytestmark = pytest.mark.integration
 
 
 def test_demo_duration_mode(kafka_bootstrap: str, tmp_path: Path) -> None:
-    from interest_stream.eventfile import read_events
-    from models import train
-    from models.testing import tiny_train_config
+    from model_helpers import tiny_train_config
+
+    from interest_stream.core.eventfile import read_events
+    from interest_stream.models import train
 
     model = tmp_path / "model"
     train(read_events(TAOBAO_HISTORIES).head(20_000), model, tiny_train_config(), progress=False)

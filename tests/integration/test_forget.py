@@ -27,14 +27,14 @@ import pytest
 from helpers import TAOBAO_HISTORIES
 from kafka import KafkaProducer
 
-from interest_stream.eventfile import read_events
+from bench.tooling import read_topic, wait_for
+from interest_stream.core.eventfile import read_events
+from interest_stream.core.settings import Settings
 from interest_stream.procs import Service, http_get_json, wait_http
-from interest_stream.settings import Settings
-from streams.kafka_local.broker import free_port
-from streams.replay import replay_events
-from streams.state import read_topic, wait_for
-from streams.topics import ensure_topics
-from streams.worker import read_changelog_windows
+from interest_stream.streams.kafka_local.broker import free_port
+from interest_stream.streams.replay import replay_events
+from interest_stream.streams.topics import ensure_topics
+from interest_stream.streams.worker import read_changelog_windows
 
 pytestmark = pytest.mark.integration
 
@@ -55,8 +55,9 @@ def events() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models import train
-    from models.testing import tiny_train_config
+    from model_helpers import tiny_train_config
+
+    from interest_stream.models import train
 
     out = tmp_path_factory.mktemp("forget-model") / "ckpt"
     train(read_events(TAOBAO_HISTORIES).head(4_000), out, tiny_train_config(seed=5),
@@ -221,7 +222,7 @@ def _run_batches(tmp_path: Path, batches: list[list[tuple[str, int, int, bytes, 
     from faust.types import TP
     from faust.types.tuples import Message
 
-    from streams.worker import WindowWorker
+    from interest_stream.streams.worker import WindowWorker
 
     s = Settings(event_topics=("x.events.view",), dlq_topic="x.dlq", output_topic="x.out",
                  app_id="fx", store="memory", state_dir=tmp_path, worker_web_port=0)  # fmt: skip
@@ -250,7 +251,7 @@ def _ev(user: str, item: str, eid: str) -> bytes:
 
 
 def test_forget_logic_in_process(tmp_path: Path) -> None:
-    from streams.commands import encode_forget
+    from interest_stream.streams.commands import encode_forget
 
     v, c = "x.events.view", "fx.commands"
     w, prod, res, forgotten = _run_batches(tmp_path, [
@@ -292,7 +293,7 @@ def test_forget_logic_in_process(tmp_path: Path) -> None:
     assert w._read_stored(b"b", None) is None
     # changelog: b got a tombstone; a's old window was replaced by its new life (version 1)
     # in the same batch, so no old-life value survives either way
-    from streams.window import BehaviorWindow, WindowConfig
+    from interest_stream.streams.window import BehaviorWindow, WindowConfig
 
     log = [(k, v) for t, k, v, _ in prod.sent if t == "fx-windows-changelog"]
     assert [k for k, v in log if v is None] == [b"b"]

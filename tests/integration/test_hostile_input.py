@@ -32,12 +32,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaProducer
 
-from interest_stream.errors import InvalidEvent
-from interest_stream.events import dlq_record, parse_event
-from interest_stream.settings import Settings
-from streams.kafka_local.broker import free_port
-from streams.state import WorkerProcess, group_lag, read_changelog_windows, read_topic, wait_for
-from streams.topics import ensure_topics
+from bench.tooling import (
+    WorkerProcess,
+    group_lag,
+    read_changelog_windows,
+    read_topic,
+    wait_for,
+)
+from interest_stream.core.errors import InvalidEvent
+from interest_stream.core.events import dlq_record, parse_event
+from interest_stream.core.settings import Settings
+from interest_stream.streams.kafka_local.broker import free_port
+from interest_stream.streams.topics import ensure_topics
 
 N_BAD = 100_000
 N_VALID = 12_000

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import models
-from interest_stream.eventfile import read_events, shared_data_dir
-from interest_stream.events import Interaction
-from models import InterestModel
-from models.checkpoint import load_item_meta
+from interest_stream import models
+from interest_stream.core.eventfile import read_events, shared_data_dir
+from interest_stream.core.events import Interaction
+from interest_stream.models import InterestModel
+from interest_stream.models.checkpoint import load_item_meta
 
 pytestmark = pytest.mark.slow
 

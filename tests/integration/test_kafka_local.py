@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from streams.kafka_local import BrokerConfig, KafkaStartError, free_port, start, status, stop
+from interest_stream.streams.kafka_local import (
+    BrokerConfig,
+    KafkaStartError,
+    free_port,
+    start,
+    status,
+    stop,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -24,13 +24,13 @@ import numpy as np
 import pytest
 from helpers import TAOBAO_HISTORIES
 
-from interest_stream.eventfile import read_events
+from interest_stream.core.eventfile import read_events
+from interest_stream.core.settings import Settings
 from interest_stream.procs import Service, http_get_json, wait_http
-from interest_stream.settings import Settings
-from streams.kafka_local.broker import free_port
-from streams.replay import produce_raw, replay_events
-from streams.topics import ensure_topics
-from streams.worker import read_changelog_windows
+from interest_stream.streams.kafka_local.broker import free_port
+from interest_stream.streams.replay import produce_raw, replay_events
+from interest_stream.streams.topics import ensure_topics
+from interest_stream.streams.worker import read_changelog_windows
 
 pytestmark = pytest.mark.integration
 
@@ -46,8 +46,9 @@ def small_events() -> object:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, small_events: object) -> Path:
-    from models import train
-    from models.testing import tiny_train_config
+    from model_helpers import tiny_train_config
+
+    from interest_stream.models import train
 
     out = tmp_path_factory.mktemp("model") / "ckpt"
     train(
@@ -81,7 +82,7 @@ def test_pipeline_versions_vectors_freshness_and_hot_reload(
 ) -> None:
     import pandas as pd
 
-    from models import InterestModel
+    from interest_stream.models import InterestModel
 
     df = small_events
     assert isinstance(df, pd.DataFrame)
@@ -138,8 +139,9 @@ def test_pipeline_versions_vectors_freshness_and_hot_reload(
         assert all(it["item_id"] in known for it in rec["items"])
 
         # hot reload: a retrained checkpoint swapped into the folder re-encodes everyone
-        from models import train
-        from models.testing import tiny_train_config
+        from model_helpers import tiny_train_config
+
+        from interest_stream.models import train
 
         staging = tmp_path / "staging"
         train(df, staging, tiny_train_config(seed=4), progress=False)

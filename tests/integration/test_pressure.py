@@ -30,12 +30,12 @@ import pytest
 from helpers import TAOBAO_HISTORIES
 from pressure import CpuPressure, repeat_count, rng, test_seed
 
-from interest_stream.eventfile import read_events
-from interest_stream.settings import Settings
-from streams.kafka_local.broker import BrokerConfig, free_port, start, status, stop
-from streams.replay import make_producer, replay_events
-from streams.state import WorkerProcess, group_lag, read_changelog_windows, wait_for
-from streams.topics import ensure_topics
+from bench.tooling import WorkerProcess, group_lag, read_changelog_windows, wait_for
+from interest_stream.core.eventfile import read_events
+from interest_stream.core.settings import Settings
+from interest_stream.streams.kafka_local.broker import BrokerConfig, free_port, start, status, stop
+from interest_stream.streams.replay import make_producer, replay_events
+from interest_stream.streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

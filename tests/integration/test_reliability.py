@@ -33,13 +33,13 @@ import pytest
 from helpers import TAOBAO_HISTORIES, settings_env
 from kafka import KafkaProducer
 
-from interest_stream.eventfile import read_events
+from bench.tooling import read_changelog_windows, wait_for
+from interest_stream.core.eventfile import read_events
+from interest_stream.core.settings import Settings
 from interest_stream.procs import Service, http_get_json, wait_http
-from interest_stream.settings import Settings
-from streams.kafka_local.broker import BrokerConfig, free_port, start, stop
-from streams.replay import make_producer, replay_events
-from streams.state import read_changelog_windows, wait_for
-from streams.topics import ensure_topics
+from interest_stream.streams.kafka_local.broker import BrokerConfig, free_port, start, stop
+from interest_stream.streams.replay import make_producer, replay_events
+from interest_stream.streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -51,8 +51,9 @@ FAST_GROUP = {
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models import train
-    from models.testing import tiny_train_config
+    from model_helpers import tiny_train_config
+
+    from interest_stream.models import train
 
     out = tmp_path_factory.mktemp("rel-model") / "ckpt"
     train(read_events(TAOBAO_HISTORIES).head(4_000), out, tiny_train_config(seed=6),

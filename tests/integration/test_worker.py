@@ -1,6 +1,6 @@
 """The worker against a real broker: the Taobao slice plus 1,000 malformed messages.
 
-Runs ``python -m streams.worker`` as a child process, replays the 84,287 events
+Runs ``python -m interest_stream.streams.worker`` as a child process, replays the 84,287 events
 with malformed messages mixed in, then checks every user's window against the
 file, the DLQ against what was sent, and that the worker is still alive.
 """
@@ -18,13 +18,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from interest_stream.eventfile import read_events, shared_data_dir
-from interest_stream.events import DLQ_RAW_MAX_BYTES
-from interest_stream.settings import Settings
-from streams.kafka_local.broker import free_port
-from streams.replay import make_producer, produce_raw, replay_events
-from streams.state import WorkerProcess, read_changelog_windows, read_topic, wait_for
-from streams.topics import ensure_topics
+from bench.tooling import (
+    WorkerProcess,
+    read_changelog_windows,
+    read_topic,
+    wait_for,
+)
+from interest_stream.core.eventfile import read_events, shared_data_dir
+from interest_stream.core.events import DLQ_RAW_MAX_BYTES
+from interest_stream.core.settings import Settings
+from interest_stream.streams.kafka_local.broker import free_port
+from interest_stream.streams.replay import make_producer, produce_raw, replay_events
+from interest_stream.streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

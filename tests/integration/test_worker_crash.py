@@ -16,12 +16,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from interest_stream.eventfile import read_events, shared_data_dir
-from interest_stream.settings import Settings
-from streams.kafka_local.broker import free_port
-from streams.replay import replay_events
-from streams.state import WorkerProcess, group_lag, read_changelog_windows, wait_for
-from streams.topics import ensure_topics
+from bench.tooling import WorkerProcess, group_lag, read_changelog_windows, wait_for
+from interest_stream.core.eventfile import read_events, shared_data_dir
+from interest_stream.core.settings import Settings
+from interest_stream.streams.kafka_local.broker import free_port
+from interest_stream.streams.replay import replay_events
+from interest_stream.streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

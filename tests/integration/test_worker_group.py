@@ -1,6 +1,6 @@
 """Two workers in one consumer group against a real broker: split, hand-over, final state.
 
-Both run ``python -m streams.worker`` with the same app id (consumer group) but
+Both run ``python -m interest_stream.streams.worker`` with the same app id (consumer group) but
 their own web port and state folder, on event topics with 4 partitions.
 """
 
@@ -12,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from interest_stream.eventfile import read_events, shared_data_dir
-from interest_stream.settings import Settings
-from streams.kafka_local.broker import free_port
-from streams.replay import replay_events
-from streams.state import WorkerProcess, group_lag, read_changelog_windows, wait_for
-from streams.topics import ensure_topics
+from bench.tooling import WorkerProcess, group_lag, read_changelog_windows, wait_for
+from interest_stream.core.eventfile import read_events, shared_data_dir
+from interest_stream.core.settings import Settings
+from interest_stream.streams.kafka_local.broker import free_port
+from interest_stream.streams.replay import replay_events
+from interest_stream.streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

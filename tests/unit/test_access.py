@@ -25,12 +25,12 @@ import pytest
 from fastapi.testclient import TestClient
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from index import ItemIndex
 from interest_stream.api import create_app, get_state
 from interest_stream.api.forget import KafkaPublisher
-from interest_stream.settings import Settings
-from streams import worker as worker_mod
-from streams.commands import CommandPublisher
+from interest_stream.core.settings import Settings
+from interest_stream.index import ItemIndex
+from interest_stream.streams import worker as worker_mod
+from interest_stream.streams.commands import CommandPublisher
 
 ADMIN = "adm1n-T0ken-never-logged-93f1"
 PASSWORD = "sasl-pa55word-never-logged-17c2"
@@ -150,7 +150,7 @@ def test_sasl_ssl_reaches_every_kafka_python_client(
 ) -> None:
     import kafka
 
-    from streams import replay, topics
+    from interest_stream.streams import replay, topics
 
     s = _sasl_ssl(tmp_path)
     _Recorder.seen = []
@@ -169,9 +169,9 @@ def test_sasl_ssl_reaches_every_kafka_python_client(
         assert kw["sasl_plain_password"] == PASSWORD
         assert kw["ssl_cafile"] == certifi.where()
     # the API's output-topic consumer and the worker's changelog reader
-    from index import UserIndex
     from interest_stream.api.consumer import OutputConsumer
     from interest_stream.api.metrics import ApiMetrics
+    from interest_stream.index import UserIndex
 
     monkeypatch.setattr(kafka, "KafkaConsumer", _Recorder)
     OutputConsumer(s, UserIndex(4), ApiMetrics(users=lambda: 0.0, items=lambda: 0.0),

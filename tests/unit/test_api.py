@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from index import ItemIndex, UserIndex, write_item_vectors
 from interest_stream.api import ApiState, PublishError, create_app, get_state
-from interest_stream.settings import Settings
+from interest_stream.core.settings import Settings
+from interest_stream.index import ItemIndex, UserIndex, write_item_vectors
 
 DIM = 8
 TOKEN = "s3cret-admin-token"
@@ -372,7 +372,7 @@ def test_model_dir_checkpoint(tmp_path: Path) -> None:
 
 
 def test_broken_model_dir_fails_fast(tmp_path: Path) -> None:
-    from interest_stream.errors import InterestStreamError
+    from interest_stream.core.errors import InterestStreamError
 
     with pytest.raises(InterestStreamError):
         create_app(_settings(), model_dir=tmp_path / "missing", start_consumer=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from interest_stream.api.bench import bench_api
+from bench.api import bench_api
 
 
 def test_bench_api_small() -> None:
@@ -30,7 +30,7 @@ def test_mixed_requests_shares_and_quoting() -> None:
     import json
     import random
 
-    from interest_stream.api.bench import MIX, mixed_requests
+    from bench.api import MIX, mixed_requests
 
     reqs = mixed_requests(["a b/é", "u2"], ["i/1", "i2"], 20_000, random.Random(3))
     interest = sum(1 for m, p, _ in reqs if m == "GET" and p.endswith("/interest"))

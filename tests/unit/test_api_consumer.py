@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from index import UserIndex
 from interest_stream.api.consumer import Message, OutputConsumer, apply_messages
 from interest_stream.api.metrics import ApiMetrics
 from interest_stream.api.records import (
@@ -21,7 +20,8 @@ from interest_stream.api.records import (
     encode_record,
     plan_batch,
 )
-from interest_stream.settings import Settings
+from interest_stream.core.settings import Settings
+from interest_stream.index import UserIndex
 
 DIM = 4
 

@@ -23,9 +23,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 
-from index import ItemIndex
 from interest_stream.api import PublishError, create_app, get_state
-from interest_stream.settings import Settings
+from interest_stream.core.settings import Settings
+from interest_stream.index import ItemIndex
 
 DIM = 8
 TOKEN = "fuzz-admin-token-1234"

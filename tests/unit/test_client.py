@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from index import ItemIndex
 from interest_stream.api import PublishError, create_app, get_state
 from interest_stream.client import (
     ApiRequestError,
@@ -22,8 +21,9 @@ from interest_stream.client import (
     ServiceUnavailable,
     Unauthorized,
 )
-from interest_stream.errors import InterestStreamError
-from interest_stream.settings import Settings
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.settings import Settings
+from interest_stream.index import ItemIndex
 
 DIM = 8
 TOKEN = "client-admin-token"

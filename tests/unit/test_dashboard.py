@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from index import ItemIndex
 from interest_stream.api import create_app, get_state
 from interest_stream.api.dashboard import STATIC_DIR, top_categories
-from interest_stream.settings import Settings
+from interest_stream.core.settings import Settings
+from interest_stream.index import ItemIndex
 
 DIM = 8
 

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from interest_stream.cli import main as cli
-from interest_stream.settings import ENV_PREFIX, Settings
-from streams.kafka_local.broker import DEFAULT_KAFKA_VERSION
+from interest_stream.core.settings import ENV_PREFIX, Settings
+from interest_stream.streams.kafka_local.broker import DEFAULT_KAFKA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"

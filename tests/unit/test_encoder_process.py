@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_helpers import synthetic_events, tiny_train_config
 
-import models
-from interest_stream.events import Interaction
-from models.testing import synthetic_events, tiny_train_config
-from streams.encoder_process import EncoderProcessError, ProcessEncoder
+from interest_stream import models
+from interest_stream.core.events import Interaction
+from interest_stream.models.encoder_process import EncoderProcessError, ProcessEncoder
 
 
 @pytest.fixture(scope="module")

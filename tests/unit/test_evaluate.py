@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from model_helpers import synthetic_events, tiny_train_config
 
-import models
-from models.baselines import Baselines
-from models.config import TaskKind
-from models.metrics import bootstrap_ci, paired_ratio_ci, rank_metrics
-from models.split import cutoff_time, make_split
-from models.testing import synthetic_events, tiny_train_config
+from interest_stream import models
+from interest_stream.models.baselines import Baselines
+from interest_stream.models.config import TaskKind
+from interest_stream.models.metrics import bootstrap_ci, paired_ratio_ci, rank_metrics
+from interest_stream.models.split import cutoff_time, make_split
 
 T0 = 1_512_000_000_000
 H = 3_600_000

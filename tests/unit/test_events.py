@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from interest_stream.errors import InvalidEvent
-from interest_stream.events import (
+from interest_stream.core.errors import InvalidEvent
+from interest_stream.core.events import (
     MIN_TS_MS,
     Event,
     dlq_record,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from faust.types import TP
 
-from interest_stream.errors import ConfigError
-from interest_stream.settings import Settings
-from streams import faust_compat
-from streams.worker import WindowWorker
+from interest_stream.core.errors import ConfigError
+from interest_stream.core.settings import Settings
+from interest_stream.streams import faust_compat
+from interest_stream.streams.worker import WindowWorker
 
 
 def _worker(tmp_path: Path, **kw: object) -> WindowWorker:
@@ -140,7 +140,8 @@ def test_the_cli_worker_exits_2_naming_the_override(tmp_path: Path) -> None:
     import sys
 
     code = (
-        "import streams.faust_compat as c; c.TESTED_VERSIONS['aiokafka'] = '9.9.9'\n"
+        "import interest_stream.streams.faust_compat as c\n"
+        "c.TESTED_VERSIONS['aiokafka'] = '9.9.9'\n"
         "from interest_stream.cli import main; main(['worker'])"
     )
     env = {"PATH": "/usr/bin:/bin", "INTEREST_STATE_DIR": str(tmp_path), "HOME": str(tmp_path)}

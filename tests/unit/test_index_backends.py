@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import (
+from interest_stream.index import (
     DimensionMismatch,
     FaissConfig,
     FaissIndex,
@@ -18,7 +18,7 @@ from index import (
     VectorIndex,
     create_index,
 )
-from index._sync import RWLock
+from interest_stream.index._sync import RWLock
 
 DIM = 16
 
@@ -346,11 +346,12 @@ def test_rwlock_excludes_writers() -> None:
 def test_factory() -> None:
     assert isinstance(create_index("numpy", dim=4), NumpyIndex)
     assert isinstance(create_index("faiss", dim=4), FaissIndex)
-    assert isinstance(create_index("index.numpy_backend.NumpyIndex", dim=4), NumpyIndex)
+    made = create_index("interest_stream.index.numpy_backend.NumpyIndex", dim=4)
+    assert isinstance(made, NumpyIndex)
     with pytest.raises(ValueError, match="unknown index backend"):
         create_index("annoy", dim=4)
     with pytest.raises(ValueError, match="not a VectorIndex"):
-        create_index("index.base.as_matrix", dim=4)
+        create_index("interest_stream.index.base.as_matrix", dim=4)
     with pytest.raises(ValueError, match="dim"):
         create_index("numpy", dim=0)
     with pytest.raises(ValueError, match="metric"):
@@ -364,7 +365,7 @@ def test_factory() -> None:
 def test_faiss_threads_apply_in_every_thread() -> None:
     import faiss
 
-    from index import get_threads, set_threads
+    from interest_stream.index import get_threads, set_threads
 
     before = get_threads()
     try:
@@ -391,7 +392,9 @@ def test_index_package_needs_neither_torch_nor_faiss_at_import() -> None:
     import subprocess
     import sys
 
-    code = "import sys, index; print('torch' in sys.modules, 'faiss' in sys.modules)"
+    code = (
+        "import sys, interest_stream.index\nprint('torch' in sys.modules, 'faiss' in sys.modules)"
+    )
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root

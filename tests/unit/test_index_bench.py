@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from index import FaissConfig
-from index.bench import bench_index, latency_summary, synthetic_users
+from bench.index import bench_index, latency_summary, synthetic_users
+from interest_stream.index import FaissConfig
 
 
 def test_synthetic_users_are_unit_vectors() -> None:

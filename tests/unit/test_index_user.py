@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import (
+from interest_stream.index import (
     DimensionMismatch,
     FaissConfig,
     IndexNotBuilt,
@@ -17,7 +17,7 @@ from index import (
     UserIndex,
     UserRecord,
 )
-from index.user_index import blend
+from interest_stream.index.user_index import blend
 
 DIM = 8
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from interest_stream.errors import InterestStreamError
-from streams.kafka_local import broker
-from streams.kafka_local.broker import (
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.streams.kafka_local import broker
+from interest_stream.streams.kafka_local.broker import (
     DEFAULT_KAFKA_VERSION,
     BrokerConfig,
     BrokerStatus,

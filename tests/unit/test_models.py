@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_helpers import random_histories, synthetic_events, tiny_train_config
 
-import models
-from interest_stream.errors import InterestStreamError
-from interest_stream.events import Interaction
-from models import (
+from interest_stream import models
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.events import Interaction
+from interest_stream.models import (
     CheckpointError,
     EncoderConfig,
     InterestModel,
@@ -24,7 +25,6 @@ from models import (
     select_device,
     short_window,
 )
-from models.testing import random_histories, synthetic_events, tiny_train_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,8 +48,8 @@ def test_public_api_names() -> None:
     assert issubclass(ModelError, InterestStreamError)
     assert callable(models.train) and callable(models.evaluate)
     # the submodule spelling works too
-    import models.evaluate as ev_mod
-    import models.train as train_mod
+    import interest_stream.models.evaluate as ev_mod
+    import interest_stream.models.train as train_mod
 
     assert callable(train_mod.train) and callable(ev_mod.evaluate)
 
@@ -181,7 +181,7 @@ def test_missing_files_are_clear_errors(ckpt: Path, tmp_path: Path) -> None:
 
 def test_load_item_vectors_does_not_import_torch(ckpt: Path) -> None:
     code = (
-        "import sys, models\n"
+        "import sys, interest_stream.models as models\n"
         f"ids, vecs, cfg = models.load_item_vectors({str(ckpt)!r})\n"
         "b = models.blend(vecs[:2], vecs[2:4])\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

@@ -15,9 +15,14 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from interest_stream.events import Event, Interaction
-from streams.reencode import PURCHASED_IN_RECORD, RECENT_IN_RECORD, Reencoder, build_record
-from streams.window import BehaviorWindow, WindowConfig
+from interest_stream.core.events import Event, Interaction
+from interest_stream.streams.reencode import (
+    PURCHASED_IN_RECORD,
+    RECENT_IN_RECORD,
+    Reencoder,
+    build_record,
+)
+from interest_stream.streams.window import BehaviorWindow, WindowConfig
 
 DIM = 8
 T0 = 1_512_000_000_000

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from helpers import MOVIELENS_DATA, TAOBAO_HISTORIES
 
-from interest_stream.errors import ConfigError, EventFileError
-from interest_stream.eventfile import read_events, write_events
-from interest_stream.settings import load_settings, settings_table
+from interest_stream.core.errors import ConfigError, EventFileError
+from interest_stream.core.eventfile import read_events, write_events
+from interest_stream.core.settings import load_settings, settings_table
 
 
 def test_env_and_file_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

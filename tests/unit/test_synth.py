@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from helpers import DATA
 
-from interest_stream.errors import ConfigError
-from interest_stream.eventfile import read_events
-from streams.synth import synthetic_users
+from bench.synth import synthetic_users
+from interest_stream.core.errors import ConfigError
+from interest_stream.core.eventfile import read_events
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from model_helpers import taobao_slice, tiny_train_config
 
-import models
-from interest_stream.events import Interaction
-from models import DataError, InterestModel, ModelError, TrainConfig
-from models.checkpoint import load_item_vectors
-from models.config import N_SPECIAL_ITEMS
-from models.encoder import InterestEncoder
-from models.model import save_checkpoint
-from models.testing import taobao_slice, tiny_train_config
+from interest_stream import models
+from interest_stream.core.events import Interaction
+from interest_stream.models import DataError, InterestModel, ModelError, TrainConfig
+from interest_stream.models.checkpoint import load_item_vectors
+from interest_stream.models.config import N_SPECIAL_ITEMS
+from interest_stream.models.encoder import InterestEncoder
+from interest_stream.models.model import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_item_text_gives_cold_items_vectors(events: pd.DataFrame, tmp_path: Path
 
 def test_next_days_targets_start_at_the_next_event() -> None:
     """A user back after weeks: the targets are their next days of activity, not empty."""
-    from models.data import build_event_arrays, long_targets
+    from interest_stream.models.data import build_event_arrays, long_targets
 
     t0 = 1_512_000_000_000
     h = 3_600_000
@@ -173,7 +173,7 @@ def test_next_days_targets_start_at_the_next_event() -> None:
 
 
 def test_masked_history_and_sampled_next_items(tmp_path: Path) -> None:
-    from models.testing import synthetic_events
+    from model_helpers import synthetic_events
 
     cfg = tiny_train_config(
         epochs=1, val_fraction=0.2, val_task="new", next_item_rate=0.5, sample_half_life_days=3.0
@@ -186,7 +186,7 @@ def test_masked_history_and_sampled_next_items(tmp_path: Path) -> None:
 
 def test_blend_alpha_is_chosen_on_validation(events: pd.DataFrame, tmp_path: Path) -> None:
     """The serving alpha is the grid point with the best validation NDCG@10."""
-    from models.train import ALPHA_GRID
+    from interest_stream.models.train import ALPHA_GRID
 
     cfg = tiny_train_config(epochs=2, val_fraction=0.2, blend_alpha=0.5)
     res = models.train(events, tmp_path / "m", cfg, progress=False)
@@ -206,7 +206,7 @@ def test_blend_alpha_is_chosen_on_validation(events: pd.DataFrame, tmp_path: Pat
 
 def test_scalar_gains_get_their_own_learning_rate(events: pd.DataFrame, tmp_path: Path) -> None:
     """With scalar_lr_mult the copy gains and identity scale move much further."""
-    from models.testing import tiny_encoder_config
+    from model_helpers import tiny_encoder_config
 
     moved = []
     for mult in (1.0, 30.0):
@@ -222,8 +222,9 @@ def test_scalar_gains_get_their_own_learning_rate(events: pd.DataFrame, tmp_path
 
 def test_revisit_channel(events: pd.DataFrame, tmp_path: Path) -> None:
     """The revisit channel: chosen on validation, round-trips, points at returned-to items."""
-    from models.testing import tiny_encoder_config
-    from models.train import REVISIT_GAIN_GRID
+    from model_helpers import tiny_encoder_config
+
+    from interest_stream.models.train import REVISIT_GAIN_GRID
 
     cfg = tiny_train_config(
         epochs=2, val_fraction=0.2, encoder=tiny_encoder_config(revisit_dim=256)
@@ -263,8 +264,9 @@ def test_revisit_channel(events: pd.DataFrame, tmp_path: Path) -> None:
 
 def test_trend_coordinate(events: pd.DataFrame, tmp_path: Path) -> None:
     """The trend coordinate: recent item popularity on the item side, one gain for users."""
-    from models.testing import tiny_encoder_config
-    from models.train import TREND_DAYS_GRID, trend_scores
+    from model_helpers import tiny_encoder_config
+
+    from interest_stream.models.train import TREND_DAYS_GRID, trend_scores
 
     cfg = tiny_train_config(epochs=2, val_fraction=0.2, encoder=tiny_encoder_config(trend=True))
     res = models.train(events, tmp_path / "m", cfg, progress=False)

@@ -8,9 +8,9 @@ import zlib
 
 import pytest
 
-from interest_stream.errors import InterestStreamError
-from interest_stream.events import EVENT_TYPES, Event, Interaction
-from streams.window import (
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.events import EVENT_TYPES, Event, Interaction
+from interest_stream.streams.window import (
     BehaviorWindow,
     StateCodecError,
     WindowConfig,
@@ -288,7 +288,7 @@ def test_to_dict_is_a_json_view() -> None:
 
 
 def test_config_from_settings_and_validation() -> None:
-    from interest_stream.settings import Settings
+    from interest_stream.core.settings import Settings
 
     s = Settings(
         long_history_events=7,

@@ -11,10 +11,10 @@ from pathlib import Path
 import faust
 import pytest
 
-from interest_stream.settings import Settings, load_settings
-from streams.state import settings_environ
-from streams.window import BehaviorWindow
-from streams.worker import (
+from bench.tooling import settings_environ
+from interest_stream.core.settings import Settings, load_settings
+from interest_stream.streams.window import BehaviorWindow
+from interest_stream.streams.worker import (
     TABLE_NAME,
     BatchHook,
     WindowWorker,
@@ -181,7 +181,7 @@ def test_settings_environ_round_trips_through_the_environment(
 
 
 def test_worker_error_is_a_project_error() -> None:
-    from interest_stream.errors import InterestStreamError
+    from interest_stream.core.errors import InterestStreamError
 
     assert issubclass(WorkerError, InterestStreamError)
     assert json.loads(json.dumps({"e": str(WorkerError("x"))})) == {"e": "x"}

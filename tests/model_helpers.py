@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from interest_stream.events import EVENT_TYPES, Interaction
-from models.config import EncoderConfig, TrainConfig
+from interest_stream.core.events import EVENT_TYPES, Interaction
+from interest_stream.models.config import EncoderConfig, TrainConfig
 
 __all__ = [
     "random_histories",
@@ -58,7 +58,7 @@ def taobao_slice(n_users: int = 120, min_events: int = 20) -> pd.DataFrame:
     Only users with at least ``min_events`` events are kept; the 35 outlying
     early events of the file are dropped.
     """
-    from interest_stream.eventfile import read_events, shared_data_dir
+    from interest_stream.core.eventfile import read_events, shared_data_dir
 
     df = read_events(shared_data_dir() / "taobao-userbehavior" / "user_histories.csv.gz")
     df = df[(df["ts"] >= 1_511_539_200_000) & (df["ts"] < 1_512_316_800_000)]

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from interest_stream.events import EVENT_TYPES, Interaction
-from models.features import short_window
+from interest_stream.core.events import EVENT_TYPES, Interaction
+from interest_stream.models.features import short_window
 
 __all__ = ["bench_encoder", "benchmark_histories"]
 
@@ -72,11 +72,11 @@ def benchmark_histories(
     kinds = {"short_full": synth(50, 30 * 60_000), "long_full": synth(200, 9 * 86_400_000)}
     path = Path(data_file) if data_file else None
     if path is None:
-        from interest_stream.eventfile import shared_data_dir
+        from interest_stream.core.eventfile import shared_data_dir
 
         path = shared_data_dir() / "taobao-userbehavior" / "user_histories.csv.gz"
     if path.exists():
-        from interest_stream.eventfile import read_events
+        from interest_stream.core.eventfile import read_events
 
         df = read_events(path)
         groups = [g for _, g in df.groupby("user_id", sort=True)]
@@ -150,7 +150,7 @@ def bench_encoder(
     """
     import torch
 
-    from models.model import InterestModel, select_device
+    from interest_stream.models.model import InterestModel, select_device
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -200,14 +200,14 @@ def bench_encoder(
 def _untrained_model(seed: int, device: str | None) -> Any:
     import torch
 
-    from models.config import EncoderConfig
-    from models.encoder import InterestEncoder
-    from models.model import InterestModel, select_device
+    from interest_stream.models.config import EncoderConfig
+    from interest_stream.models.encoder import InterestEncoder
+    from interest_stream.models.model import InterestModel, select_device
 
     n_items = 50_000
     item_ids = [str(1_000_000 + i) for i in range(n_items)]
     try:
-        from interest_stream.eventfile import read_events, shared_data_dir
+        from interest_stream.core.eventfile import read_events, shared_data_dir
 
         path = shared_data_dir() / "taobao-userbehavior" / "user_histories.csv.gz"
         if path.exists():

@@ -32,8 +32,14 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from index.faiss_backend import FaissConfig, FaissIndex, _faiss, get_threads, set_threads
-from index.user_index import UserIndex, UserRecord
+from interest_stream.index.faiss_backend import (
+    FaissConfig,
+    FaissIndex,
+    _faiss,
+    get_threads,
+    set_threads,
+)
+from interest_stream.index.user_index import UserIndex, UserRecord
 
 __all__ = ["bench_index", "latency_summary", "synthetic_users"]
 

@@ -29,8 +29,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from interest_stream.errors import EventFileError
-from interest_stream.events import EVENT_TYPE_ALIASES, EVENT_TYPES, MIN_TS_MS
+from interest_stream.core.errors import EventFileError
+from interest_stream.core.events import EVENT_TYPE_ALIASES, EVENT_TYPES, MIN_TS_MS
 
 __all__ = [
     "CANONICAL_COLUMNS",

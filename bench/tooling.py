@@ -5,8 +5,8 @@ For tests, benchmarks and tools; nothing here is used by the worker itself.
 * :func:`read_changelog_windows` -- every user's latest window, from the
   changelog topic (re-exported from :mod:`streams.worker`);
 * :func:`read_topic` -- all records of a topic, up to its end offsets;
-* :class:`WorkerProcess` -- run ``python -m streams.worker`` as a child process
-  with a :class:`~interest_stream.settings.Settings` turned into ``INTEREST_*``
+* :class:`WorkerProcess` -- run ``python -m interest_stream.streams.worker`` as a child process
+  with a :class:`~interest_stream.core.settings.Settings` turned into ``INTEREST_*``
   variables, and query its HTTP views (``/healthz/``, ``/assignment/``,
   ``/windows/{user_id}/``, ``/metrics``).
 """
@@ -29,11 +29,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
-from pydantic import SecretStr
-
-from interest_stream.errors import InterestStreamError
-from interest_stream.settings import ENV_PREFIX, Settings
-from streams.worker import read_changelog_windows
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.settings import Settings, settings_environ
+from interest_stream.streams.worker import read_changelog_windows
 
 __all__ = [
     "TopicRecord",
@@ -53,33 +51,6 @@ T = TypeVar("T")
 
 class WorkerProcessError(InterestStreamError):
     """A worker process did not start, answer or stop as expected."""
-
-
-def settings_environ(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``INTEREST_*`` variables that make a child process read ``settings`` (secrets included).
-
-    Args:
-        settings: The settings to pass on.
-        base: Environment to start from (default: this process's); its variables
-            for the settings' fields are replaced or, for unset fields, removed.
-    """
-    fields = type(settings).model_fields
-    env = dict(os.environ if base is None else base)
-    for name in fields:
-        env.pop(f"{ENV_PREFIX}{name.upper()}", None)
-    env.pop(f"{ENV_PREFIX}CONFIG_FILE", None)
-    for name in fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        elif isinstance(value, tuple):
-            value = ",".join(value)
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
-        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
-    return env
 
 
 def wait_for(
@@ -194,7 +165,7 @@ def group_lag(settings: Settings) -> int:
 
 
 class WorkerProcess:
-    """A worker child process (``python -m streams.worker``) and a client of its HTTP views.
+    """A worker child process (``python -m interest_stream.streams.worker``) and its HTTP views.
 
     Args:
         settings: Settings of the worker (passed as ``INTEREST_*`` variables);
@@ -237,7 +208,7 @@ class WorkerProcess:
         out = self._log if self._log is not None else subprocess.DEVNULL
         cpus = self.cpus
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.worker"],
+            [sys.executable, "-m", "interest_stream.streams.worker"],
             env=env,
             cwd=str(self.cwd),
             stdout=out,
@@ -343,7 +314,7 @@ class WorkerProcess:
         """``GET path`` on the worker; ``(status, body)``, status 0 if it does not answer."""
         url = self.base_url + urllib.parse.quote(path, safe="/?=&")
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
                 return int(resp.status), bytes(resp.read())
         except urllib.error.HTTPError as exc:
             return int(exc.code), bytes(exc.read())

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from interest_stream.errors import InterestStreamError
-from interest_stream.events import Interaction
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.events import Interaction
 
 __all__ = ["EncoderProcessError", "ProcessEncoder"]
 
@@ -58,7 +58,7 @@ def _child_init(model_dir: str, device: str, threads: int) -> None:
 
     if threads > 0:
         torch.set_num_threads(threads)
-    from models import InterestModel
+    from interest_stream.models import InterestModel
 
     _MODEL = InterestModel.load(model_dir, device=device)
 

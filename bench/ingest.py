@@ -4,14 +4,14 @@
 
 * ``raw_consume_eps``: a bare aiokafka consumer (no group, no processing)
   reading every event topic from the beginning to the end;
-* ``worker_applied_eps``: one worker process (``python -m streams.worker``)
+* ``worker_applied_eps``: one worker process (``python -m interest_stream.streams.worker``)
   catching up on the same backlog: events applied / (last batch finished -
   first batch taken), from the worker's ``/metrics`` gauges.
 
 The gap between the two is the price of Faust's per-message machinery plus
 validation, window updates and the durable changelog writes.
 
-Run it with ``python -m streams.bench [EVENT_FILE]`` (settings from the
+Run it with ``python -m bench.ingest [EVENT_FILE]`` (settings from the
 environment; topics and app id get a fresh namespace).
 """
 
@@ -30,12 +30,12 @@ from typing import Any
 
 import pandas as pd
 
-from interest_stream.settings import Settings, load_settings
-from streams.positions import is_reserved_key
-from streams.replay import replay_events
-from streams.state import WorkerProcess, read_topic, wait_for
-from streams.topics import ensure_topics
-from streams.worker import changelog_topic
+from bench.tooling import WorkerProcess, read_topic, wait_for
+from interest_stream.core.settings import Settings, load_settings
+from interest_stream.streams.positions import is_reserved_key
+from interest_stream.streams.replay import replay_events
+from interest_stream.streams.topics import ensure_topics
+from interest_stream.streams.worker import changelog_topic
 
 __all__ = ["bench_ingest", "fresh_settings", "main", "raw_consume_rate"]
 
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 def fresh_settings(settings: Settings, state_root: Path | None = None) -> Settings:
     """A copy of ``settings`` with namespaced topics, app id and state folder (a fresh run)."""
-    from streams.kafka_local.broker import free_port
+    from interest_stream.streams.kafka_local.broker import free_port
 
     ns = f"bench{uuid.uuid4().hex[:8]}"
     root = state_root if state_root is not None else Path(tempfile.mkdtemp(prefix="is-bench-"))
@@ -73,8 +73,8 @@ async def _raw_consume(settings: Settings, expected: int, timeout_s: float) -> d
     await consumer.start()
     try:
         for t in settings.event_topics:  # a group-less consumer has no metadata yet
-            consumer._client.add_topic(t)  # noqa: SLF001 - no public API for this
-        await consumer._client.force_metadata_update()  # noqa: SLF001
+            consumer._client.add_topic(t)
+        await consumer._client.force_metadata_update()
         tps = [
             TopicPartition(t, p)
             for t in settings.event_topics
@@ -124,7 +124,7 @@ def bench_ingest(
     Args:
         settings: Settings naming fresh topics, app id and state folder
             (see :func:`fresh_settings`); ``worker_web_port`` must be set.
-        events_df: Canonical events (e.g. :func:`interest_stream.eventfile.read_events`).
+        events_df: Canonical events (e.g. :func:`interest_stream.core.eventfile.read_events`).
         timeout_s: Longest wait for the worker to apply everything.
         log_path: File for the worker's log.
 
@@ -190,15 +190,15 @@ def bench_ingest(
 
 def _full_window_sizes(settings: Settings, full: int) -> float:
     """Median encoded size of the windows whose history is full."""
-    from streams.worker import read_changelog_windows
+    from interest_stream.streams.worker import read_changelog_windows
 
     sizes = [len(w.to_bytes()) for w in read_changelog_windows(settings).values() if len(w) == full]
     return float(statistics.median(sizes)) if sizes else 0.0
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m streams.bench [EVENT_FILE]``: print the figures as JSON."""
-    from interest_stream.eventfile import read_events, shared_data_dir
+    """``python -m bench.ingest [EVENT_FILE]``: print the figures as JSON."""
+    from interest_stream.core.eventfile import read_events, shared_data_dir
 
     args = sys.argv[1:] if argv is None else argv
     path = (

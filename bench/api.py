@@ -120,10 +120,10 @@ def _serve(args: argparse.Namespace) -> None:
     """Child process: build the indexes and serve them with uvicorn."""
     import uvicorn
 
-    from index import FaissConfig, ItemIndex, UserIndex, UserRecord
-    from index.bench import synthetic_users
+    from bench.index import synthetic_users
     from interest_stream.api.app import create_app
-    from interest_stream.settings import load_settings
+    from interest_stream.core.settings import load_settings
+    from interest_stream.index import FaissConfig, ItemIndex, UserIndex, UserRecord
 
     class _NoPublisher:
         def tombstone(self, user_id: str) -> None:
@@ -356,7 +356,7 @@ async def _closed_loop(
 
 def _load(args: argparse.Namespace) -> None:
     """Child process: run one load phase and print its JSON summary."""
-    rng = random.Random(args.seed)  # noqa: S311 - a request mix, not a secret
+    rng = random.Random(args.seed)
     users = _ids(args.users_file) or [f"u{j}" for j in range(args.users)]
     items = _ids(args.items_file) or [f"i{j}" for j in range(args.items)]
     paths = mixed_requests(users, items, 50_000, rng, args.endpoint)
@@ -453,7 +453,7 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 def _module_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "interest_stream.api.bench", *args]
+    return [sys.executable, "-m", "bench.api", *args]
 
 
 def bench_api(
@@ -561,8 +561,8 @@ def bench_api(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m interest_stream.api.bench {serve|load|run}`` (the children, or a run)."""
-    p = argparse.ArgumentParser(prog="python -m interest_stream.api.bench")
+    """``python -m bench.api {serve|load|run}`` (the children, or a run)."""
+    p = argparse.ArgumentParser(prog="python -m bench.api")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--port", type=int, required=True)

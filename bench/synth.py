@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from interest_stream.errors import ConfigError
+from interest_stream.core.errors import ConfigError
 
 __all__ = ["SyntheticPlan", "synthetic_users"]
 

@@ -10,7 +10,7 @@ One run, one broker, fresh topics:
    events/s and **freshness** (event produced -> new vector readable in the
    API) p50/p95/p99 from the API's freshness histogram over that phase;
 4. **load** (optional, ``load_rps``) — the API answers a mixed query load
-   (:data:`interest_stream.api.bench.MIX`: interest, recommendations,
+   (:data:`bench.api.MIX`: interest, recommendations,
    similar items, audiences) at a fixed request rate for ``load_seconds``
    while the file is replayed again into the worker: errors, p50/p99;
 5. **scale** (optional, ``scale_users``) — synthetic users cloned from the
@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.ingest import fresh_settings, raw_consume_rate
+from bench.synth import synthetic_users
+from interest_stream.core.settings import Settings
 from interest_stream.procs import Service, http_get_json, wait_http
-from interest_stream.settings import Settings
-from streams.bench import fresh_settings, raw_consume_rate
-from streams.replay import make_producer, replay_events
-from streams.synth import synthetic_users
-from streams.topics import ensure_topics
-from streams.window import BehaviorWindow, WindowConfig
+from interest_stream.streams.replay import make_producer, replay_events
+from interest_stream.streams.topics import ensure_topics
+from interest_stream.streams.window import BehaviorWindow, WindowConfig
 
 __all__ = ["bench_pipeline", "naive_pipeline_rate", "scale_phase", "write_charts"]
 
@@ -169,7 +169,7 @@ def _cpu_s(pid: int | None) -> float | None:
 
 def _broker_pid() -> int | None:
     """Pid of the broker ``interest-stream kafka start`` runs (``None`` for an external one)."""
-    from streams.kafka_local.broker import status
+    from interest_stream.streams.kafka_local.broker import status
 
     try:
         return status().pid
@@ -196,14 +196,14 @@ def naive_pipeline_rate(
     settings: Settings, events: pd.DataFrame, model_dir: Path, n: int = 2000
 ) -> dict[str, Any]:
     """The floor: per event, apply, encode that one user (short + long), publish, await ack."""
-    from models import InterestModel
-    from streams.reencode import build_record
+    from interest_stream.models import InterestModel
+    from interest_stream.streams.reencode import build_record
 
     model = InterestModel.load(model_dir, device=settings.device)
     cfg = WindowConfig.from_settings(settings)
     windows: dict[str, BehaviorWindow] = {}
     producer = make_producer(settings)
-    from interest_stream.events import Event
+    from interest_stream.core.events import Event
 
     sample = events.head(n)
     t0 = time.perf_counter()
@@ -260,7 +260,7 @@ def bench_pipeline(
         load_event_rate: Events/s replayed into the worker during the load phase
             (the file's head, as many events as the phase lasts).
     """
-    from streams.kafka_local.broker import free_port
+    from interest_stream.streams.kafka_local.broker import free_port
 
     root = work_dir or Path(tempfile.mkdtemp(prefix="is-pipeline-"))
     s = fresh_settings(settings, root).model_copy(
@@ -384,8 +384,8 @@ def load_phase(
     """Mixed API queries at ``rps`` while events are replayed at ``event_rate`` meanwhile."""
     import threading
 
-    from interest_stream.api.bench import load_phase as api_load
-    from models import load_item_vectors
+    from bench.api import load_phase as api_load
+    from interest_stream.models import load_item_vectors
 
     users = sorted({str(u) for u in events["user_id"].unique()})
     items, _, _ = load_item_vectors(model_dir)

@@ -20,10 +20,10 @@ from typing import Any
 
 from faust.types import EventT
 
-from interest_stream.settings import Settings
-from streams.reencode import Encoder, Reencoder
-from streams.window import BehaviorWindow, StateCodecError
-from streams.worker import WindowWorker, run_worker
+from interest_stream.core.settings import Settings
+from interest_stream.streams.reencode import Encoder, Reencoder
+from interest_stream.streams.window import BehaviorWindow, StateCodecError
+from interest_stream.streams.worker import WindowWorker, run_worker
 
 __all__ = ["MODEL_POLL_S", "ReencodingWorker", "attach_reencoder", "run"]
 
@@ -38,14 +38,14 @@ STARTUP_SWEEP_PER_S = 2000.0
 def _load_model(path: Path, settings: Settings) -> Encoder:
     """The worker's encoder: in a child process (default on CPU) or in this process."""
     if settings.use_encode_process():
-        from streams.encoder_process import ProcessEncoder
+        from interest_stream.models.encoder_process import ProcessEncoder
 
         return ProcessEncoder(path, settings.device, threads=settings.encode_threads or 1)
     if settings.encode_threads > 0:
         import torch
 
         torch.set_num_threads(settings.encode_threads)
-    from models import InterestModel
+    from interest_stream.models import InterestModel
 
     model: Encoder = InterestModel.load(path, device=settings.device)
     return model

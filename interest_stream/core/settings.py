@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,9 +25,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from interest_stream.errors import ConfigError
+from interest_stream.core.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings", "settings_table"]
+__all__ = ["ENV_PREFIX", "Settings", "load_settings", "settings_environ", "settings_table"]
 
 ENV_PREFIX = "INTEREST_"
 
@@ -338,3 +339,30 @@ def settings_table() -> str:
         shown = "" if default is None else str(default)
         rows.append(f"| `{ENV_PREFIX}{name.upper()}` | `{shown}` | {field.description or ''} |")
     return "\n".join(rows)
+
+
+def settings_environ(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``INTEREST_*`` variables that make a child process read ``settings`` (secrets included).
+
+    Args:
+        settings: The settings to pass on.
+        base: Environment to start from (default: this process's); its variables
+            for the settings' fields are replaced or, for unset fields, removed.
+    """
+    fields = type(settings).model_fields
+    env = dict(os.environ if base is None else base)
+    for name in fields:
+        env.pop(f"{ENV_PREFIX}{name.upper()}", None)
+    env.pop(f"{ENV_PREFIX}CONFIG_FILE", None)
+    for name in fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, tuple):
+            value = ",".join(value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+    return env

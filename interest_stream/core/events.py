@@ -6,7 +6,7 @@ An event is a JSON object on a Kafka topic, keyed by ``user_id``::
      "event_id": "optional-dedupe-key"}
 
 :func:`parse_event` turns raw Kafka bytes into an :class:`Event` or raises
-:class:`~interest_stream.errors.InvalidEvent` naming the field and the reason;
+:class:`~interest_stream.core.errors.InvalidEvent` naming the field and the reason;
 :func:`dlq_record` builds the dead-letter record for a rejected payload.
 Decisions (documented in the README):
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from interest_stream.errors import InvalidEvent
+from interest_stream.core.errors import InvalidEvent
 
 __all__ = [
     "EVENT_TYPES",
