@@ -99,29 +99,91 @@ class ReencodingWorker(WindowWorker):
             yield user, window
 
 
-def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
-    """Wire a re-encode loop into ``worker``: hook, flush task, hot reload, output topic."""
-    s = worker.settings
-    app = worker.app
-    out_topic = s.output_topic
+class _ForgottenFilter:
+    """Drops stale output records of recently forgotten users (right to be forgotten).
 
-    # Right to be forgotten: user -> forget time (ms). A record encoded from a window
-    # taken before the forget (a flush in flight) is stale; drop it so that the
-    # tombstone stays the user's last record. New-life records carry a produced_at
-    # (Kafka time of their newest event) at or after the forget time.
-    forgotten_at: OrderedDict[str, int] = OrderedDict()
+    Maps user -> forget time (epoch ms), newest last, at most
+    :data:`FORGET_FILTER_USERS` users. A record encoded from a window taken
+    before the forget (a flush in flight) is stale and dropped, so the tombstone
+    stays the user's last record; records of a new life carry a ``produced_at``
+    (Kafka time of their newest event) at or after the forget time.
+    """
 
-    def keep(key: bytes, value: bytes | None) -> bool:
-        at = forgotten_at.get(key.decode("utf-8", errors="replace"))
+    def __init__(self) -> None:
+        self.at: OrderedDict[str, int] = OrderedDict()
+
+    def note(self, users: Mapping[str, int]) -> None:
+        """Remember each user's forget time (the oldest are dropped beyond the limit)."""
+        for user, at in users.items():
+            self.at[user] = at
+            self.at.move_to_end(user)
+        while len(self.at) > FORGET_FILTER_USERS:
+            self.at.popitem(last=False)
+
+    def keep(self, key: bytes, value: bytes | None) -> bool:
+        """False for a non-tombstone record of a forgotten user produced before the forget."""
+        at = self.at.get(key.decode("utf-8", errors="replace"))
         if at is None or value is None:
             return True
         produced = json.loads(value).get("produced_at")
         return produced is not None and int(produced) >= at
 
+
+def _schedule(worker: ReencodingWorker, reencoder: Reencoder) -> None:
+    """Run the re-encode loop as an app task, and the start-up sweep / hot reload on a timer."""
+    app = worker.app
+    model_dir = worker.settings.model_dir
+    swept = False
+
+    async def reencode_loop() -> None:
+        try:
+            await reencoder.run()
+        except asyncio.CancelledError:
+            # shutdown: publish what is already applied, then stop
+            await asyncio.shield(reencoder.drain(timeout=10.0))
+            reencoder.close()
+            raise
+
+    async def watch_model() -> None:
+        nonlocal swept
+        if not swept and worker.held_partitions() and not app.rebalancing:
+            # once per start: re-send every local user (outputs lost with a crash)
+            swept = True
+            n = await reencoder.sweep(worker.iter_windows(), per_second=STARTUP_SWEEP_PER_S)
+            log.info("startup sweep re-encoded %d local users", n)
+        if model_dir is not None and await reencoder.maybe_reload(Path(model_dir)):
+            n = await reencoder.sweep(worker.iter_windows(), per_second=STARTUP_SWEEP_PER_S)
+            log.info("re-encoded %d local users with model %s", n, reencoder.model.model_version)
+
+    app.task(reencode_loop)
+    app.timer(interval=MODEL_POLL_S)(watch_model)
+
+
+def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
+    """Wire a re-encode loop into ``worker``: batch hook, forget hook, flush task, hot reload.
+
+    Every re-encoded user is published to the compacted output topic
+    (``INTEREST_OUTPUT_TOPIC``); a forgotten user gets a tombstone there, and
+    records of that user still in flight from before the forget are dropped.
+    Call before the worker's app starts.
+
+    Args:
+        worker: The worker whose batches and forget commands drive the loop.
+        model: The encoder to start with (replaced when a newer checkpoint
+            appears in ``INTEREST_MODEL_DIR``).
+
+    Returns:
+        The :class:`~interest_stream.streams.reencode.Reencoder` now attached.
+    """
+    s = worker.settings
+    app = worker.app
+    out_topic = s.output_topic
+    forgotten = _ForgottenFilter()
+
     async def publish(records: Sequence[tuple[bytes, bytes | None]]) -> None:
         producer = app.producer
-        if forgotten_at:
-            records = [(k, v) for k, v in records if keep(k, v)]
+        if forgotten.at:
+            records = [(k, v) for k, v in records if forgotten.keep(k, v)]
         futures = [await producer.send(out_topic, k, v, None, None, None) for k, v in records]
         await asyncio.gather(*futures)
 
@@ -140,12 +202,9 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
         await reencoder.submit(windows, worker.produced_at)
 
     async def on_forget(users: Mapping[str, int]) -> None:
-        for user, at in users.items():
+        for user in users:
             reencoder.forget(user)
-            forgotten_at[user] = at
-            forgotten_at.move_to_end(user)
-        while len(forgotten_at) > FORGET_FILTER_USERS:
-            forgotten_at.popitem(last=False)
+        forgotten.note(users)
         producer = app.producer
         futures = [
             await producer.send(out_topic, u.encode("utf-8"), None, None, None, None) for u in users
@@ -154,32 +213,7 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
 
     worker.on_batch = on_batch
     worker.on_forget = on_forget
-
-    async def reencode_loop() -> None:
-        try:
-            await reencoder.run()
-        except asyncio.CancelledError:
-            # shutdown: publish what is already applied, then stop
-            await asyncio.shield(reencoder.drain(timeout=10.0))
-            reencoder.close()
-            raise
-
-    model_dir = s.model_dir
-    swept = False
-
-    async def watch_model() -> None:
-        nonlocal swept
-        if not swept and worker.held_partitions() and not app.rebalancing:
-            # once per start: re-send every local user (outputs lost with a crash)
-            swept = True
-            n = await reencoder.sweep(worker.iter_windows(), per_second=STARTUP_SWEEP_PER_S)
-            log.info("startup sweep re-encoded %d local users", n)
-        if model_dir is not None and await reencoder.maybe_reload(Path(model_dir)):
-            n = await reencoder.sweep(worker.iter_windows(), per_second=STARTUP_SWEEP_PER_S)
-            log.info("re-encoded %d local users with model %s", n, reencoder.model.model_version)
-
-    app.task(reencode_loop)
-    app.timer(interval=MODEL_POLL_S)(watch_model)
+    _schedule(worker, reencoder)
     return reencoder
 
 
