@@ -5,14 +5,12 @@ A checkpoint folder (written by ``interest-stream train``) holds ``items.json``
 ``config.json`` (``model_version``, ``dim``, ``metric``) and optionally
 ``item_meta.json`` (item -> ``{"category": ..., "cold": ...}``, or item -> category).
 
-Reading goes through ``models.load_item_vectors`` (numpy + json only, no torch)
-when the models package is importable, else through an equivalent reader here,
-so ``index`` never needs torch.
+Reading goes through :mod:`interest_stream.core.checkpoint` (numpy + json only,
+no torch), so ``index`` never needs torch or the models package.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from collections.abc import Collection, Mapping, Sequence
@@ -22,44 +20,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from interest_stream.core.checkpoint import load_item_meta, load_item_vectors
 from interest_stream.index.base import VectorIndex, Vectors, as_matrix, create_index
-from interest_stream.index.errors import DimensionMismatch, SnapshotError, UnknownId
+from interest_stream.index.errors import DimensionMismatch, UnknownId
 from interest_stream.index.faiss_backend import FaissConfig
 
 __all__ = ["ItemIndex", "read_checkpoint", "write_item_vectors"]
 
 logger = logging.getLogger(__name__)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except FileNotFoundError as exc:
-        raise SnapshotError(f"{path}: missing; is {path.parent} a model checkpoint?") from exc
-    except (OSError, ValueError) as exc:
-        raise SnapshotError(f"{path}: unreadable JSON: {exc}") from exc
-
-
-def _fallback_read(folder: Path) -> tuple[list[str], Vectors, dict[str, Any]]:
-    """``models.load_item_vectors`` without the models package (same files, same checks)."""
-    if not folder.is_dir():
-        raise SnapshotError(f"{folder}: no such checkpoint folder")
-    cfg = _read_json(folder / "config.json")
-    if not isinstance(cfg, dict) or "dim" not in cfg:
-        raise SnapshotError(f"{folder / 'config.json'}: not a checkpoint config (no 'dim')")
-    items = _read_json(folder / "items.json")
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise SnapshotError(f"{folder / 'items.json'}: expected a JSON list of item id strings")
-    try:
-        vectors = np.load(folder / "item_vectors.npy", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise SnapshotError(f"{folder / 'item_vectors.npy'}: missing or unreadable: {exc}") from exc
-    if vectors.ndim != 2 or vectors.shape != (len(items), int(cfg["dim"])):
-        raise SnapshotError(
-            f"{folder}: item_vectors.npy has shape {vectors.shape}, expected "
-            f"({len(items)}, {cfg['dim']})"
-        )
-    return list(items), np.ascontiguousarray(vectors, dtype=np.float32), cfg
 
 
 def read_checkpoint(
@@ -68,22 +36,11 @@ def read_checkpoint(
     """Item ids, vectors ``[n, dim]``, config and per-item metadata of a checkpoint.
 
     Raises:
-        SnapshotError: (or ``models.errors.CheckpointError``) missing/inconsistent files.
+        CheckpointError: Missing or inconsistent files (``interest_stream.core.checkpoint``).
     """
     path = Path(folder)
-    try:  # imported dynamically: index/ must not need (or type-check) the models package
-        load_item_vectors = importlib.import_module("interest_stream.models").load_item_vectors
-    except (ImportError, AttributeError):
-        ids, vecs, cfg = _fallback_read(path)
-    else:
-        ids, vecs, cfg = load_item_vectors(path)
-    meta_file = path / "item_meta.json"
-    meta: dict[str, Any] = {}
-    if meta_file.exists():
-        raw = _read_json(meta_file)
-        if not isinstance(raw, dict):
-            raise SnapshotError(f"{meta_file}: expected a JSON object item -> metadata")
-        meta = raw
+    ids, vecs, cfg = load_item_vectors(path)
+    meta = load_item_meta(path)
     return ids, np.ascontiguousarray(vecs, dtype=np.float32), dict(cfg), meta
 
 
@@ -183,8 +140,7 @@ class ItemIndex:
         """Build the item index of a model checkpoint folder.
 
         Raises:
-            SnapshotError: (or ``models.errors.CheckpointError``) missing or
-                inconsistent files.
+            CheckpointError: Missing or inconsistent files.
             DimensionMismatch: ``config.json``'s metric is not ``ip``.
         """
         path = Path(folder)

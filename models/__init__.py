@@ -1,14 +1,15 @@
 """The interest encoder: short- and long-term user vectors in an item space.
 
 Public names (torch is imported only when a torch-backed name is first used,
-so ``from models import load_item_vectors, blend`` stays light for the API):
+so ``from interest_stream.models import load_item_vectors, blend`` stays light):
 
 * :class:`InterestModel` — load a checkpoint, ``encode_short`` / ``encode_long``
   many users at once, ``item_vectors()``;
 * :func:`blend` — ``alpha * short + (1 - alpha) * long`` (numpy);
-* :func:`load_item_vectors` — item ids, vectors and config of a checkpoint, no torch;
-* :class:`TrainConfig`, :class:`EncoderConfig`, :func:`train`, :class:`TrainResult`;
-* :func:`evaluate` — temporal, full-ranking evaluation against baselines;
+* :func:`load_item_vectors`, :func:`load_item_meta` — checkpoint reading, no torch;
+* :class:`TrainConfig`, :class:`EncoderConfig`, :func:`train`, :class:`TrainResult`
+  (module :mod:`interest_stream.models.training`);
+* :func:`evaluate` (module :mod:`interest_stream.models.evaluation`);
 * :func:`select_device`, :func:`short_window`;
 * :class:`ModelError` (root), :class:`CheckpointError`, :class:`DataError`.
 """
@@ -25,9 +26,9 @@ from interest_stream.models.errors import CheckpointError, DataError, ModelError
 from interest_stream.models.features import short_window
 
 if TYPE_CHECKING:
-    from interest_stream.models.evaluate import evaluate
+    from interest_stream.models.evaluation import evaluate
     from interest_stream.models.model import InterestModel, select_device
-    from interest_stream.models.train import TrainResult, train
+    from interest_stream.models.training import TrainResult, train
 
 __all__ = [
     "FORMAT_VERSION",
@@ -52,19 +53,16 @@ __all__ = [
 _LAZY = {
     "InterestModel": "interest_stream.models.model",
     "select_device": "interest_stream.models.model",
-    "TrainResult": "interest_stream.models.train",
+    "TrainResult": "interest_stream.models.training",
+    "train": "interest_stream.models.training",
+    "evaluate": "interest_stream.models.evaluation",
 }
-# ``models.train`` / ``models.evaluate`` are submodules *and* the package's functions:
-# the submodules are callable (see models._callable), so both spellings work.
-_CALLABLE_MODULES = ("train", "evaluate")
 
 
 def __getattr__(name: str) -> Any:
-    if name in _CALLABLE_MODULES:
-        return importlib.import_module(f"interest_stream.models.{name}")
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'models' has no attribute {name!r}")
+        raise AttributeError(f"module 'interest_stream.models' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -1,37 +1,34 @@
-"""The checkpoint folder: a self-describing directory, readable without torch.
+"""The checkpoint folder's files (re-exported from :mod:`interest_stream.core.checkpoint`).
 
-A checkpoint written by :func:`models.train.train` holds:
-
-==================== ==========================================================
-``config.json``      ``format_version``, ``model_version``, ``dim``, ``metric``
-                     (``"ip"``: score = inner product), the encoder config, the
-                     training config and seed, sizes and the training split
-``model.safetensors`` the encoder weights
-``items.json``       the item vocabulary, in row order of ``item_vectors.npy``
-``item_vectors.npy`` float32 ``[n_items, dim]``: the vectors the item index is built
-                     from (inner product against a short/long/blended vector ranks)
-``item_meta.json``   per item: ``category`` when known, ``cold: true`` for items
-                     whose vector comes only from their text (never seen in training)
-``metrics.json``     training/validation curves, timings, data summary
-``versions.json``    python, torch, transformers, numpy, safetensors versions
-==================== ==========================================================
-
-:func:`load_item_vectors` reads ids, vectors and config with numpy and json
-only, so the API server never imports torch. A checkpoint whose
-``format_version`` differs from :data:`FORMAT_VERSION` is refused.
+A checkpoint written by :func:`interest_stream.models.train` holds ``config.json``
+(``format_version``, ``model_version``, ``dim``, ``metric`` = ``"ip"``, the encoder
+and training configs, split), ``model.safetensors`` (encoder weights), ``items.json``
+(item ids in row order), ``item_vectors.npy`` (float32 ``[n_items, dim]``),
+``item_meta.json`` (``category`` / ``cold`` per item), ``metrics.json`` and
+``versions.json``. Reading needs numpy and json only (no torch); writing the
+whole folder is :func:`interest_stream.models.model.save_checkpoint`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-
-from interest_stream.models.errors import CheckpointError
+from interest_stream.core.checkpoint import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    ITEM_META_FILE,
+    ITEM_VECTORS_FILE,
+    ITEMS_FILE,
+    METRICS_FILE,
+    VERSIONS_FILE,
+    WEIGHTS_FILE,
+    checkpoint_version,
+    load_item_meta,
+    load_item_vectors,
+    read_config,
+    read_item_ids,
+    read_json,
+    read_metrics,
+    write_json,
+)
 
 __all__ = [
     "CONFIG_FILE",
@@ -42,126 +39,12 @@ __all__ = [
     "METRICS_FILE",
     "VERSIONS_FILE",
     "WEIGHTS_FILE",
+    "checkpoint_version",
     "load_item_meta",
     "load_item_vectors",
     "read_config",
+    "read_item_ids",
     "read_json",
+    "read_metrics",
     "write_json",
 ]
-
-FORMAT_VERSION = 1
-"""Version of the checkpoint layout; bumped on any incompatible change."""
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-ITEMS_FILE = "items.json"
-ITEM_VECTORS_FILE = "item_vectors.npy"
-ITEM_META_FILE = "item_meta.json"
-METRICS_FILE = "metrics.json"
-VERSIONS_FILE = "versions.json"
-
-
-def read_json(path: Path) -> Any:
-    """Read a JSON file, turning any failure into :class:`CheckpointError`."""
-    try:
-        with path.open("r", encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: missing; is {path.parent} a model checkpoint?") from exc
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable JSON: {exc}") from exc
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file + rename), pretty-printed, UTF-8."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check a checkpoint's ``config.json``.
-
-    Args:
-        path: The checkpoint folder.
-
-    Returns:
-        The config as a dict (``format_version``, ``model_version``, ``dim``, ...).
-
-    Raises:
-        CheckpointError: Not a folder, no config, or another format version.
-    """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such checkpoint folder")
-    cfg = read_json(folder / CONFIG_FILE)
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{folder / CONFIG_FILE}: not a JSON object")
-    version = cfg.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{folder}: checkpoint format version {version!r}, this code reads version "
-            f"{FORMAT_VERSION}; retrain with `interest-stream train` to get a compatible folder"
-        )
-    for key in ("model_version", "dim", "metric", "n_items"):
-        if key not in cfg:
-            raise CheckpointError(f"{folder / CONFIG_FILE}: missing key {key!r}")
-    if cfg["metric"] != "ip":
-        raise CheckpointError(f"{folder}: metric {cfg['metric']!r}, expected 'ip'")
-    return cfg
-
-
-def load_item_vectors(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray, dict[str, Any]]:
-    """Item ids, item vectors and config of a checkpoint, without importing torch.
-
-    Args:
-        path: The checkpoint folder.
-
-    Returns:
-        ``(item_ids, vectors, config)``: ``item_ids[i]`` is the id of row ``i`` of
-        ``vectors`` (float32, C-contiguous, ``[n_items, dim]``); scoring is the
-        inner product (``config["metric"] == "ip"``).
-
-    Raises:
-        CheckpointError: Missing or inconsistent files, or another format version.
-    """
-    folder = Path(path)
-    cfg = read_config(folder)
-    items = read_json(folder / ITEMS_FILE)
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise CheckpointError(f"{folder / ITEMS_FILE}: expected a JSON list of item id strings")
-    try:
-        vectors = np.load(folder / ITEM_VECTORS_FILE, allow_pickle=False)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{folder / ITEM_VECTORS_FILE}: missing") from exc
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder / ITEM_VECTORS_FILE}: unreadable: {exc}") from exc
-    dim = int(cfg["dim"])
-    if vectors.ndim != 2 or vectors.shape != (len(items), dim):
-        raise CheckpointError(
-            f"{folder}: item_vectors.npy has shape {vectors.shape}, expected "
-            f"({len(items)}, {dim}) from items.json and config.json"
-        )
-    if len(items) != int(cfg["n_items"]):
-        raise CheckpointError(
-            f"{folder}: items.json has {len(items)} ids, config.json says {cfg['n_items']}"
-        )
-    return list(items), np.ascontiguousarray(vectors, dtype=np.float32), cfg
-
-
-def load_item_meta(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """Per-item metadata (``category``, ``cold``) of a checkpoint; empty when absent."""
-    file = Path(path) / ITEM_META_FILE
-    if not file.exists():
-        return {}
-    meta = read_json(file)
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{file}: not a JSON object")
-    return meta

@@ -1,8 +1,8 @@
 """Click commands of the model verbs (``python -m interest_stream.models``, mounted by the CLI).
 
 ``interest-stream train``, ``interest-stream evaluate`` and
-``interest-stream bench encoder`` are thin layers over :func:`models.train.train`,
-:func:`models.evaluate.evaluate` and :func:`models.bench.bench_encoder`; the
+``interest-stream bench encoder`` are thin layers over :func:`interest_stream.models.train`,
+:func:`interest_stream.models.evaluate` and ``bench.encoder``; the
 commands here are those layers, so the coordinator's CLI can simply do::
 
     from interest_stream.models.cli import bench_encoder_cmd, evaluate_cmd, train_cmd
@@ -192,93 +192,16 @@ _D = _train_defaults()
 @click.option("--max-minutes", default=None, type=float, help="Wall-clock budget.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars or logs.")
-def train_cmd(
-    events_path: str,
-    out_dir: str,
-    epochs: int,
-    patience: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    device: str,
-    threads: int | None,
-    cutoff_quantile: float,
-    val_fraction: float,
-    val_task: str,
-    no_refit: bool,
-    dim: int,
-    identity_dim: int,
-    revisit_dim: int,
-    revisit_half_life_hours: float,
-    trend: bool,
-    revisit_gain: float | None,
-    d_model: int,
-    long_horizon_hours: float,
-    long_half_life_hours: float | None,
-    item_text: str | None,
-    loss: str,
-    seen_items: str,
-    blend_alpha: float,
-    no_select_alpha: bool,
-    sample_half_life_days: float | None,
-    next_item_rate: float,
-    scalar_lr_mult: float,
-    short_max_len: int,
-    layers_short: int,
-    max_minutes: float | None,
-    as_json: bool,
-    quiet: bool,
-) -> None:
+def train_cmd(**opts: Any) -> None:
     """Train the interest encoder on an event file and write a checkpoint folder."""
+    quiet: bool = opts["quiet"]
     _setup_logging(not quiet)
     from interest_stream.core.eventfile import read_events
-    from interest_stream.models.config import (
-        EncoderConfig,
-        LossKind,
-        SeenItems,
-        TaskKind,
-        TrainConfig,
-    )
-    from interest_stream.models.train import train
+    from interest_stream.models.training import train
 
-    enc = EncoderConfig(
-        dim=dim,
-        d_model=d_model,
-        identity_dim=identity_dim,
-        revisit_dim=revisit_dim,
-        revisit_half_life_hours=revisit_half_life_hours,
-        trend=trend,
-        long_half_life_hours=long_half_life_hours,
-        short_max_len=short_max_len,
-        n_layers_short=layers_short,
-    )
-    cfg = TrainConfig(
-        encoder=enc,
-        epochs=epochs,
-        patience=patience,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        threads=threads,
-        cutoff_quantile=cutoff_quantile,
-        val_fraction=val_fraction,
-        val_task=TaskKind(val_task),
-        refit=not no_refit,
-        long_horizon_hours=long_horizon_hours,
-        item_text_path=_item_text(item_text, events_path),
-        loss=LossKind(loss),
-        seen_items=SeenItems(seen_items),
-        blend_alpha=blend_alpha,
-        select_alpha=not no_select_alpha,
-        sample_half_life_days=sample_half_life_days,
-        next_item_rate=next_item_rate,
-        scalar_lr_mult=scalar_lr_mult,
-        max_train_seconds=None if max_minutes is None else 60 * max_minutes,
-        revisit_gain=revisit_gain,
-    )
-    events = read_events(events_path)
-    res = train(events, out_dir, cfg, progress=not quiet)
+    cfg = _train_config(opts)
+    events = read_events(opts["events_path"])
+    res = train(events, opts["out_dir"], cfg, progress=not quiet)
     out = {
         "out_dir": str(res.out_dir),
         "model_version": res.model_version,
@@ -288,9 +211,58 @@ def train_cmd(
     }
     click.echo(
         json.dumps(out)
-        if as_json
+        if opts["as_json"]
         else f"wrote {res.out_dir} ({res.model_version}) in {res.seconds:.0f}s; "
         f"best epoch {res.best_epoch}, validation NDCG@10 {res.val_ndcg10}"
+    )
+
+
+def _train_config(o: dict[str, Any]) -> Any:
+    """The :class:`~interest_stream.models.config.TrainConfig` of ``train_cmd``'s options."""
+    from interest_stream.models.config import (
+        EncoderConfig,
+        LossKind,
+        SeenItems,
+        TaskKind,
+        TrainConfig,
+    )
+
+    enc = EncoderConfig(
+        dim=o["dim"],
+        d_model=o["d_model"],
+        identity_dim=o["identity_dim"],
+        revisit_dim=o["revisit_dim"],
+        revisit_half_life_hours=o["revisit_half_life_hours"],
+        trend=o["trend"],
+        long_half_life_hours=o["long_half_life_hours"],
+        short_max_len=o["short_max_len"],
+        n_layers_short=o["layers_short"],
+    )
+    max_minutes = o["max_minutes"]
+    return TrainConfig(
+        encoder=enc,
+        epochs=o["epochs"],
+        patience=o["patience"],
+        batch_size=o["batch_size"],
+        lr=o["lr"],
+        seed=o["seed"],
+        device=o["device"],
+        threads=o["threads"],
+        cutoff_quantile=o["cutoff_quantile"],
+        val_fraction=o["val_fraction"],
+        val_task=TaskKind(o["val_task"]),
+        refit=not o["no_refit"],
+        long_horizon_hours=o["long_horizon_hours"],
+        item_text_path=_item_text(o["item_text"], o["events_path"]),
+        loss=LossKind(o["loss"]),
+        seen_items=SeenItems(o["seen_items"]),
+        blend_alpha=o["blend_alpha"],
+        select_alpha=not o["no_select_alpha"],
+        sample_half_life_days=o["sample_half_life_days"],
+        next_item_rate=o["next_item_rate"],
+        scalar_lr_mult=o["scalar_lr_mult"],
+        max_train_seconds=None if max_minutes is None else 60 * max_minutes,
+        revisit_gain=o["revisit_gain"],
     )
 
 
@@ -328,7 +300,7 @@ def evaluate_cmd(
     """Evaluate a checkpoint against baselines on a temporal split (full ranking)."""
     _setup_logging(not quiet)
     from interest_stream.core.eventfile import read_events
-    from interest_stream.models.evaluate import evaluate
+    from interest_stream.models.evaluation import evaluate
 
     stem = name or Path(events_path).name.split(".")[0]
     rep = evaluate(

@@ -330,7 +330,7 @@ class TrainConfig:
             after it.
         revisit_gain: Gain of the revisit channel (``EncoderConfig.revisit_dim``):
             ``None`` = chosen on the validation split together with the blend alpha
-            (grid ``models.train.REVISIT_GAIN_GRID``; 64 without validation).
+            (grid ``interest_stream.models.selection.REVISIT_GAIN_GRID``; 64 without validation).
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)

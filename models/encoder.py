@@ -41,7 +41,7 @@ Revisit channel (optional, ``revisit_dim``)
     (recency-weighted) share of events on that item: how much they keep coming
     back to it, which a 64-dimensional semantic vector cannot say about *one*
     item among tens of thousands. Nothing in it is learned; ``gain`` is chosen on
-    the validation split (``models.train``). The short vector's channel is zero.
+    the validation split (``interest_stream.models.selection``). The short vector's channel is zero.
     Training never sees the channel: :meth:`InterestEncoder.item_table` is the
     semantic part, :meth:`InterestEncoder.score_table` the published item vectors.
 

@@ -1,29 +1,15 @@
-"""The model in a child process: encoding that does not compete for the worker's GIL.
+"""The model in a child process, so encoding does not compete for the worker's GIL.
 
-The worker's event loop is Python work under the interpreter lock (Faust's
-per-message machinery, window updates, records). A model run in a thread of the
-same process needs that lock too (the transformer's modules are Python between
-their kernels), so on a small CPU box the two slow each other down: measured on
-2 vCPUs at 5,000 events/s, a 200-user flush took 170-300 ms in a thread against
-~60 ms for the same model alone.
-
-:class:`ProcessEncoder` satisfies :class:`streams.reencode.Encoder` and runs
-:class:`models.InterestModel` in one spawned child process (its own interpreter
-and lock): the histories go over a pipe (pickled ``Interaction`` tuples) and
-float32 vectors come back. The parent does not import torch at all. A child
-that dies is replaced on the next call (the call is retried once).
-
-The default on CPU (``INTEREST_ENCODE_PROCESS=auto``; ``true``/``false`` force
-it): the worker process itself stays small (~180 MB; torch lives in the child)
-and flushes are 3-4x faster on a busy CPU box (2 vCPUs at 5,000 events/s: mean
-model time per flush 47 ms against 158 ms in a thread; p99 freshness 0.49 s
-against 1.44 s; docs/RESULTS.md). With a GPU the in-process model is used: CUDA
-kernels run without the interpreter lock anyway.
+:class:`ProcessEncoder` satisfies ``interest_stream.streams.reencode.Encoder`` and
+runs :class:`interest_stream.models.InterestModel` in one spawned child process:
+histories go over a pipe (pickled ``Interaction`` tuples), float32 ``[B, dim]``
+vectors come back. The parent never imports torch. A child that dies is replaced
+on the next call (the call is retried once). Used by default on CPU
+(``INTEREST_ENCODE_PROCESS=auto``); see docs/ARCHITECTURE.md for why.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 from collections.abc import Sequence
@@ -34,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from interest_stream.core.checkpoint import checkpoint_version
 from interest_stream.core.errors import InterestStreamError
 from interest_stream.core.events import Interaction
 
@@ -106,7 +93,7 @@ class ProcessEncoder:
             raise EncoderProcessError(
                 f"the encoder process could not load {self.model_dir}: {exc!r}"
             ) from exc
-        expected = _checkpoint_version(self.model_dir)
+        expected = checkpoint_version(self.model_dir)
         if expected is not None and expected != version:  # pragma: no cover - a race
             log.warning("checkpoint changed while loading: %s != %s", version, expected)
         log.info("encoder process up: model %s (dim %d) on %s", version, dim, self.device)
@@ -145,11 +132,3 @@ class ProcessEncoder:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _checkpoint_version(model_dir: Path) -> str | None:
-    try:
-        version = json.loads((model_dir / "config.json").read_text()).get("model_version")
-    except (OSError, ValueError):
-        return None
-    return None if version is None else str(version)

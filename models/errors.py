@@ -1,27 +1,16 @@
-"""Errors raised by the :mod:`models` package.
+"""Errors raised by the models package.
 
-All of them derive from :class:`ModelError`, itself an
-:class:`~interest_stream.core.errors.InterestStreamError`, so callers can catch the
-whole family at once.
+All derive from :class:`ModelError`, itself an
+:class:`~interest_stream.core.errors.InterestStreamError`. ``ModelError`` and
+``CheckpointError`` are defined in :mod:`interest_stream.core.checkpoint` (the
+torch-free checkpoint reader raises them) and re-exported here.
 """
 
 from __future__ import annotations
 
-from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.checkpoint import CheckpointError, ModelError
 
 __all__ = ["CheckpointError", "DataError", "ModelError"]
-
-
-class ModelError(InterestStreamError):
-    """Something went wrong in the interest encoder, its training or its evaluation."""
-
-
-class CheckpointError(ModelError):
-    """A checkpoint folder is missing a file, is damaged or has another format version.
-
-    Retrain with ``interest-stream train`` (or point ``INTEREST_MODEL_DIR`` at a
-    folder written by this version) to fix it.
-    """
 
 
 class DataError(ModelError, ValueError):

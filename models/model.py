@@ -134,7 +134,7 @@ class InterestModel:
     # ------------------------------------------------------------------ load
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | None = "auto") -> InterestModel:
-        """Load a checkpoint folder written by :func:`models.train.train`.
+        """Load a checkpoint folder written by :func:`interest_stream.models.train`.
 
         Args:
             path: The folder.

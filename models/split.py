@@ -148,7 +148,27 @@ def make_split(
         targets[TaskKind.ALL].append(tgt)
         targets[TaskKind.NEW].append(np.setdiff1d(tgt, cols, assume_unique=False))
 
-    stats = {
+    stats = _stats(cutoff_ts, before, after, test_users, candidates, known, targets)
+    return EvalSplit(
+        cutoff_ts=int(cutoff_ts),
+        train=before,
+        candidates=candidates,
+        cand_index=cand_index,
+        users=test_users,
+        histories=histories,
+        hist_items=hist_items,
+        hist_ts=hist_ts,
+        targets=targets,
+        stats=stats,
+    )
+
+
+def _stats(
+    cutoff_ts: int, before: pd.DataFrame, after: pd.DataFrame, test_users: list[Any],
+    candidates: list[str], known: pd.Series, targets: dict[TaskKind, list[np.ndarray]],
+) -> dict[str, Any]:  # fmt: skip
+    """The split's statistics (``EvalSplit.stats``)."""
+    return {
         "cutoff_ts": int(cutoff_ts),
         "events_before": len(before),
         "events_after": len(after),
@@ -166,15 +186,3 @@ def make_split(
             np.mean([len(t) for t in targets[TaskKind.NEW] if len(t)] or [0])
         ),
     }
-    return EvalSplit(
-        cutoff_ts=int(cutoff_ts),
-        train=before,
-        candidates=candidates,
-        cand_index=cand_index,
-        users=test_users,
-        histories=histories,
-        hist_items=hist_items,
-        hist_ts=hist_ts,
-        targets=targets,
-        stats=stats,
-    )

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from interest_stream.core.checkpoint import load_item_vectors as _fallback_read
 from interest_stream.core.errors import InterestStreamError
 from interest_stream.index import ItemIndex, UnknownId, write_item_vectors
-from interest_stream.index.item_index import _fallback_read
 
 
 def write_checkpoint(folder: Path, n: int = 200, dim: int = 12, meta: bool = True) -> np.ndarray:

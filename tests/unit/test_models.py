@@ -47,9 +47,9 @@ def test_public_api_names() -> None:
         assert getattr(models, name) is not None, name
     assert issubclass(ModelError, InterestStreamError)
     assert callable(models.train) and callable(models.evaluate)
-    # the submodule spelling works too
-    import interest_stream.models.evaluate as ev_mod
-    import interest_stream.models.train as train_mod
+    # the functions live in submodules named by job
+    import interest_stream.models.evaluation as ev_mod
+    import interest_stream.models.training as train_mod
 
     assert callable(train_mod.train) and callable(ev_mod.evaluate)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from model_helpers import taobao_slice, tiny_train_config
+from model_helpers import random_histories, taobao_slice, tiny_encoder_config, tiny_train_config
 
 from interest_stream import models
 from interest_stream.core.events import Interaction
@@ -100,11 +100,11 @@ def test_validation_and_refit(events: pd.DataFrame, tmp_path: Path) -> None:
 
 
 def test_sampled_softmax_and_long_decay_train(events: pd.DataFrame, tmp_path: Path) -> None:
-    enc = models.testing.tiny_encoder_config(long_half_life_hours=72.0)
+    enc = tiny_encoder_config(long_half_life_hours=72.0)
     cfg = tiny_train_config(epochs=1, loss="sampled", n_negatives=64, encoder=enc)
     models.train(events, tmp_path / "s", cfg, progress=False)
     model = InterestModel.load(tmp_path / "s", device="cpu")
-    hs = models.testing.random_histories(4, 30, model.item_ids, span_ms=5 * 86_400_000)
+    hs = random_histories(4, 30, model.item_ids, span_ms=5 * 86_400_000)
     batched = model.encode_long(hs)
     single = np.concatenate([model.encode_long([h]) for h in hs])
     np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
@@ -186,7 +186,7 @@ def test_masked_history_and_sampled_next_items(tmp_path: Path) -> None:
 
 def test_blend_alpha_is_chosen_on_validation(events: pd.DataFrame, tmp_path: Path) -> None:
     """The serving alpha is the grid point with the best validation NDCG@10."""
-    from interest_stream.models.train import ALPHA_GRID
+    from interest_stream.models.training import ALPHA_GRID
 
     cfg = tiny_train_config(epochs=2, val_fraction=0.2, blend_alpha=0.5)
     res = models.train(events, tmp_path / "m", cfg, progress=False)
@@ -224,7 +224,7 @@ def test_revisit_channel(events: pd.DataFrame, tmp_path: Path) -> None:
     """The revisit channel: chosen on validation, round-trips, points at returned-to items."""
     from model_helpers import tiny_encoder_config
 
-    from interest_stream.models.train import REVISIT_GAIN_GRID
+    from interest_stream.models.training import REVISIT_GAIN_GRID
 
     cfg = tiny_train_config(
         epochs=2, val_fraction=0.2, encoder=tiny_encoder_config(revisit_dim=256)
@@ -266,7 +266,7 @@ def test_trend_coordinate(events: pd.DataFrame, tmp_path: Path) -> None:
     """The trend coordinate: recent item popularity on the item side, one gain for users."""
     from model_helpers import tiny_encoder_config
 
-    from interest_stream.models.train import TREND_DAYS_GRID, trend_scores
+    from interest_stream.models.training import TREND_DAYS_GRID, trend_scores
 
     cfg = tiny_train_config(epochs=2, val_fraction=0.2, encoder=tiny_encoder_config(trend=True))
     res = models.train(events, tmp_path / "m", cfg, progress=False)

