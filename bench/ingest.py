@@ -34,8 +34,7 @@ from bench.tooling import WorkerProcess, read_topic, wait_for
 from interest_stream.core.settings import Settings, load_settings
 from interest_stream.streams.positions import is_reserved_key
 from interest_stream.streams.replay import replay_events
-from interest_stream.streams.topics import ensure_topics
-from interest_stream.streams.worker import changelog_topic
+from interest_stream.streams.topics import changelog_topic, ensure_topics
 
 __all__ = ["bench_ingest", "fresh_settings", "main", "raw_consume_rate"]
 
@@ -190,7 +189,7 @@ def bench_ingest(
 
 def _full_window_sizes(settings: Settings, full: int) -> float:
     """Median encoded size of the windows whose history is full."""
-    from interest_stream.streams.worker import read_changelog_windows
+    from interest_stream.streams.changelog import read_changelog_windows
 
     sizes = [len(w.to_bytes()) for w in read_changelog_windows(settings).values() if len(w) == full]
     return float(statistics.median(sizes)) if sizes else 0.0

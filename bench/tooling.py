@@ -3,8 +3,9 @@
 For tests, benchmarks and tools; nothing here is used by the worker itself.
 
 * :func:`read_changelog_windows` -- every user's latest window, from the
-  changelog topic (re-exported from :mod:`streams.worker`);
-* :func:`read_topic` -- all records of a topic, up to its end offsets;
+  changelog topic (re-exported from :mod:`interest_stream.streams.changelog`);
+* :func:`read_topic` -- all records of a topic, up to its end offsets
+  (:func:`interest_stream.core.kafka.read_to_end`; :class:`TopicRecord` re-exported);
 * :class:`WorkerProcess` -- run ``python -m interest_stream.streams.worker`` as a child process
   with a :class:`~interest_stream.core.settings.Settings` turned into ``INTEREST_*``
   variables, and query its HTTP views (``/healthz/``, ``/assignment/``,
@@ -24,14 +25,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
 from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.kafka import TopicReadError, TopicRecord, read_to_end
 from interest_stream.core.settings import Settings, settings_environ
-from interest_stream.streams.worker import read_changelog_windows
+from interest_stream.streams.changelog import read_changelog_windows
 
 __all__ = [
     "TopicRecord",
@@ -75,63 +76,16 @@ def wait_for(
         time.sleep(interval_s)
 
 
-@dataclass(frozen=True, slots=True)
-class TopicRecord:
-    """One record read back from a topic."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int
-
-
 def read_topic(settings: Settings, topic: str, *, timeout_s: float = 60.0) -> list[TopicRecord]:
     """All records of ``topic`` from the beginning to the end offsets at call time.
 
     Raises:
         WorkerProcessError: The topic does not exist or could not be read in time.
     """
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=32 * 1024 * 1024,
-        **settings.kafka_client_config(),
-    )
-    out: list[TopicRecord] = []
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            raise WorkerProcessError(f"topic {topic} does not exist")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if end[tp] > 0}
-        deadline = time.monotonic() + timeout_s
-        while remaining:
-            if time.monotonic() > deadline:
-                raise WorkerProcessError(f"reading {topic} timed out after {timeout_s}s")
-            for tp, records in consumer.poll(timeout_ms=500, max_records=10_000).items():
-                for rec in records:
-                    if rec.offset < end[tp]:
-                        out.append(
-                            TopicRecord(
-                                topic, tp.partition, rec.offset, rec.key, rec.value, rec.timestamp
-                            )
-                        )
-            for tp in list(remaining):
-                if consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-    finally:
-        consumer.close()
-    return out
+        return read_to_end(settings, topic, timeout_s=timeout_s)
+    except TopicReadError as exc:
+        raise WorkerProcessError(str(exc)) from exc
 
 
 def group_lag(settings: Settings) -> int:

@@ -1,10 +1,13 @@
-"""Topic administration: create the project's topics, idempotently, with the right policies.
+"""Topic administration: create the project's topics, idempotently, and check them.
 
 * event topics (``INTEREST_EVENT_TOPICS``): ``INTEREST_TOPIC_PARTITIONS`` partitions
   each; they must be co-partitioned (same count), because a user's window lives
   on the partition its key hashes to in every topic;
 * the DLQ (``INTEREST_DLQ_TOPIC``): same partition count, delete policy;
-* the output topic (``INTEREST_OUTPUT_TOPIC``): compacted, key = user_id.
+* the output topic (``INTEREST_OUTPUT_TOPIC``): compacted, key = user_id;
+* the worker's tables' changelogs (:func:`changelog_topic`,
+  :func:`forgotten_changelog_topic`) and the command topic: the event topics'
+  partition count (:func:`check_topics`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,21 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from interest_stream.core.errors import InterestStreamError
 from interest_stream.core.settings import Settings
+from interest_stream.streams.commands import CommandError, ensure_command_topic
 
-__all__ = ["KafkaUnavailable", "TopicError", "admin_client", "ensure_topics", "partition_counts"]
+__all__ = [
+    "FORGOTTEN_TABLE",
+    "TABLE_NAME",
+    "KafkaUnavailable",
+    "TopicError",
+    "WorkerError",
+    "admin_client",
+    "changelog_topic",
+    "check_topics",
+    "ensure_topics",
+    "forgotten_changelog_topic",
+    "partition_counts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +48,26 @@ class KafkaUnavailable(InterestStreamError):
 
 class TopicError(InterestStreamError):
     """A topic exists with settings that cannot work (e.g. wrong partition count)."""
+
+
+class WorkerError(InterestStreamError):
+    """The worker cannot start or run (topics missing or not co-partitioned, bad store)."""
+
+
+#: Name of the worker's windows table (user_id -> window bytes).
+TABLE_NAME = "windows"
+#: Name of the worker's forgotten-users table (user_id -> suppression record).
+FORGOTTEN_TABLE = "forgotten"
+
+
+def changelog_topic(settings: Settings) -> str:
+    """Name of the windows table's changelog topic (Faust's ``<app_id>-windows-changelog``)."""
+    return f"{settings.app_id}-{TABLE_NAME}-changelog"
+
+
+def forgotten_changelog_topic(settings: Settings) -> str:
+    """Changelog topic of the forgotten-users table (``<app_id>-forgotten-changelog``)."""
+    return f"{settings.app_id}-{FORGOTTEN_TABLE}-changelog"
 
 
 def admin_client(settings: Settings, timeout_s: float = 15.0) -> KafkaAdminClient:
@@ -138,3 +174,43 @@ def ensure_topics(settings: Settings, *, extra: Iterable[str] = ()) -> dict[str,
         return counts
     finally:
         admin.close()
+
+
+def check_topics(settings: Settings) -> int:
+    """Create missing topics and return the event topics' common partition count.
+
+    Raises:
+        WorkerError: The event topics are not co-partitioned, or a changelog
+            topic exists with another partition count.
+        KafkaUnavailable: No broker answers.
+    """
+    try:
+        counts = ensure_topics(settings)
+    except TopicError as exc:
+        raise WorkerError(f"{exc} (INTEREST_EVENT_TOPICS)") from exc
+    event_counts = {t: counts.get(t) for t in settings.event_topics}
+    distinct = set(event_counts.values())
+    if None in distinct or len(distinct) != 1:
+        raise WorkerError(
+            "the event topics must exist and have the same partition count "
+            f"(co-partitioned by user_id); found {event_counts} (INTEREST_EVENT_TOPICS)"
+        )
+    n = int(next(iter(distinct)))  # type: ignore[arg-type]
+    try:
+        ensure_command_topic(settings, n)
+    except CommandError as exc:
+        raise WorkerError(str(exc)) from exc
+    admin = admin_client(settings)
+    internal = [changelog_topic(settings), forgotten_changelog_topic(settings)]
+    try:
+        cl = partition_counts(admin, internal)
+    finally:
+        admin.close()
+    for topic in internal:
+        have = cl.get(topic)
+        if have is not None and have != n:
+            raise WorkerError(
+                f"changelog topic {topic} has {have} partitions but the event "
+                f"topics have {n}; use a new INTEREST_APP_ID or recreate the changelog"
+            )
+    return n

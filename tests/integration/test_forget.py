@@ -31,10 +31,10 @@ from bench.tooling import read_topic, wait_for
 from interest_stream.core.eventfile import read_events
 from interest_stream.core.settings import Settings
 from interest_stream.procs import Service, http_get_json, wait_http
+from interest_stream.streams.changelog import read_changelog_windows
 from interest_stream.streams.kafka_local.broker import free_port
 from interest_stream.streams.replay import replay_events
 from interest_stream.streams.topics import ensure_topics
-from interest_stream.streams.worker import read_changelog_windows
 
 pytestmark = pytest.mark.integration
 

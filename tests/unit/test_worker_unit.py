@@ -13,16 +13,10 @@ import pytest
 
 from bench.tooling import settings_environ
 from interest_stream.core.settings import Settings, load_settings
+from interest_stream.streams.metrics import WorkerMetrics
+from interest_stream.streams.topics import TABLE_NAME, changelog_topic
 from interest_stream.streams.window import BehaviorWindow
-from interest_stream.streams.worker import (
-    TABLE_NAME,
-    BatchHook,
-    WindowWorker,
-    WorkerError,
-    WorkerMetrics,
-    changelog_topic,
-    worker_info_path,
-)
+from interest_stream.streams.worker import BatchHook, WindowWorker, WorkerError, worker_info_path
 
 
 def make(tmp_path: Path, **kw: object) -> Settings:

@@ -1,0 +1,85 @@
+"""The worker's HTTP views, on Faust's web server (``127.0.0.1:INTEREST_WORKER_WEB_PORT``).
+
+* ``GET /windows/{user_id}/`` -- the window (404 when unknown or on a partition
+  this worker does not hold; 500 when the stored bytes are corrupt);
+* ``GET /assignment/`` -- partitions held, standbys, rebalancing;
+* ``GET /healthz/`` -- pid, app state, partitions held;
+* ``GET /metrics`` -- Prometheus text (:class:`~interest_stream.streams.metrics.WorkerMetrics`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from interest_stream.streams.window import StateCodecError
+
+if TYPE_CHECKING:
+    from interest_stream.streams.worker import WindowWorker
+
+__all__ = ["add_views"]
+
+_METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";charset")[0].split("; charset")[0]
+
+
+def add_views(app: faust.App, worker: WindowWorker) -> None:
+    """Register the worker's views on ``app`` (the worker's Faust app)."""
+
+    @app.page("/windows/{user_id}/")
+    async def window_view(view: View, request: Request, user_id: str) -> Response:
+        try:
+            window = worker.read_window(user_id)
+        except StateCodecError as exc:
+            return view.json({"error": "corrupt state", "detail": str(exc)}, status=500)
+        if window is None:
+            return view.json(
+                {
+                    "error": "not found",
+                    "detail": f"user {user_id!r} has no window on a partition of this worker",
+                },
+                status=404,
+            )
+        return view.json(window.to_dict())
+
+    @app.page("/assignment/")
+    async def assignment_view(view: View, request: Request) -> Response:
+        held = sorted(worker.held_partitions())
+        worker.metrics.assigned.set(len(held))
+        try:
+            standbys = sorted({tp.partition for tp in app.assignor.assigned_standbys()})
+        except Exception:
+            standbys = []
+        return view.json(
+            {
+                "app_id": worker.settings.app_id,
+                "partitions": held,
+                "standby_partitions": standbys,
+                "partition_count": worker.partitions,
+                "topics": sorted(worker.event_topics),
+                "rebalancing": bool(app.rebalancing),
+            }
+        )
+
+    @app.page("/healthz/")
+    async def health_view(view: View, request: Request) -> Response:
+        return view.json(
+            {
+                "status": "ok",
+                "pid": os.getpid(),
+                "state": app.state,
+                "rebalancing": bool(app.rebalancing),
+                "partitions": len(worker.held_partitions()),
+            }
+        )
+
+    @app.page("/metrics")
+    async def metrics_view(view: View, request: Request) -> Response:
+        worker.metrics.assigned.set(len(worker.held_partitions()))
+        # aiohttp wants the charset apart from the content type
+        return view.bytes(worker.metrics.render(), content_type=_METRICS_CONTENT_TYPE)
+
+    del window_view, assignment_view, health_view, metrics_view
