@@ -1,59 +1,18 @@
 """The interest encoder: an item tower and two small Hugging Face BERT paths.
 
-Item tower
-    ``item_table()`` gives one vector per item index (``[n_items + 2, dim]``; row 0
-    padding, row 1 OOV): a learned id embedding, plus a learned category
-    embedding when categories are known, plus a learned projection of a frozen
-    MiniLM text embedding when item text is known; optionally the last
-    ``identity_dim`` coordinates are a fixed random code per item (times one
-    learned scale), which lets a vector point at *specific* items (the ones a
-    user keeps coming back to) without the interference of their category
-    neighbours. The same table embeds the input events and scores items (inner
-    product), so the short, long and blended vectors all live in the item space.
+* ``item_table()`` — one vector per item index, float32 ``[n_items + 2, dim]``
+  (row 0 padding, row 1 OOV); it embeds the input events and scores items;
+* ``encode_short`` — recent window (order-aware) -> ``[B, dim]``;
+* ``encode_long`` — long history (causal, type-weighted pooling) -> ``[B, dim]``;
+  ``long_prefix_vectors`` gives the long vector after every prefix in one pass;
+* optional fixed channels: revisit codes (``revisit_dim``) and a trend coordinate
+  (``trend``), set after training on the validation split
+  (:mod:`interest_stream.models.selection`); ``score_table()`` is the published
+  item vectors including them.
 
-Short path (recent window, order-aware)
-    Each event token = projected item vector + event-type embedding (BERT token
-    type) + reverse-position embedding (BERT position; 1 = newest) + log2 age
-    bucket embedding. A summary token is prepended. After the BERT layers:
-    ``short = W_s h_summary + g_s * sum_j a_j item(j)`` where ``a`` is a learned
-    attention over the window (a copy path that lets the vector point at items
-    just seen).
-
-Long path (long history, a profile)
-    Token = projected item vector + event-type embedding; no position or age
-    embedding. The BERT layers are causal (event ``j`` sees events ``<= j``), and
-    the output pools all events of the history:
-    ``long = W_l sum_j w_j h_j + g_l * sum_j w_j item(j)`` with ``w_j``
-    proportional to a learned weight of the event type (a purchase weighs more
-    than a view), times an optional *fixed* recency decay
-    (``long_half_life_hours``, e.g. 72 h). Recency is never learned, so a burst
-    of recent events moves the long vector only by its (bounded) share of the
-    history. Being causal, one pass over a sequence gives the long vector after
-    every prefix (the decay is exponential, so it factors out of the running
-    sums), which keeps training cheap (:meth:`InterestEncoder.long_prefix_vectors`).
-
-Revisit channel (optional, ``revisit_dim``)
-    Every vector gets ``revisit_dim`` more coordinates. Items have fixed random
-    codes there (seeded, saved with the weights); the long vector's channel is
-    ``gain * sum_j w_j code(j) / sum_j w_j`` with ``w_j`` = a fixed weight of the
-    event type (:data:`~models.config.DEFAULT_TYPE_WEIGHTS`) times a fixed recency
-    decay. Its inner product with an item's vector approximates the user's
-    (recency-weighted) share of events on that item: how much they keep coming
-    back to it, which a 64-dimensional semantic vector cannot say about *one*
-    item among tens of thousands. Nothing in it is learned; ``gain`` is chosen on
-    the validation split (``interest_stream.models.selection``). The short vector's channel is zero.
-    Training never sees the channel: :meth:`InterestEncoder.item_table` is the
-    semantic part, :meth:`InterestEncoder.score_table` the published item vectors.
-
-Trend coordinate (optional, ``trend``)
-    One more coordinate: the item's popularity in the last days of the training
-    data (frozen in the checkpoint) on the item side, one gain on the user side
-    (short and long alike), both set after training on the validation split.
-
-Empty windows return a learned "no history" vector per path (trained on every
-user's first event, it behaves like a popularity prior).
-
-``forward`` returns embeddings only; the losses live in :mod:`models.task`.
+Empty windows return a learned "no history" vector per path. ``forward`` returns
+embeddings only; the losses live in :mod:`interest_stream.models.task`. Design:
+docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,14 @@
-"""The training task: losses on top of :class:`~models.encoder.InterestEncoder` outputs.
+"""The training task: losses on top of :class:`~interest_stream.models.encoder.InterestEncoder`.
 
-* next item (short vector): softmax cross-entropy over the items, weighted by
-  the target event's type weight;
-* next event type (short vector, auxiliary head): 5-way cross-entropy — the
-  multi-task part that makes the encoder tell a purchase from a view;
+* next item (short vector): type-weighted softmax cross-entropy over the items;
+* next event type (short vector, auxiliary head): 5-way cross-entropy;
 * next days (long vector, and the blend ``alpha * short + (1 - alpha) * long``):
-  multi-positive softmax cross-entropy, the weighted mean of ``-log p(item)``
-  over the distinct items of the following ``long_horizon_hours``.
+  multi-positive softmax cross-entropy over the items of the following
+  ``long_horizon_hours``.
 
-The softmax is full (every trained item) or sampled: the positives against
-``n_negatives`` uniform negatives shared by the batch. The items of the row's
-own input history are treated in one of two ways:
-
-* passed with ``mask_history=False`` (``seen_items="hard_negatives"``): the
-  sampled softmax adds all of them to the row's negatives (deduplicated, the
-  row's positives excluded) — the hardest negatives for interest vectors,
-  since a user's next events are mostly chosen among the items they already
-  touched, and uniform samples rarely contain them (on Taobao this did not
-  improve validation NDCG, so it is off by default);
-* ``mask_history=True`` (task ``new``, e.g. MovieLens where nobody rates a
-  movie twice): they are removed from the softmax, exactly as the new-items
-  evaluation removes them from the ranking, so the model is never asked to
-  push a user's own items down.
+The softmax is full or sampled (``n_negatives`` uniform negatives shared by the
+batch); a row's own history items are hard negatives or masked out
+(``mask_history``). Design: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
