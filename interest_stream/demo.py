@@ -1,12 +1,12 @@
-"""`interest-stream demo`: the whole product, end to end, on the bundled Taobao sample.
+"""``interest-stream demo``: the whole product, end to end, on the bundled Taobao sample.
 
-1. starts the local Kafka (or uses the one at ``INTEREST_KAFKA_BOOTSTRAP`` if it answers);
-2. trains a model on the shared Taobao ``user_histories`` slice, or reuses the
-   checkpoint already in the model folder;
-3. starts a worker and the API as child processes;
-4. replays the events at a visible pace, printing live throughput and freshness;
-5. prints example queries against a real user, then keeps everything up until
-   Ctrl-C (or for ``--duration`` seconds) and stops it all cleanly.
+:func:`run_demo` uses the broker at ``INTEREST_KAFKA_BOOTSTRAP`` (or starts a local
+one), trains a model or reuses the checkpoint in the model folder, runs a worker
+and the API as child processes under a fresh ``demo<time>`` namespace (own app
+id, topics and state), replays the events while printing live throughput and
+freshness, prints example queries, stays up for ``--duration`` seconds or until
+Ctrl-C, and stops everything it started. Progress goes through
+``DemoOptions.say``; the summary is returned. Design notes: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -31,12 +31,25 @@ __all__ = ["DemoOptions", "run_demo"]
 
 log = logging.getLogger(__name__)
 
+#: Training budget of the demo (``interest-stream train`` has none).
 DEMO_TRAIN_SECONDS = 300.0
 
 
 @dataclass
 class DemoOptions:
-    """What the demo does; the CLI fills it."""
+    """What the demo does; the CLI fills it.
+
+    Attributes:
+        events: Event file to train on and replay (default: the shared Taobao slice).
+        work_dir: Model (unless ``INTEREST_MODEL_DIR`` is set), state and logs.
+        rate: Replay pace, events per second.
+        duration: Stay up this many seconds after the replay; ``None``: until Ctrl-C.
+        limit: Replay only the first N events.
+        epochs: Training epochs (default: the training configuration's).
+        retrain: Train even if the model folder holds a checkpoint.
+        stop_kafka: ``False`` leaves a broker the demo started running.
+        say: Receives each progress line.
+    """
 
     events: Path | None = None
     work_dir: Path = Path(".interest-stream/demo")
@@ -94,9 +107,7 @@ def _ensure_model(events_path: Path, model_dir: Path, opts: DemoOptions) -> None
         f"(at most {DEMO_TRAIN_SECONDS / 60:.0f} minutes)"
     )
     df = read_events(events_path)
-    # the demo bounds training time (`interest-stream train` has no such budget) and
-    # serves: it trains on the whole file (cutoff 1.0), so every replayed item is known;
-    # the held-out evaluation is `interest-stream evaluate`'s job
+    # bounded time, whole file (cutoff 1.0): every replayed item is known to the index
     kwargs: dict[str, Any] = {"max_train_seconds": DEMO_TRAIN_SECONDS, "cutoff_quantile": 1.0}
     if opts.epochs is not None:
         kwargs["epochs"] = opts.epochs
@@ -306,6 +317,7 @@ def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
 
 
 def _lagging(worker_url: str, total: int) -> bool:
+    """True while the worker has applied (or deduplicated) fewer than ``total`` events."""
     _, text = http_get_json(f"{worker_url}/metrics")
     if not isinstance(text, str):
         return False

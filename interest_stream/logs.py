@@ -1,4 +1,9 @@
-"""Logging set-up for the entry points (library modules only call ``getLogger(__name__)``)."""
+"""Logging set-up for the entry points; library modules only call ``getLogger(__name__)``.
+
+:func:`configure_logging` sends log records to stderr, as plain lines or as JSON
+lines (``{"ts", "level", "logger", "msg", "exc"?}``, ``INTEREST_LOG_JSON``); the
+project's loggers log at ``INTEREST_LOG_LEVEL``, other libraries at WARNING.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +34,13 @@ class _JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
-    """Send the project's logs to stderr once per process (later calls only set the level)."""
+    """Send the project's logs to stderr once per process (later calls only set the level).
+
+    Args:
+        level: ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR`` for the project's loggers
+            (unknown names mean ``INFO``).
+        json_lines: Format records as JSON lines (first call only).
+    """
     global _CONFIGURED
     lvl = getattr(logging, level.upper(), logging.INFO)
     if not _CONFIGURED:

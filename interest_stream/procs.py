@@ -1,10 +1,11 @@
 """Child processes for the demo, the pipeline benchmark and the tests.
 
-:class:`Service` starts ``interest-stream worker`` / ``interest-stream serve``
-(or any command) as a child with settings passed through ``INTEREST_*``
-environment variables, keeps its output in a log file, and stops it with
-SIGTERM (SIGKILL after a grace period). ``kill()`` sends SIGKILL at once, for
-crash tests.
+:class:`Service` runs ``interest-stream <verb>`` (or any command) as a child in
+its own process group, with the given settings passed as ``INTEREST_*``
+environment variables and its output appended to ``<log_dir>/<name>.log``;
+``stop()`` sends SIGTERM (SIGKILL after a grace period), ``kill()`` SIGKILL at
+once (crash tests). :func:`http_get_json` and :func:`wait_http` probe the
+children's HTTP endpoints.
 """
 
 from __future__ import annotations
@@ -35,14 +36,31 @@ class ServiceError(InterestStreamError):
 
 
 def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment that makes a child process read exactly these settings."""
+    """The environment that makes a child process read exactly these settings.
+
+    Args:
+        settings: The settings the child should see.
+        base: The environment to start from (default: this process's).
+
+    Returns:
+        ``base`` with every setting as its ``INTEREST_*`` variable.
+    """
     from interest_stream.core.settings import settings_environ
 
     return settings_environ(settings, base)
 
 
 def http_get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
-    """GET a URL; returns (status, decoded JSON or text). Status 0 = no answer."""
+    """GET a URL.
+
+    Args:
+        url: The URL (loopback services).
+        timeout: Seconds to wait for the answer.
+
+    Returns:
+        ``(status, body)``: the body decoded as JSON, else as text; ``(0, None)``
+        when nothing answered. HTTP errors are returned, not raised.
+    """
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback
             body = resp.read()
@@ -59,7 +77,19 @@ def http_get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
 
 
 def wait_http(url: str, timeout: float = 60.0, ok: tuple[int, ...] = (200,)) -> Any:
-    """Poll ``url`` until it answers with one of ``ok``; returns the body."""
+    """Poll ``url`` every 0.2 s until it answers with one of ``ok``.
+
+    Args:
+        url: The URL to poll.
+        timeout: Seconds to keep trying.
+        ok: Statuses that count as an answer.
+
+    Returns:
+        The body of the first good answer (JSON decoded, else text).
+
+    Raises:
+        ServiceError: No good answer within ``timeout`` (the last status and body).
+    """
     deadline = time.monotonic() + timeout
     status, body = 0, None
     while time.monotonic() < deadline:
@@ -99,13 +129,23 @@ class Service:
         *,
         extra_env: Mapping[str, str] | None = None,
     ) -> Service:
-        """A service running ``interest-stream <verb...>`` with this interpreter."""
-        # -P: never let the working directory shadow the packages (e.g. a ./models folder)
+        """A service running ``interest-stream <verb...>`` with this interpreter.
+
+        Args:
+            name: The service's name (also its log file's).
+            verb: The CLI verb and its arguments, e.g. ``["worker"]``.
+            settings: Passed to the child as ``INTEREST_*`` variables.
+            log_dir: Where ``<name>.log`` is written.
+            extra_env: Further environment variables (win over the settings).
+
+        Returns:
+            The service, not started yet.
+        """
         args = [sys.executable, "-m", "interest_stream.cli", *verb]
         return cls(name, args, settings, log_dir, extra_env=extra_env)
 
     def start(self) -> Service:
-        """Start the child (output appended to its log file)."""
+        """Start the child (output appended to its log file); returns ``self``."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = settings_env(self.settings)
         env.update(self.extra_env)
@@ -142,7 +182,11 @@ class Service:
             )
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        """SIGTERM the child's process group, then SIGKILL after ``timeout`` seconds.
+
+        Returns:
+            The child's exit code (``None`` if it was never started).
+        """
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         try:

@@ -1,11 +1,11 @@
 """The worker process as a product: state (``streams.worker``) + re-encode loop + output topic.
 
-:func:`run` is what ``interest-stream worker`` calls. With a model checkpoint
-(``INTEREST_MODEL_DIR``) it loads the encoder on the configured device, plugs a
-:class:`~streams.reencode.Reencoder` into the worker's batch hook, publishes
-every re-encoded user to the compacted output topic, and polls the model folder
-for a new checkpoint (hot reload). Without a checkpoint it keeps state only and
-says so in the log.
+:func:`run` is what ``interest-stream worker`` calls. With a checkpoint
+(``INTEREST_MODEL_DIR``) every re-encoded user is published to the compacted
+output topic (``INTEREST_OUTPUT_TOPIC``, record format in docs/CONTRACTS.md), a
+forgotten user gets a tombstone there, and a newer checkpoint in the folder is
+loaded without a restart (polled every :data:`MODEL_POLL_S` seconds). Without a
+checkpoint the worker keeps state only. Design notes: docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ __all__ = ["MODEL_POLL_S", "ReencodingWorker", "attach_reencoder", "run"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two looks at the model folder (hot reload).
 MODEL_POLL_S = 5.0
-#: Forgotten users whose in-flight records are filtered (see ``attach_reencoder``).
+#: Forgotten users whose in-flight records are filtered (see ``_ForgottenFilter``).
 FORGET_FILTER_USERS = 100_000
+#: Users per second re-encoded by the sweep after a start or a model swap.
 STARTUP_SWEEP_PER_S = 2000.0
 
 
@@ -218,7 +220,19 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
 
 
 def run(settings: Settings) -> int:
-    """Run one worker process (blocking until SIGTERM/SIGINT); returns the exit code."""
+    """Run one worker process, blocking until SIGTERM/SIGINT.
+
+    Args:
+        settings: The effective settings (``INTEREST_MODEL_DIR`` unset: state only).
+
+    Returns:
+        The process exit code (0 after a clean stop).
+
+    Raises:
+        ModelError: The checkpoint cannot be loaded.
+        WorkerError: The topics cannot be used (from
+            :func:`~interest_stream.streams.worker.run_worker`).
+    """
     worker = ReencodingWorker(settings)
     if settings.model_dir is None:
         log.warning("INTEREST_MODEL_DIR is not set: keeping state only, no vectors are published")
