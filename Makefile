@@ -21,9 +21,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: install
 	$(CLI) demo
 
+# lint-imports checks the layers ([tool.importlinter] in pyproject.toml); it cannot see
+# through the editable install (package-dir), so it runs on the installed layout: a
+# tree of links under build/importlinter (as .ci/typecheck.py makes for mypy).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -c "import sys; sys.path.insert(0, '.ci'); import typecheck as t; t.link_tree(t.ROOT / 'build' / 'importlinter')"
+	cd build/importlinter && PYTHONPATH=. $(abspath $(VENV))/bin/lint-imports --no-cache --no-logo ../../pyproject.toml
 
 typecheck: install
 	$(PY) .ci/typecheck.py

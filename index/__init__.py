@@ -6,9 +6,9 @@ Public surface:
   factory (``"faiss"``, ``"numpy"`` or a dotted path);
 * :class:`FaissIndex` + :class:`FaissConfig` - exact / IVF / GPU-replica backend;
   :class:`NumpyIndex` - brute-force reference;
-* :class:`UserIndex` + :class:`UserRecord` - short/long/blend user vectors with
-  versioned upserts and snapshots; :class:`ItemIndex` - the catalogue from a
-  model checkpoint;
+* :class:`UserIndex` - short/long/blend user vectors (of
+  :class:`~interest_stream.core.records.UserRecord`) with versioned upserts and
+  snapshots; :class:`ItemIndex` - the catalogue from a model checkpoint;
 * errors: :class:`VectorIndexError` and its subclasses.
 
 Only numpy is imported eagerly; faiss is imported when a FAISS index is created.
@@ -16,6 +16,7 @@ Only numpy is imported eagerly; faiss is imported when a FAISS index is created.
 
 from __future__ import annotations
 
+from interest_stream.core.records import HORIZONS, Horizon, UserRecord
 from interest_stream.index.base import METRICS, VectorIndex, create_index
 from interest_stream.index.errors import (
     DimensionMismatch,
@@ -34,7 +35,7 @@ from interest_stream.index.faiss_backend import (
 )
 from interest_stream.index.item_index import ItemIndex, write_item_vectors
 from interest_stream.index.numpy_backend import NumpyIndex
-from interest_stream.index.user_index import HORIZONS, Horizon, UpsertResult, UserIndex, UserRecord
+from interest_stream.index.user_index import UpsertResult, UserIndex
 
 __all__ = [
     "HORIZONS",

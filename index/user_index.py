@@ -1,102 +1,47 @@
-"""The user index: every user's short- and long-term interest vectors, searchable.
+"""The user index: every user's short-, long-term and blended vectors, searchable.
 
-It is also the API's user store: besides the vectors it keeps each user's
-record metadata (version, times, model version, and the optional
-``recent_items`` / ``purchased`` lists used to filter recommendations).
-
-Three vector sets share the user ids:
-
-* ``short`` - the short-term (session) interest vector;
-* ``long``  - the long-term interest vector;
-* ``blend`` - ``w * short + (1 - w) * long`` with ``w = blend_weight`` (the
-  checkpoint's ``train.blend_alpha``; the same formula as ``models.blend``).
-
-Updates are versioned: an upsert older than the held version is ignored
-(equal versions are applied), so replaying a compacted topic is idempotent.
-Batched upserts (:meth:`UserIndex.upsert_many`) cost one FAISS call per vector set.
+It is also the API's user store: besides the vectors it keeps each user's record
+metadata (:class:`~interest_stream.core.records.UserRecord` without the vectors).
+``blend = w * short + (1 - w) * long`` (``w = blend_weight``, as ``models.blend``).
+Upserts are versioned: one older than the held version is ignored (equal versions
+are applied), so replaying the compacted topic is idempotent.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from interest_stream.core.records import HORIZONS, Horizon, UserRecord
+from interest_stream.index._rebuild import Rebuilds
 from interest_stream.index._sync import RWLock
 from interest_stream.index.base import (
     VectorIndex,
     Vectors,
     as_matrix,
-    atomic_folder,
-    check_meta,
     create_index,
     library_versions,
-    read_meta,
-    write_json,
 )
-from interest_stream.index.errors import DimensionMismatch, IndexNotBuilt, SnapshotError, UnknownId
+from interest_stream.index.errors import IndexNotBuilt, SnapshotError, UnknownId
 from interest_stream.index.faiss_backend import FaissConfig
+from interest_stream.index.user_snapshot import (
+    SNAPSHOT_FORMAT,
+    UserSnapshot,
+    read_snapshot,
+    write_snapshot,
+)
 
 __all__ = ["HORIZONS", "Horizon", "UpsertResult", "UserIndex", "UserRecord"]
 
 logger = logging.getLogger(__name__)
-
-Horizon = Literal["short", "long", "blend"]
-HORIZONS: Final[tuple[str, ...]] = get_args(Horizon)
-SNAPSHOT_META: Final = "user_index.json"
-SNAPSHOT_FORMAT: Final = "interest-stream-user-index"
-
-
-@dataclass(frozen=True, slots=True)
-class UserRecord:
-    """One user's interest, as published on the output topic.
-
-    Attributes:
-        user_id: The user.
-        version: Grows with every applied event of the user.
-        short: Short-term interest vector ``[dim]`` (float32).
-        long: Long-term interest vector ``[dim]`` (float32).
-        event_time: Newest applied event's time (epoch ms).
-        updated_at: When the vectors were written (epoch ms).
-        model_version: Version of the encoder that produced the vectors.
-        recent_items: Items the user interacted with recently (optional field).
-        purchased: Items the user bought (optional field).
-        produced_at: Kafka time (epoch ms) of the newest source event behind
-            these vectors, when the worker sent it; used to measure freshness
-            and not stored in the index.
-    """
-
-    user_id: str
-    version: int
-    short: npt.NDArray[np.float32]
-    long: npt.NDArray[np.float32]
-    event_time: int | None = None
-    updated_at: int | None = None
-    model_version: str | None = None
-    recent_items: tuple[str, ...] = ()
-    purchased: tuple[str, ...] = ()
-    produced_at: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The output-record JSON object (the ``/interest`` answer)."""
-        return {
-            "user_id": self.user_id,
-            "version": self.version,
-            "event_time": self.event_time,
-            "updated_at": self.updated_at,
-            "model_version": self.model_version,
-            "short": self.short.tolist(),
-            "long": self.long.tolist(),
-        }
 
 
 @dataclass(slots=True)
@@ -188,11 +133,7 @@ class UserIndex:
         self.blend_weight = float(blend_weight)
         self.model_version = model_version
         self.write_chunk = write_chunk
-        self.background_rebuild = background_rebuild
-        self._rebuilder: threading.Thread | None = None
-        self._rebuild_again = False
-        self._rebuilds_held = False
-        self._rebuild_lock = threading.Lock()
+        self._rebuilds = Rebuilds(lambda: self._sets.values(), background=background_rebuild)
         self._lock = RWLock()
         self._meta: dict[str, _Meta] = {}
         self._sets: dict[str, VectorIndex] = {}
@@ -353,37 +294,13 @@ class UserIndex:
         return len(gone)
 
     # ------------------------------------------------------------------ rebuilds
-    def _rebuild(self) -> None:
-        """Let each vector set move to the structure its size calls for."""
-        if not self.background_rebuild:
-            with self._rebuild_lock:
-                if self._rebuilds_held:
-                    self._rebuild_again = True
-                    return
-                self._rebuild_again = False
-            for vi in list(self._sets.values()):
-                vi.maybe_rebuild()
-            return
-        with self._rebuild_lock:
-            self._rebuild_again = True
-            if self._rebuilds_held or self._rebuilder is not None:
-                return  # the running thread will look again before it exits
-            t = threading.Thread(target=self._rebuild_loop, name="user-index-rebuild", daemon=True)
-            self._rebuilder = t
-        t.start()
+    @property
+    def background_rebuild(self) -> bool:
+        """Whether structure rebuilds run in a daemon thread (see :meth:`__init__`)."""
+        return self._rebuilds.background
 
-    def _rebuild_loop(self) -> None:
-        while True:
-            with self._rebuild_lock:
-                if not self._rebuild_again:
-                    self._rebuilder = None
-                    return
-                self._rebuild_again = False
-            for vi in list(self._sets.values()):
-                try:
-                    vi.maybe_rebuild()
-                except Exception:  # the old structure keeps serving; retried on next write
-                    logger.exception("background rebuild of the user index failed")
+    def _rebuild(self) -> None:
+        self._rebuilds.request()
 
     def hold_rebuilds(self, hold: bool) -> None:
         """Hold structure rebuilds (e.g. while a consumer catches up); release runs them.
@@ -392,19 +309,11 @@ class UserIndex:
         while flat) and writes stay cheap; releasing starts the rebuilds the
         writes called for (in the background with ``background_rebuild``).
         """
-        with self._rebuild_lock:
-            self._rebuilds_held = hold
-            due = not hold and self._rebuild_again
-        if due:
-            self._rebuild()
+        self._rebuilds.hold(hold)
 
     def wait_rebuilds(self, timeout: float | None = None) -> bool:
         """Wait for a background rebuild in progress; True when none is running."""
-        t = self._rebuilder
-        if t is not None:
-            t.join(timeout)
-            return not t.is_alive()
-        return True
+        return self._rebuilds.wait(timeout)
 
     # ------------------------------------------------------------------ reads
     def version(self, user_id: str) -> int | None:
@@ -491,12 +400,7 @@ class UserIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: Path | str) -> Path:
-        """Snapshot to a self-describing folder (replaced atomically).
-
-        Layout: ``user_index.json`` (format, dim, metric, model version(s),
-        blend weight, count, library versions), ``ids.json``, ``versions.npy``
-        (int64), ``short.npy`` / ``long.npy`` (float32 ``[n, dim]``) and
-        ``users.json`` (per-user metadata aligned with ``ids.json``).
+        """Snapshot to a self-describing folder (replaced atomically; :mod:`.user_snapshot`).
 
         Returns:
             The folder.
@@ -523,15 +427,9 @@ class UserIndex:
             "created_at": int(time.time() * 1000),
             "libraries": library_versions(),
         }
-        with atomic_folder(path) as tmp:
-            (tmp / "ids.json").write_text(json.dumps(ids, ensure_ascii=False), "utf-8")
-            np.save(tmp / "versions.npy", np.array([m.version for m in metas], dtype=np.int64))
-            np.save(tmp / "short.npy", short)
-            np.save(tmp / "long.npy", long)
-            (tmp / "users.json").write_text(
-                json.dumps([m.to_json() for m in metas], ensure_ascii=False), "utf-8"
-            )
-            write_json(tmp / SNAPSHOT_META, doc)
+        versions = np.array([m.version for m in metas], dtype=np.int64)
+        rows = [m.to_json() for m in metas]
+        write_snapshot(path, UserSnapshot(doc, ids, versions, short, long, rows))
         logger.info("user index snapshot: %d users -> %s", len(ids), path)
         return path
 
@@ -559,30 +457,13 @@ class UserIndex:
             DimensionMismatch: Dimension or metric differ from the expected ones.
         """
         path = Path(folder)
-        doc = read_meta(path, SNAPSHOT_META)
-        if doc.get("format") != SNAPSHOT_FORMAT:
-            raise SnapshotError(f"{path} is not a user-index snapshot")
-        check_meta(doc, dim=expect_dim, metric=expect_metric, where=path)
+        snap = read_snapshot(path, expect_dim=expect_dim, expect_metric=expect_metric)
         try:
-            ids = json.loads((path / "ids.json").read_text("utf-8"))
-            versions = np.load(path / "versions.npy", allow_pickle=False)
-            short = np.load(path / "short.npy", allow_pickle=False)
-            long = np.load(path / "long.npy", allow_pickle=False)
-            metas = [
-                _Meta.from_json(r) for r in json.loads((path / "users.json").read_text("utf-8"))
-            ]
-        except (OSError, ValueError, TypeError, IndexError) as exc:
+            metas = [_Meta.from_json(r) for r in snap.rows]
+        except (ValueError, TypeError, IndexError) as exc:
             raise SnapshotError(f"cannot read user-index snapshot {path}: {exc}") from exc
-        n = len(ids)
+        ids, doc, n = snap.ids, snap.doc, len(snap.ids)
         dim = doc.get("dim")
-        if not (versions.shape == (n,) and len(metas) == n and short.shape == long.shape):
-            raise SnapshotError(f"user-index snapshot {path} is inconsistent")
-        if n and short.shape != (n, dim):
-            raise DimensionMismatch(
-                f"snapshot {path}: vectors are {short.shape}, user_index.json says dim {dim}",
-                expected=dim,
-                got=short.shape,
-            )
         out = cls(
             dim if isinstance(dim, int) else None,
             metric=str(doc.get("metric", "ip")),
@@ -593,29 +474,14 @@ class UserIndex:
         )
         if n:
             if out._dim is None:
-                out._init_sets(int(short.shape[1]))
-            short32 = as_matrix(short, out._dim, what="snapshot short vectors")
-            long32 = as_matrix(long, out._dim, what="snapshot long vectors")
+                out._init_sets(int(snap.short.shape[1]))
+            short32 = as_matrix(snap.short, out._dim, what="snapshot short vectors")
+            long32 = as_matrix(snap.long, out._dim, what="snapshot long vectors")
             out._sets["short"].build(ids, short32)
             out._sets["long"].build(ids, long32)
             out._sets["blend"].build(ids, blend(short32, long32, out.blend_weight))
             out._meta = dict(zip(ids, metas, strict=True))
-            for m, v in zip(metas, versions.tolist(), strict=True):
+            for m, v in zip(metas, snap.versions.tolist(), strict=True):
                 m.version = int(v)
         logger.info("user index loaded: %d users from %s", n, path)
         return out
-
-
-def records_from_arrays(
-    ids: Iterable[str],
-    versions: Iterable[int],
-    short: Vectors,
-    long: Vectors,
-    *,
-    model_version: str | None = None,
-) -> list[UserRecord]:
-    """Build :class:`UserRecord` objects from aligned arrays (benchmarks, tests)."""
-    return [
-        UserRecord(u, int(v), short[j], long[j], model_version=model_version)
-        for j, (u, v) in enumerate(zip(ids, versions, strict=False))
-    ]

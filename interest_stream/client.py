@@ -1,7 +1,7 @@
 """Client helpers for downstream consumers: the ``user-interest`` topic and the HTTP API.
 
-Read the compacted output topic as typed messages (decoded by the API's own
-:func:`interest_stream.api.records.decode_record`, so both read the contract alike)::
+Read the compacted output topic as typed messages (decoded by
+:func:`interest_stream.core.records.decode_record`, as the API decodes them)::
 
     from interest_stream.client import InterestTombstone, InterestTopicReader
 
@@ -24,7 +24,8 @@ Every error is an :class:`~interest_stream.core.errors.InterestStreamError`:
 :class:`ApiRequestError` subclasses by HTTP status (:class:`NotFound`, :class:`InvalidRequest`,
 :class:`Unauthorized`, :class:`Forbidden`, :class:`Conflict`,
 :class:`ServiceUnavailable`), :class:`ApiUnreachable` when no answer came,
-:class:`TopicNotFound` and the records module's ``MalformedRecord`` for the topic.
+:class:`TopicNotFound` and :class:`~interest_stream.core.records.MalformedRecord` for the
+topic. The client imports neither FastAPI nor torch nor Faust.
 """
 
 from __future__ import annotations
@@ -34,27 +35,28 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from interest_stream.api.records import MalformedRecord, Tombstone, decode_record
-from interest_stream.api.schemas import (
+from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.records import (
     AudienceOut,
     ForgetOut,
     Horizon,
     InterestOut,
+    MalformedRecord,
     RecommendationsOut,
     ScoredItem,
     ScoredUser,
     SimilarOut,
+    Tombstone,
+    UserRecord,
+    decode_record,
 )
-from interest_stream.core.errors import InterestStreamError
 from interest_stream.core.settings import Settings, load_settings
-from interest_stream.index.user_index import UserRecord
 
 __all__ = [
     "ApiRequestError",
@@ -84,6 +86,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class _Closing:
+    """A context manager that calls ``self.close()`` on exit."""
+
+    def close(self) -> None:
+        """Release the resources."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 # =========================================================================== topic
@@ -138,7 +153,7 @@ InterestMessage = InterestUpdate | InterestTombstone
 """What :class:`InterestTopicReader` yields."""
 
 
-class InterestTopicReader:
+class InterestTopicReader(_Closing):
     """Iterates over the output topic (all partitions, no consumer group) as typed messages.
 
     Messages come in offset order per partition. Malformed ones are logged and
@@ -186,6 +201,7 @@ class InterestTopicReader:
         self._consumer: Any = None
 
     def _connect(self) -> tuple[Any, list[Any]]:
+        # lazy on purpose: HTTP-only users of the client skip kafka-python's ~0.2 s import
         from kafka import KafkaConsumer, TopicPartition
 
         self.close()  # a second iteration starts over with a new consumer
@@ -259,17 +275,6 @@ class InterestTopicReader:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             consumer.close()
-
-    def __enter__(self) -> InterestTopicReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def read_interest(settings: Settings | None = None, **options: Any) -> Iterator[InterestMessage]:
@@ -357,10 +362,10 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
-class InterestClient:
+class InterestClient(_Closing):
     """A small typed client of ``interest-stream serve`` (synchronous, httpx).
 
-    Answers are the API's own response models (:mod:`interest_stream.api.schemas`).
+    Answers are the API's own response models (:mod:`interest_stream.core.records`).
     """
 
     def __init__(
@@ -492,14 +497,3 @@ class InterestClient:
         """Close the HTTP connection pool (unless it was passed in)."""
         if self._own:
             self.http.close()
-
-    def __enter__(self) -> InterestClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -1,31 +1,11 @@
 """The re-encode loop: users touched by events are re-encoded together and published.
 
-The worker hands every applied batch's touched windows to :meth:`Reencoder.submit`.
-Submissions are **coalesced per user** (a user touched 30 times in a few ms is
-encoded once, from its newest window) and flushed by :meth:`Reencoder.run`
-every ``INTEREST_FLUSH_MS`` or as soon as ``INTEREST_ENCODE_BATCH_MAX`` users
-wait. One flush is one batched model call on the model's device, run in a
-thread so the event loop keeps consuming:
-
-* the **short-term** vector is re-encoded on every flush;
-* the **long-term** vector only when the user has none cached or it is older
-  than ``INTEREST_LONG_REFRESH_S`` (it moves slowly; refreshing it per event is
-  waste). Cached long vectors live in a bounded LRU. Each cached vector's
-  refresh time is jittered (x0.75-1.25 of the period) and one flush refreshes at
-  most ``long_refresh_per_flush`` long vectors (users with no long vector yet are
-  always encoded): otherwise every user encoded in the same catch-up second
-  would come due in the same second a minute later, and that one flush of
-  hundreds of 200-event histories stalls every user behind it.
-
-Back-pressure: when encoding falls behind, more users wait and each flush takes
-a full batch; once ``max_pending`` users wait, :meth:`submit` blocks, which
-pauses consumption (Kafka keeps the backlog) instead of growing memory.
-
-Hot reload: :meth:`Reencoder.maybe_reload` notices a new checkpoint in the model
-folder (its ``model_version``), loads it off the loop and swaps it in; the
-worker then sweeps its local users through :meth:`submit` at a bounded pace so
-every user is progressively re-encoded with the new model. Every record carries
-the ``model_version`` that produced it.
+:meth:`Reencoder.submit` queues touched windows, coalesced per user; :meth:`Reencoder.run`
+flushes every ``INTEREST_FLUSH_MS`` (or at ``INTEREST_ENCODE_BATCH_MAX`` users): one batched
+model call (short vectors always, long vectors when due), then one output record per user
+(:mod:`interest_stream.core.records`). :meth:`submit` blocks once ``max_pending`` users wait
+(back-pressure); :meth:`Reencoder.maybe_reload` swaps in a new checkpoint. Design notes:
+docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -45,7 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from interest_stream.core.events import EVENT_TYPES, Interaction
+from interest_stream.core import records
+from interest_stream.core.events import Interaction
 from interest_stream.streams.window import BehaviorWindow
 
 __all__ = [
@@ -99,11 +80,6 @@ class ReencodeMetrics:
         )  # fmt: skip
 
 
-RECENT_IN_RECORD = 20
-PURCHASED_IN_RECORD = 50
-_PURCHASE = EVENT_TYPES.index("purchase")
-
-
 class Encoder(Protocol):
     """What the loop needs from a model (``models.InterestModel`` satisfies it)."""
 
@@ -123,11 +99,6 @@ Publish = Callable[[Sequence[tuple[bytes, bytes | None]]], Awaitable[None]]
 """Sends ``(key, value)`` records to the output topic; waits until they are queued."""
 
 
-def _floats(vec: np.ndarray) -> list[float]:
-    out: list[float] = np.round(vec.astype(np.float64), 6).tolist()  # C loop, same floats
-    return out
-
-
 def build_record(
     user_id: str,
     window: BehaviorWindow,
@@ -138,43 +109,23 @@ def build_record(
     produced_at: int | None = None,
     now_ms: int | None = None,
 ) -> dict[str, Any]:
-    """The output record of DESIGN.md, plus context the API and dashboard use.
-
-    Besides ``user_id, version, event_time, updated_at, model_version, short,
-    long`` it carries ``recent`` (latest events, newest last, as
-    ``[item_id, event_type, ts]``), ``purchased`` (item ids bought, newest last)
-    and ``produced_at`` (Kafka timestamp of the newest applied source message,
-    which the API uses to measure freshness).
-    """
+    """The output record (:func:`interest_stream.core.records.build_record`) of a window."""
     # read the window's columns directly: building 200 Interaction objects per
     # record cost ~6% of the worker's event-loop time at 5,000 events/s
-    items, types, times = window.items, window.types, window.times
-    purchased: list[str] = []
-    seen: set[str] = set()
-    for k in range(len(types) - 1, -1, -1):
-        if types[k] == _PURCHASE and items[k] not in seen:
-            seen.add(items[k])
-            purchased.append(items[k])
-            if len(purchased) >= PURCHASED_IN_RECORD:
-                break
-    first = max(0, len(times) - RECENT_IN_RECORD)
-    rec: dict[str, Any] = {
-        "user_id": user_id,
-        "version": int(window.version),
-        "event_time": int(window.event_time),
-        "updated_at": int(time.time() * 1000) if now_ms is None else now_ms,
-        "model_version": model_version,
-        "short": _floats(short),
-        "long": _floats(long),
-        "recent": [
-            [items[k], EVENT_TYPES[types[k]], int(times[k])] for k in range(first, len(times))
-        ],
-        "purchased": purchased[::-1],
-        "counts": dict(window.type_counts),
-    }
-    if produced_at is not None:
-        rec["produced_at"] = int(produced_at)
-    return rec
+    return records.build_record(
+        user_id,
+        version=window.version,
+        event_time=window.event_time,
+        updated_at=int(time.time() * 1000) if now_ms is None else now_ms,
+        model_version=model_version,
+        short=short,
+        long=long,
+        items=window.items,
+        types=window.types,
+        times=window.times,
+        counts=window.type_counts,
+        produced_at=produced_at,
+    )
 
 
 def _close_model(model: object) -> None:
@@ -386,12 +337,11 @@ class Reencoder:
     async def _publish_batch(self, enc: _Encoded) -> int:
         t1 = time.perf_counter()
         now_ms = int(time.time() * 1000)
-        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         try:
-            records = [
+            out = [
                 (
-                    user.encode(),
-                    dumps(
+                    records.encode_key(user),
+                    records.dumps_record(
                         build_record(
                             user,
                             p.window,
@@ -401,18 +351,18 @@ class Reencoder:
                             produced_at=p.produced_at,
                             now_ms=now_ms,
                         )
-                    ).encode(),
+                    ),
                 )
                 for i, (user, p) in enumerate(enc.batch)
             ]
-            await self._publish(records)
+            await self._publish(out)
         except BaseException:
             self._requeue(enc.batch)
             raise
         self.metrics.publish_ms.observe((time.perf_counter() - t1) * 1000.0)
-        self.metrics.published.inc(len(records))
+        self.metrics.published.inc(len(out))
         self.flushes += 1
-        return len(records)
+        return len(out)
 
     async def flush_once(self) -> int:
         """Encode and publish up to one batch; returns the users published."""

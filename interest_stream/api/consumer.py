@@ -22,11 +22,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from kafka import KafkaConsumer, TopicPartition
+
 from interest_stream.api.metrics import ApiMetrics
-from interest_stream.api.records import MalformedRecord, Tombstone, decode_record, plan_batch
+from interest_stream.core.records import (
+    MalformedRecord,
+    Tombstone,
+    UserRecord,
+    decode_record,
+    plan_batch,
+)
 from interest_stream.core.settings import Settings
 from interest_stream.index.errors import DimensionMismatch
-from interest_stream.index.user_index import UserIndex, UserRecord
+from interest_stream.index.user_index import UserIndex
 
 __all__ = ["ApplyStats", "Message", "OutputConsumer", "apply_messages"]
 
@@ -261,8 +269,6 @@ class OutputConsumer:
     def _new_consumer(self) -> Any:
         if self._factory is not None:
             return self._factory()
-        from kafka import KafkaConsumer
-
         return KafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap.split(","),
             group_id=None,
@@ -279,8 +285,6 @@ class OutputConsumer:
         )
 
     def _assign(self, consumer: Any) -> list[Any]:
-        from kafka import TopicPartition
-
         parts = consumer.partitions_for_topic(self.topic)
         tps = [TopicPartition(self.topic, p) for p in sorted(parts or ())]
         consumer.assign(tps)

@@ -26,17 +26,15 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from interest_stream import __version__
-
-if TYPE_CHECKING:
-    from interest_stream.api.app import ApiState
-    from interest_stream.index.item_index import ItemIndex
+from interest_stream.api.state import ApiState
+from interest_stream.index.item_index import ItemIndex
 
 __all__ = ["STATIC_DIR", "dashboard_router", "top_categories"]
 
@@ -150,34 +148,38 @@ def dashboard_router(state: ApiState) -> APIRouter:
         k: Annotated[int, Query(ge=1, le=MAX_TOP, description="Top items per horizon.")] = 10,
     ) -> Response:
         """One user for the explorer: record metadata, recent items, short/long top items."""
-        rec = state.users.get(user_id)  # UnknownId -> 404 JSON
-        items = state.items
-        model = None if items is None else items.model_version
-        etag = f'W/"{rec.version}-{rec.model_version}-{model}-{k}"'
-        if request.headers.get("if-none-match") == etag:
-            return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
-        body: dict[str, Any] = {
-            "user_id": rec.user_id,
-            "version": rec.version,
-            "event_time": rec.event_time,
-            "updated_at": rec.updated_at,
-            "model_version": rec.model_version,
-            "recent": [
-                {"item_id": i, "category": None if items is None else items.category(i)}
-                for i in reversed(rec.recent_items)
-            ],
-            "purchased": list(rec.purchased),
-            "catalogue": items is not None,
-            "short": None,
-            "long": None,
-        }
-        if items is not None:
-            for horizon, vec in (("short", rec.short), ("long", rec.long)):
-                hits = items.search(vec, max(k, CATEGORY_POOL))
-                body[horizon] = {
-                    "items": _scored(hits, items, k),
-                    "categories": top_categories(hits, items),
-                }
-        return JSONResponse(body, headers={"ETag": etag, "Cache-Control": "no-cache"})
+        return _explore(state, request, user_id, k)
 
     return router
+
+
+def _explore(state: ApiState, request: Request, user_id: str, k: int) -> Response:
+    rec = state.users.get(user_id)  # UnknownId -> 404 JSON
+    items = state.items
+    model = None if items is None else items.model_version
+    etag = f'W/"{rec.version}-{rec.model_version}-{model}-{k}"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "no-cache"})
+    body: dict[str, Any] = {
+        "user_id": rec.user_id,
+        "version": rec.version,
+        "event_time": rec.event_time,
+        "updated_at": rec.updated_at,
+        "model_version": rec.model_version,
+        "recent": [
+            {"item_id": i, "category": None if items is None else items.category(i)}
+            for i in reversed(rec.recent_items)
+        ],
+        "purchased": list(rec.purchased),
+        "catalogue": items is not None,
+        "short": None,
+        "long": None,
+    }
+    if items is not None:
+        for horizon, vec in (("short", rec.short), ("long", rec.long)):
+            hits = items.search(vec, max(k, CATEGORY_POOL))
+            body[horizon] = {
+                "items": _scored(hits, items, k),
+                "categories": top_categories(hits, items),
+            }
+    return JSONResponse(body, headers={"ETag": etag, "Cache-Control": "no-cache"})

@@ -13,12 +13,12 @@
 **Worker-side state** (the Faust table's window and history, its changelog,
 the re-encoder's caches) is deleted by the worker: the default hook,
 :func:`worker_forget_hook`, publishes ``{"op": "forget", "user_id"}`` to the
-worker's command topic (:mod:`streams.commands`, ``<app_id>.commands``) and waits
+worker's command topic (:mod:`interest_stream.streams.commands`, ``<app_id>.commands``) and waits
 for the broker's ack. The worker then deletes the window (a changelog
 tombstone), drops the user from the re-encoder and writes its own tombstone to
 the output topic, so the tombstone is the user's last record there even if a
 re-encode was in flight. Events of the user stamped before the command are
-dropped; later ones start a new life (see :mod:`streams.commands`).
+dropped; later ones start a new life (see :mod:`interest_stream.streams.commands`).
 
 A hook that fails makes the DELETE answer 503: the call is idempotent, the
 client retries it.
@@ -31,7 +31,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from interest_stream.api.errors import PublishError
+from interest_stream.core.records import tombstone
 from interest_stream.core.settings import Settings
+from interest_stream.streams.commands import AckedProducer, CommandError, CommandPublisher
 
 __all__ = ["ForgetHook", "KafkaPublisher", "Publisher", "worker_forget_hook"]
 
@@ -57,8 +59,6 @@ def worker_forget_hook(settings: Settings) -> ForgetHook:
     The returned callable raises :class:`PublishError` when the broker does not
     acknowledge the command, and has a ``close()`` method.
     """
-    from interest_stream.streams.commands import CommandError, CommandPublisher
-
     publisher = CommandPublisher(settings)
 
     class _Hook:
@@ -81,8 +81,6 @@ class KafkaPublisher:
 
     def __init__(self, settings: Settings, *, timeout_s: float = 10.0) -> None:
         """Remember the settings; the producer connects on the first tombstone."""
-        from interest_stream.streams.commands import AckedProducer
-
         self.settings = settings
         self.timeout_s = timeout_s
         self._out = AckedProducer(settings, timeout_s=timeout_s)
@@ -90,7 +88,7 @@ class KafkaPublisher:
     def tombstone(self, user_id: str) -> None:
         """See :meth:`Publisher.tombstone`."""
         try:
-            self._out.send(self.settings.output_topic, user_id.encode(), None)
+            self._out.send(self.settings.output_topic, *tombstone(user_id))
         except Exception as exc:
             raise PublishError(
                 f"could not publish the tombstone of {user_id!r} to "

@@ -1,10 +1,26 @@
-"""Request and response bodies of the HTTP API (they also document it at ``/docs``)."""
+"""Request and response bodies of the HTTP API (they also document it at ``/docs``).
+
+The answer bodies built from output records live in :mod:`interest_stream.core.records`
+(the Python client shares them without importing FastAPI); the request bodies and
+the error body are here.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from interest_stream.core.records import (
+    AudienceOut,
+    ForgetOut,
+    Horizon,
+    InterestOut,
+    RecommendationsOut,
+    ScoredItem,
+    ScoredUser,
+    SimilarOut,
+)
 
 __all__ = [
     "AudienceOut",
@@ -19,8 +35,6 @@ __all__ = [
     "SimilarOut",
 ]
 
-Horizon = Literal["short", "long", "blend"]
-
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
@@ -29,47 +43,6 @@ class ErrorOut(BaseModel):
 
     error: str = Field(description="Machine-readable code, e.g. unknown_user, invalid_request.")
     detail: Any = Field(description="What went wrong, for people.")
-
-
-class InterestOut(BaseModel):
-    """A user's current interest: the output record of the user-interest topic."""
-
-    user_id: str
-    version: int = Field(description="Grows with every applied event of the user.")
-    event_time: int | None = Field(description="Newest applied event's time (epoch ms).")
-    updated_at: int | None = Field(description="When the vectors were written (epoch ms).")
-    model_version: str | None
-    short: list[float] = Field(description="Short-term interest vector.")
-    long: list[float] = Field(description="Long-term interest vector.")
-
-
-class ScoredItem(BaseModel):
-    """An item and its inner-product score."""
-
-    item_id: str
-    score: float
-
-
-class ScoredUser(BaseModel):
-    """A user and its inner-product score."""
-
-    user_id: str
-    score: float
-
-
-class RecommendationsOut(BaseModel):
-    """The items nearest a user's interest vector."""
-
-    user_id: str
-    horizon: Horizon
-    items: list[ScoredItem]
-
-
-class SimilarOut(BaseModel):
-    """The items nearest an item (itself excluded)."""
-
-    item_id: str
-    items: list[ScoredItem]
 
 
 class AudienceRequest(BaseModel):
@@ -93,17 +66,3 @@ class AudienceRequest(BaseModel):
         if (self.item_id is None) == (self.vector is None):
             raise ValueError("give exactly one of item_id and vector")
         return self
-
-
-class AudienceOut(BaseModel):
-    """The users whose interest is nearest the item/ad."""
-
-    users: list[ScoredUser]
-
-
-class ForgetOut(BaseModel):
-    """What ``DELETE /v1/users/{user_id}`` did."""
-
-    user_id: str
-    removed: bool = Field(description="Whether this replica held the user.")
-    tombstone: bool = Field(description="Whether the tombstone reached the output topic.")

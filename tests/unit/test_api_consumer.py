@@ -13,7 +13,7 @@ import pytest
 
 from interest_stream.api.consumer import Message, OutputConsumer, apply_messages
 from interest_stream.api.metrics import ApiMetrics
-from interest_stream.api.records import (
+from interest_stream.core.records import (
     MalformedRecord,
     Tombstone,
     decode_record,

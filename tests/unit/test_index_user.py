@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from interest_stream.core.records import UserRecord
 from interest_stream.index import (
     DimensionMismatch,
     FaissConfig,
@@ -15,7 +16,6 @@ from interest_stream.index import (
     SnapshotError,
     UnknownId,
     UserIndex,
-    UserRecord,
 )
 from interest_stream.index.user_index import blend
 

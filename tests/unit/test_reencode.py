@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from interest_stream.core import records
 from interest_stream.core.events import Event, Interaction
+from interest_stream.core.records import PURCHASED_IN_RECORD, RECENT_IN_RECORD
 from interest_stream.streams.reencode import (
-    PURCHASED_IN_RECORD,
-    RECENT_IN_RECORD,
     Reencoder,
     build_record,
 )
@@ -227,3 +227,11 @@ def test_submitted_windows_are_copies_the_worker_can_keep_mutating() -> None:
     rec = sink.records[0]
     assert rec["version"] == 2 and [e[0] for e in rec["recent"]] == ["a", "b"]
     assert w.version == 3 and w.items[-1] == "c"
+
+
+def test_records_are_compact_utf8_json() -> None:
+    w = window("u1", [("ié", "view"), ("j", "purchase")])
+    rec = build_record("u1", w, np.ones(DIM) / 3, -np.ones(DIM), "m1", now_ms=1)
+    raw = json.dumps(rec, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    assert records.dumps_record(rec) == raw == records.encode_record(rec)
+    assert records.tombstone("u1") == (b"u1", None)
