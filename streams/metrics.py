@@ -12,7 +12,10 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+        self._add_event_counters(self.registry)
+        self._add_batch_metrics(self.registry)
+
+    def _add_event_counters(self, r: CollectorRegistry) -> None:
         self.consumed = Counter(
             "interest_worker_events_consumed", "Messages taken from the event topics.", registry=r
         )
@@ -65,6 +68,8 @@ class WorkerMetrics:
             "Records the stream skipped that the worker read from the broker and applied.",
             registry=r,
         )
+
+    def _add_batch_metrics(self, r: CollectorRegistry) -> None:
         self.batch_size = Histogram(
             "interest_worker_batch_size",
             "Messages per batch.",

@@ -1,6 +1,6 @@
 """Publish an event file to Kafka: as fast as possible, at a fixed rate, or in sped-up event time.
 
-Each event goes out as its canonical JSON object (DESIGN.md), keyed by
+Each event goes out as its canonical JSON object (docs/CONTRACTS.md), keyed by
 ``user_id``, to ``events.<event_type>`` (or to one topic given by the caller).
 Events are sent in file order after :func:`interest_stream.core.eventfile.read_events`
 has sorted them by event time, so a replay looks like live traffic.
@@ -124,6 +124,21 @@ def event_records(
         yield (t, user.encode(), dumps(obj).encode(), int(ts))
 
 
+def _wait_turn(start: float, i: int, since_first_ms: int, rate: float | None,
+               speed: float | None) -> None:  # fmt: skip
+    """Sleep until event ``i`` is due: at ``rate`` per second, else in sped-up event time."""
+    if rate is not None:
+        delay = start + i / rate - time.monotonic()
+        if delay > _PACE_SLACK_S:
+            # sleep only when >= 2 ms ahead: events then leave in small bursts
+            # instead of one sleep per event (5,000 sleeps/s cost the producer a core)
+            time.sleep(delay)
+    elif speed is not None:
+        delay = start + since_first_ms / 1000.0 / speed - time.monotonic()
+        if delay > 0:
+            time.sleep(min(delay, 5.0))
+
+
 def replay_events(
     df: pd.DataFrame,
     settings: Settings,
@@ -174,19 +189,8 @@ def replay_events(
     stats.first_send_ms = int(time.time() * 1000)
     try:
         for i, (t, key, value, ts) in enumerate(records):
-            if rate is not None:
-                due = start + i / rate
-                delay = due - time.monotonic()
-                if delay > _PACE_SLACK_S:
-                    # sleep only when >= 2 ms ahead: events then leave in small bursts
-                    # instead of one sleep per event (5,000 sleeps/s cost the producer a core)
-                    time.sleep(delay)
-            elif speed is not None:
-                first_ts = ts if first_ts is None else first_ts
-                due = start + (ts - first_ts) / 1000.0 / speed
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(min(delay, 5.0))
+            first_ts = ts if first_ts is None else first_ts
+            _wait_turn(start, i, ts - first_ts, rate, speed)
             fut = prod.send(t, key=key, value=value)
             fut.add_errback(errors.append)
             stats.per_topic[t] = stats.per_topic.get(t, 0) + 1

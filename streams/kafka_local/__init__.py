@@ -1,7 +1,7 @@
 """A local single-node Apache Kafka 4 broker (KRaft) run from Maven Central jars.
 
 Used by ``interest-stream kafka start|stop|status`` and by the integration tests'
-session fixture. See :mod:`streams.kafka_local.broker`.
+session fixture. Public names: :mod:`interest_stream.streams.kafka_local.broker`.
 """
 
 from interest_stream.streams.kafka_local.broker import (

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from interest_stream.core.errors import InterestStreamError
-from interest_stream.streams.kafka_local import broker
+from interest_stream.streams.kafka_local import config, probe, process, properties
+from interest_stream.streams.kafka_local import installer as install_mod
 from interest_stream.streams.kafka_local.broker import (
     DEFAULT_KAFKA_VERSION,
     BrokerConfig,
@@ -166,7 +167,7 @@ def test_render_properties_escapes() -> None:
 
 
 def test_cluster_id_looks_like_a_kafka_uuid() -> None:
-    ids = {broker._new_cluster_id() for _ in range(50)}
+    ids = {properties.new_cluster_id() for _ in range(50)}
     assert len(ids) == 50
     for cid in ids:
         assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}", cid)
@@ -191,17 +192,17 @@ def test_parse_java_version_garbage() -> None:
 
 
 def test_jvm_options_use_the_package_log_config(cfg: BrokerConfig) -> None:
-    opts = broker._jvm_options(cfg, "INFO", "WARN")
+    opts = properties.jvm_options(cfg, "INFO", "WARN")
     assert "-Xmx512m" in opts
     assert f"-Dkafka.logs.dir={cfg.logs_dir}" in opts
     assert opts[-2:] == ["-cp", f"{cfg.libs_dir}{os.sep}*"]
 
 
 def test_package_data_is_shipped() -> None:
-    pom = broker._resource_text("pom.xml")
+    pom = config.resource_text("pom.xml")
     assert "<artifactId>kafka_2.13</artifactId>" in pom
     assert "${kafka.version}" in pom
-    assert "server.log" in broker._resource_text("log4j2.properties")
+    assert "server.log" in config.resource_text("log4j2.properties")
 
 
 # --------------------------------------------------------------------------- install
@@ -233,7 +234,7 @@ def test_install_runs_mvn_once_then_is_cached(
 ) -> None:
     _fake_mvn(tmp_path / "bin", _COPY_JARS)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(broker, "_check_java", lambda error: "java")
+    monkeypatch.setattr(install_mod, "check_java", lambda error: "java")
     assert not is_installed(cfg)
 
     libs = install(cfg)
@@ -267,7 +268,7 @@ def test_install_failure_quotes_mvn_output(
         'central: repo.maven.apache.org: Unknown host"\nexit 1\n',
     )
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(broker, "_check_java", lambda error: "java")
+    monkeypatch.setattr(install_mod, "check_java", lambda error: "java")
     with pytest.raises(KafkaInstallError, match="Unknown host") as info:
         install(cfg)
     assert "Maven Central" in str(info.value)
@@ -276,8 +277,8 @@ def test_install_failure_quotes_mvn_output(
 
 
 def test_install_without_mvn(cfg: BrokerConfig, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker, "_check_java", lambda error: "java")
-    monkeypatch.setattr(broker.shutil, "which", lambda name: None)
+    monkeypatch.setattr(install_mod, "check_java", lambda error: "java")
+    monkeypatch.setattr(install_mod.shutil, "which", lambda name: None)
     with pytest.raises(KafkaInstallError, match="mvn"):
         install(cfg)
 
@@ -289,7 +290,7 @@ def test_old_java_is_rejected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     java.chmod(0o755)
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
     with pytest.raises(KafkaStartError, match="Java 11"):
-        broker._check_java(KafkaStartError)
+        install_mod.check_java(KafkaStartError)
 
 
 # --------------------------------------------------------------------------- state
@@ -337,8 +338,8 @@ def test_start_refuses_a_taken_port(cfg: BrokerConfig, monkeypatch: pytest.Monke
     def no_install(*args: object, **kwargs: object) -> Path:
         raise AssertionError("must fail before installing")
 
-    monkeypatch.setattr(broker, "install", no_install)
-    monkeypatch.setattr(broker, "_metadata_ok", lambda bootstrap, timeout: False)
+    monkeypatch.setattr(process, "install", no_install)
+    monkeypatch.setattr(process, "metadata_ok", lambda bootstrap, timeout: False)
     with socket.socket() as sock:
         sock.bind((cfg.host, 0))
         sock.listen()
@@ -404,10 +405,10 @@ def fake_broker() -> Iterator[tuple[int, list[bytes]]]:
 
 def test_metadata_probe(fake_broker: tuple[int, list[bytes]]) -> None:
     port, requests = fake_broker
-    assert broker._metadata_ok(f"127.0.0.1:{port}", 2.0) is True
+    assert probe.metadata_ok(f"127.0.0.1:{port}", 2.0) is True
     api_key, version = struct.unpack_from(">hh", requests[0])
     assert (api_key, version) == (3, 4)
-    assert broker._metadata_ok(f"127.0.0.1:{free_port()}", 1.0) is False
+    assert probe.metadata_ok(f"127.0.0.1:{free_port()}", 1.0) is False
 
 
 def test_metadata_probe_rejects_non_kafka() -> None:
@@ -424,7 +425,7 @@ def test_metadata_probe_rejects_non_kafka() -> None:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        assert broker._metadata_ok(f"127.0.0.1:{server.getsockname()[1]}", 2.0) is False
+        assert probe.metadata_ok(f"127.0.0.1:{server.getsockname()[1]}", 2.0) is False
     finally:
         server.close()
         thread.join(timeout=5)
