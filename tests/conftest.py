@@ -30,6 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "INTEREST_KAFKA_HOME",
             "INTEREST_TEST_SEED",
             "INTEREST_PRESSURE_REPEAT",
+            "INTEREST_PRESSURE_HOGS",
         ):
             del os.environ[key]
 

@@ -19,6 +19,8 @@ from types import TracebackType
 
 SEED_ENV = "INTEREST_TEST_SEED"
 REPEAT_ENV = "INTEREST_PRESSURE_REPEAT"
+#: Busy loops per core (default 1); 0 when several sessions share one set of hogs.
+HOGS_ENV = "INTEREST_PRESSURE_HOGS"
 
 __all__ = ["REPEAT_ENV", "SEED_ENV", "CpuPressure", "pin_process", "repeat_count", "test_seed"]
 
@@ -64,10 +66,12 @@ class CpuPressure:
         core: The core the squeezed processes are pinned to.
     """
 
-    def __init__(self, hogs_per_core: int = 1, core: int | None = None) -> None:
+    def __init__(self, hogs_per_core: int | None = None, core: int | None = None) -> None:
         cores = sorted(all_cores())
         self.cores = cores
         self.core = cores[0] if core is None else core
+        if hogs_per_core is None:
+            hogs_per_core = int(os.environ.get(HOGS_ENV, "1"))
         self.hogs_per_core = hogs_per_core
         self._hogs: list[subprocess.Popen[bytes]] = []
         self._squeezed: list[int] = []
