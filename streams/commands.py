@@ -1,27 +1,15 @@
 """Commands to the stream worker: the command topic, its records, and a publisher.
 
 The command topic (``INTEREST_COMMAND_TOPIC``, default ``<app_id>.commands``) is
-**co-partitioned with the event topics** (same partition count, key = user_id),
-so a command for a user reaches the worker that holds the user's window, on the
-same partition number. The worker consumes it in the same stream as the events.
-
-Record (JSON value, key = user_id)::
+co-partitioned with the event topics (same partition count, key = user_id), so a
+command reaches the worker that holds the user's window. Record (JSON value, key =
+user_id)::
 
     {"op": "forget", "user_id": "<id>", "requested_at": <epoch ms>}
 
-``forget`` deletes the user's window from the worker's table (a changelog
-tombstone), drops it from the re-encoder and writes a tombstone to the output
-topic. **Ordering decision**: the forget time is the Kafka timestamp of the
-command record. An event of that user whose Kafka timestamp is *earlier* is
-pre-forget data (still in flight in another topic, or re-delivered after a
-crash) and is dropped, never applied; an event stamped at or after the forget
-time starts a new life for the user (a fresh window, version 1). To make that
-hold across restarts, the worker keeps a small suppression record per
-forgotten user (the id, the forget time and the command's offset) in a second
-table (``<app_id>-forgotten-changelog``). An event produced after the DELETE but
-applied *before* the command reached the worker is forgotten too (the command
-deletes everything the worker has at that point): the error is on the side of
-forgetting.
+``forget`` deletes the user's window; its forget time is the command's Kafka
+timestamp, and earlier-stamped events of the user are dropped (docs/ARCHITECTURE.md,
+"Forgetting a user").
 """
 
 from __future__ import annotations

@@ -1,29 +1,12 @@
 """Per-user behaviour window: bounded event-time history, counts, dedupe marks, codec.
 
-A :class:`BehaviorWindow` is the value the worker keeps for every user in its
-Faust table (key = ``user_id``). It holds:
-
-* the long-term **history**: the latest ``long_history_events`` events in
-  event-time order. An out-of-order event is inserted at its place; events with
-  the same time keep their arrival order. When the history is full the event
-  with the oldest time is dropped (possibly the one just inserted);
-* the **short-term window**, derived from the history (:meth:`BehaviorWindow.short`):
-  the latest ``short_window_events`` events dated within ``short_window_minutes``
-  of the newest event;
-* exact lifetime per-type counts and per-type counts decayed with a half-life of
-  ``long_half_life_hours`` in *event time* (order-independent: an old event
-  arriving late adds its already-decayed weight);
-* ``version`` (applied events, +1 per applied event) and ``event_time`` (the
-  newest applied event's time, ms);
-* dedupe marks: the last applied source offset per ``"topic:partition"`` (a
-  re-delivered message after a crash has an offset at or below it) and the
-  8-byte BLAKE2b digests of the latest ``dedupe_ids`` event ids.
-
-The byte codec (:meth:`BehaviorWindow.to_bytes`) is a 3-byte header
-(``b"BW"`` + format version) followed by zlib-compressed compact JSON with
-columnar arrays (item ids, event-type codes as one string, time deltas). It is
-written to the changelog for every touched user on every batch, so it is kept
-small: a full 200-event Taobao history takes about 1 KB (see ``bench_codec``).
+A :class:`BehaviorWindow` is the value the worker keeps per user in its Faust
+table: the latest ``long_history_events`` events in event-time order (the short
+window, :meth:`BehaviorWindow.short`, is derived from them), lifetime and
+event-time-decayed per-type counts, ``version`` / ``event_time``, and dedupe marks
+(last source offset per ``"topic:partition"``, digests of recent event ids).
+:meth:`BehaviorWindow.to_bytes` / :meth:`BehaviorWindow.from_bytes` are its codec
+(``b"BW"`` + format version + zlib JSON; docs/ARCHITECTURE.md, "Behaviour window").
 """
 
 from __future__ import annotations
