@@ -437,6 +437,9 @@ def create_index(
         MissingIndexDependency: The backend's library is not installed.
     """
     cls: type[VectorIndex]
+    # lazy on purpose: the backends subclass VectorIndex (defined here), so importing
+    # them at the top would be a cycle; it also keeps each backend's library unloaded
+    # until an index of that backend is created
     if backend == "numpy":
         from interest_stream.index.numpy_backend import NumpyIndex
 

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from interest_stream.api import ApiState, PublishError, create_app, get_state
+from interest_stream.core.errors import InterestStreamError
 from interest_stream.core.settings import Settings
 from interest_stream.index import ItemIndex, UserIndex, write_item_vectors
 
@@ -372,8 +373,6 @@ def test_model_dir_checkpoint(tmp_path: Path) -> None:
 
 
 def test_broken_model_dir_fails_fast(tmp_path: Path) -> None:
-    from interest_stream.core.errors import InterestStreamError
-
     with pytest.raises(InterestStreamError):
         create_app(_settings(), model_dir=tmp_path / "missing", start_consumer=False)
 

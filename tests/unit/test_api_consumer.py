@@ -10,7 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from interest_stream.api import consumer as consumer_module
+from interest_stream.api import create_app, get_state
 from interest_stream.api.consumer import Message, OutputConsumer, apply_messages
 from interest_stream.api.metrics import ApiMetrics
 from interest_stream.core.records import (
@@ -214,9 +217,7 @@ def _wait(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 @pytest.fixture
 def patched_tp(monkeypatch: pytest.MonkeyPatch) -> None:
-    import kafka
-
-    monkeypatch.setattr(kafka, "TopicPartition", TP)
+    monkeypatch.setattr(consumer_module, "TopicPartition", TP)
 
 
 def _kv(r: dict[str, Any]) -> tuple[bytes, bytes]:
@@ -287,10 +288,6 @@ def test_consumer_missing_topic_is_ready_and_empty(patched_tp: None) -> None:
 
 
 def test_readyz_reports_lag(patched_tp: None) -> None:
-    from fastapi.testclient import TestClient
-
-    from interest_stream.api import create_app, get_state
-
     class Stuck(FakeKafka):
         def poll(self, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
             time.sleep(0.01)

@@ -17,6 +17,8 @@ from interest_stream.index import (
     UnknownId,
     VectorIndex,
     create_index,
+    get_threads,
+    set_threads,
 )
 from interest_stream.index._sync import RWLock
 
@@ -363,9 +365,7 @@ def test_factory() -> None:
 
 
 def test_faiss_threads_apply_in_every_thread() -> None:
-    import faiss
-
-    from interest_stream.index import get_threads, set_threads
+    import faiss  # lazy on purpose: the test below checks the index package imports without it
 
     before = get_threads()
     try:
