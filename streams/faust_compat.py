@@ -1,6 +1,6 @@
 """Every use of faust-streaming / aiokafka internals, fenced in one module.
 
-The worker depends on four private details of the tested library versions
+The worker depends on five private details of the tested library versions
 (:data:`TESTED_VERSIONS`); each has a function here and a test in
 ``tests/unit/test_faust_compat.py`` that fails when the library changes:
 
@@ -9,6 +9,8 @@ The worker depends on four private details of the tested library versions
 * :func:`own_commits` -- Faust commits exactly the offsets the worker says are
   durable (its ``Consumer._new_offset`` is replaced; its own ack bookkeeping is
   dropped);
+* :func:`consider_for_commit` -- partitions Faust's commit pass looks at (it
+  only looks at partitions in its ack lists, emptied on every rebalance);
 * :func:`committed_offset` -- the committed offset Faust sought a partition to;
 * :func:`current_event` -- the "current event" that routes a table read to the
   store of one partition.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
@@ -38,6 +40,7 @@ __all__ = [
     "UntestedLibraryError",
     "check_versions",
     "committed_offset",
+    "consider_for_commit",
     "current_event",
     "install_fetch_wait_patch",
     "own_commits",
@@ -146,6 +149,17 @@ def own_commits(consumer: Any, durable: Callable[[TP], int | None]) -> None:
 
     consumer._new_offset = new_offset  # noqa: SLF001 - see docstring
     setattr(consumer, _OWNED, True)
+
+
+def consider_for_commit(consumer: Any, tps: Iterable[TP]) -> None:
+    """Make Faust's commit pass consider ``tps`` before any message of theirs is acked.
+
+    Faust only commits partitions found in its per-partition ack lists, which it
+    empties on every rebalance; a partition whose messages were all processed
+    before the rebalance would otherwise never get its durable position committed.
+    """
+    for tp in tps:
+        consumer._acked.setdefault(tp, [])  # noqa: SLF001 - see docstring
 
 
 def committed_offset(consumer: Any, tp: TP) -> int | None:

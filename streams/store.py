@@ -156,6 +156,22 @@ class WindowStore:
         self.durable[partition] = positions
         return positions
 
+    def committable_offset(self, tp: TP, event: EventT[Any]) -> int | None:
+        """The offset Faust may commit for ``tp`` (``event`` routes a store read to its partition).
+
+        Before a batch of the partition finished here, that is the positions record
+        in the store: any record ever written is a valid lower bound.
+        """
+        known = self.committable.get(tp.partition)
+        if known is None:
+            raw = self.read(POSITIONS_KEY, event)
+            try:
+                known = decode_positions(raw) if raw is not None else {}
+            except PositionsError:
+                known = {}
+            self.committable[tp.partition] = known
+        return known.get(tp.topic)
+
     def load_window(self, user_id: str, event: EventT[Any]) -> BehaviorWindow:
         """The window of ``user_id`` in the partition of ``event`` (a new one if none).
 

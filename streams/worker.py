@@ -1,18 +1,13 @@
 """The stream worker: Kafka events -> per-user behaviour windows in a Faust table.
 
-``interest-stream worker`` (or ``python -m interest_stream.streams.worker``) runs one
-process of a Faust app; processes with the same ``INTEREST_APP_ID`` share the
-partitions (a consumer group). Each batch (``INTEREST_BATCH_MAX`` messages, waiting
-at most ``INTEREST_BATCH_WITHIN_MS``) is validated, applied to the users' windows,
-written to the changelog and acknowledged before its source offsets may be
-committed; invalid messages go to ``INTEREST_DLQ_TOPIC``; ``forget`` commands
-(:mod:`interest_stream.streams.commands`) delete a user's window. Exactly-once
-effect on state, the DLQ at-least-once (docs/ARCHITECTURE.md, "Exactly-once state").
-
-Contract: unexpected errors half-way stop the process at once without committing
-(exit code 70); SIGTERM/SIGINT stop gracefully. Topics: :mod:`.topics`; state:
-:mod:`.store`; batches: :mod:`.batch`; HTTP views: :mod:`.views`; metrics:
-:mod:`.metrics`; reading the state from outside: :mod:`.changelog`.
+``interest-stream worker`` (``python -m interest_stream.streams.worker``) runs one process of
+a Faust app; processes with one ``INTEREST_APP_ID`` share the partitions. Each batch is
+admitted at its partitions' source positions, validated (invalid -> ``INTEREST_DLQ_TOPIC``),
+applied, written to the changelog and acknowledged before its offsets may be committed:
+exactly-once effect on state (docs/ARCHITECTURE.md, "Exactly-once state"). Unexpected
+errors half-way exit at once (code 70) without committing; SIGTERM/SIGINT stop gracefully.
+Also: :mod:`.topics`, :mod:`.store`, :mod:`.batch`, :mod:`.views`, :mod:`.metrics`,
+:mod:`.changelog`.
 """
 
 from __future__ import annotations
@@ -71,10 +66,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FAIL_STOP_EXIT_CODE = 70
-
-# Kept for tests/unit/test_access.py, which calls ``worker._credentials``; the
-# credentials live in interest_stream.core.kafka.faust_credentials.
-_credentials = faust_credentials
 
 
 def worker_info_path(settings: Settings) -> Path:
@@ -144,6 +135,7 @@ class WindowWorker:
         self.app.agent(self.source, name="interest_stream.apply_events")(self._agent)
         self.app.on_partitions_revoked.connect(self._on_rebalance)
         self.app.on_partitions_assigned.connect(self._on_rebalance)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
         add_views(self.app, self)
 
     # ------------------------------------------------------------------ setup
@@ -193,9 +185,19 @@ class WindowWorker:
     ) -> None:
         self.store.clear()
 
+    async def _on_assigned(
+        self, sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
+    ) -> None:
+        assigned: set[TP] = args[0] if args else kwargs.get("assigned", set())
+        sources = self.event_topics | {self._commands}
+        faust_compat.consider_for_commit(
+            self.app.consumer, [tp for tp in assigned if tp.topic in sources]
+        )
+
     def _durable_offset(self, tp: TP) -> int | None:
         """The offset Faust may commit for ``tp``: the changelog covers everything below it."""
-        return self.store.committable.get(tp.partition, {}).get(tp.topic)
+        msg = Message(tp.topic, tp.partition, 0, 0.0, 0, None, None, None, None, tp=tp)
+        return self.store.committable_offset(tp, faust.Event(self.app, None, None, None, msg))
 
     async def _admit(
         self, ev: EventT[Any], batch_pos: dict[int, dict[str, int]]
