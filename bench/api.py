@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from interest_stream.core.kafka import free_port
+
 __all__ = ["bench_api", "load_phase", "main", "mixed_requests"]
 
 logger = logging.getLogger(__name__)
@@ -419,14 +421,6 @@ def load_phase(
 
 
 # --------------------------------------------------------------------------- driver
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
     import httpx
 
@@ -492,7 +486,7 @@ def bench_api(
         ``{"server", "params", "machine", "targets"}`` plus, per endpoint,
         ``{"fixed_rate": {...}, "max_throughput": {...}}``.
     """
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         info_file = Path(tmp) / "server.json"

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Final
 import numpy as np
 import numpy.typing as npt
 
+from interest_stream.core.checkpoint import write_json
 from interest_stream.index.errors import DimensionMismatch, SnapshotError
 
 __all__ = [
@@ -135,11 +136,6 @@ def dedupe_batch(
         np.ascontiguousarray(vectors[rows]),
         None if versions is None else [int(versions[r]) for r in rows],
     )
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON (UTF-8)."""
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), "utf-8")
 
 
 def read_meta(folder: Path, name: str = INDEX_META_FILE) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from interest_stream.core.records import HORIZONS, Horizon, UserRecord
+from interest_stream.core.vectors import blend
 from interest_stream.index._rebuild import Rebuilds
 from interest_stream.index._sync import RWLock
 from interest_stream.index.base import (
@@ -74,15 +75,6 @@ class UpsertResult:
     applied: int = 0
     stale: int = 0
     applied_ids: list[str] = field(default_factory=list)
-
-
-def blend(short: Vectors, long: Vectors, weight: float) -> Vectors:
-    """``weight * short + (1 - weight) * long`` row-wise, as ``models.blend`` computes it.
-
-    No normalisation: the encoder trains the blend this way and the vectors'
-    norms carry confidence (see ``models/blending.py``).
-    """
-    return np.ascontiguousarray(weight * short + (1.0 - weight) * long, dtype=np.float32)
 
 
 class UserIndex:

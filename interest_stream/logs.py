@@ -16,7 +16,7 @@ from typing import Any
 __all__ = ["configure_logging"]
 
 _CONFIGURED = False
-_ROOTS = ("interest_stream", "streams", "models", "index")
+_ROOTS = ("interest_stream",)
 
 
 class _JsonFormatter(logging.Formatter):

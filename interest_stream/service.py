@@ -20,6 +20,7 @@ from typing import Any
 
 from faust.types import EventT
 
+from interest_stream.core.records import tombstone
 from interest_stream.core.settings import Settings
 from interest_stream.streams.reencode import Encoder, Reencoder
 from interest_stream.streams.window import BehaviorWindow, StateCodecError
@@ -208,9 +209,7 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
             reencoder.forget(user)
         forgotten.note(users)
         producer = app.producer
-        futures = [
-            await producer.send(out_topic, u.encode("utf-8"), None, None, None, None) for u in users
-        ]
+        futures = [await producer.send(out_topic, *tombstone(u), None, None, None) for u in users]
         await asyncio.gather(*futures)
 
     worker.on_batch = on_batch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from interest_stream.core.vectors import blend as core_blend
 from interest_stream.models.errors import ModelError
 
 __all__ = ["blend"]
@@ -34,5 +35,4 @@ def blend(short: np.ndarray, long: np.ndarray, alpha: float = 0.5) -> np.ndarray
         raise ModelError(f"blend: short {s.shape} and long {lo.shape} differ")
     if not 0.0 <= alpha <= 1.0:
         raise ModelError(f"blend: alpha must be in [0, 1], got {alpha}")
-    out: np.ndarray = (alpha * s + (1.0 - alpha) * lo).astype(np.float32)
-    return out
+    return core_blend(s, lo, alpha)

@@ -5,13 +5,12 @@ flushes every ``INTEREST_FLUSH_MS`` (or at ``INTEREST_ENCODE_BATCH_MAX`` users):
 model call (short vectors always, long vectors when due), then one output record per user
 (:mod:`interest_stream.core.records`). :meth:`submit` blocks once ``max_pending`` users wait
 (back-pressure); :meth:`Reencoder.maybe_reload` swaps in a new checkpoint. Design notes:
-docs/ARCHITECTURE.md.
+docs/DESIGN.md ("Re-encode loop").
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -26,6 +25,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from interest_stream.core import records
+from interest_stream.core.checkpoint import checkpoint_version
 from interest_stream.core.events import Interaction
 from interest_stream.streams.window import BehaviorWindow
 
@@ -133,17 +133,6 @@ def _close_model(model: object) -> None:
     close = getattr(model, "close", None)
     if callable(close):
         close()
-
-
-def checkpoint_version(model_dir: Path) -> str | None:
-    """The ``model_version`` in a checkpoint's ``config.json`` (``None`` if unreadable)."""
-    try:
-        with open(model_dir / "config.json", encoding="utf-8") as fh:
-            cfg = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    version = cfg.get("model_version")
-    return str(version) if version is not None else None
 
 
 @dataclass

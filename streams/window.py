@@ -6,7 +6,7 @@ window, :meth:`BehaviorWindow.short`, is derived from them), lifetime and
 event-time-decayed per-type counts, ``version`` / ``event_time``, and dedupe marks
 (last source offset per ``"topic:partition"``, digests of recent event ids).
 :meth:`BehaviorWindow.to_bytes` / :meth:`BehaviorWindow.from_bytes` are its codec
-(``b"BW"`` + format version + zlib JSON; docs/ARCHITECTURE.md, "Behaviour window").
+(``b"BW"`` + format version + zlib JSON; docs/DESIGN.md, "Behaviour window").
 """
 
 from __future__ import annotations

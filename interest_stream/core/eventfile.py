@@ -1,6 +1,6 @@
 """Event files: the canonical CSV/Parquet layout and converters for the shared data sets.
 
-The canonical layout (DESIGN.md) has the columns ``user_id,item_id,event_type,ts``
+The canonical layout (docs/CONTRACTS.md) has the columns ``user_id,item_id,event_type,ts``
 and optionally ``event_id``; ``ts`` is epoch ms or ISO-8601; gzip is allowed.
 interest-stream also keeps two optional columns when a file has them:
 ``category`` (item category, used by evaluation and the dashboard) and

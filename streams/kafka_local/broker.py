@@ -2,7 +2,7 @@
 
 :func:`install` fetches the broker's jars with Maven into ``<home>/libs``;
 :func:`start` runs ``java -cp '<home>/libs/*' kafka.Kafka`` detached, keeping data,
-logs and state under ``<data_dir>`` (layout: docs/ARCHITECTURE.md, "Local Kafka");
+logs and state under ``<data_dir>`` (layout: docs/DESIGN.md, "Local Kafka");
 :func:`stop` and :func:`status` find it again from its state file.
 
 The work is done in :mod:`.config` (configuration, errors), :mod:`.installer`

@@ -27,6 +27,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from interest_stream.api import create_app, get_state
 from interest_stream.api.forget import KafkaPublisher
+from interest_stream.core.kafka import faust_credentials
 from interest_stream.core.settings import Settings
 from interest_stream.index import ItemIndex
 from interest_stream.streams import worker as worker_mod
@@ -120,10 +121,10 @@ def test_sasl_ssl_reaches_the_faust_worker_and_aiokafka(tmp_path: Path) -> None:
     # TLS without SASL
     tls = Settings(**{**s.model_dump(), "kafka_security_protocol": "SSL",
                       "kafka_sasl_mechanism": None, "kafka_sasl_password": None})  # fmt: skip
-    tls_auth = credentials_to_aiokafka_auth(worker_mod._credentials(tls))
+    tls_auth = credentials_to_aiokafka_auth(faust_credentials(tls))
     assert tls_auth["security_protocol"] == "SSL"
     plain = Settings(**{**tls.model_dump(), "kafka_security_protocol": "PLAINTEXT"})
-    assert worker_mod._credentials(plain) is None
+    assert faust_credentials(plain) is None
 
 
 class _Recorder:
