@@ -5,6 +5,7 @@
 from typing import Annotated, Any
 
 import anyio.to_thread
+import numpy as np
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
@@ -47,7 +48,11 @@ def items_router(state: ApiState) -> APIRouter:
                     "invalid_request",
                     f"body.vector: has dimension {len(body.vector)}, expected {expected}",
                 )
-            query = body.vector  # type: ignore[assignment]
+            query = np.asarray(body.vector, dtype=np.float32)
+            if not np.isfinite(query).all():  # finite as float64, not as float32 (e.g. 1e300)
+                raise ApiError(
+                    422, "invalid_request", "body.vector: values must fit in float32 (|x| < 3.4e38)"
+                )
         if users.dim is None:
             return {"users": []}
         # always in the pool: a search over up to millions of users (FAISS releases the GIL)

@@ -170,11 +170,13 @@ def test_sasl_ssl_reaches_every_kafka_python_client(
         assert kw["sasl_plain_password"] == PASSWORD
         assert kw["ssl_cafile"] == certifi.where()
     # the API's output-topic consumer and the worker's changelog reader
+    import interest_stream.api.consumer as consumer_mod
     from interest_stream.api.consumer import OutputConsumer
     from interest_stream.api.metrics import ApiMetrics
     from interest_stream.index import UserIndex
 
     monkeypatch.setattr(kafka, "KafkaConsumer", _Recorder)
+    monkeypatch.setattr(consumer_mod, "KafkaConsumer", _Recorder)
     OutputConsumer(s, UserIndex(4), ApiMetrics(users=lambda: 0.0, items=lambda: 0.0),
                    dim=4)._new_consumer()  # fmt: skip
     assert len(_Recorder.seen) == 5
