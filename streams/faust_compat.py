@@ -1,6 +1,6 @@
 """Every use of faust-streaming / aiokafka internals, fenced in one module.
 
-The worker depends on five private details of the tested library versions
+The worker depends on six private details of the tested library versions
 (:data:`TESTED_VERSIONS`); each has a function here and a test in
 ``tests/unit/test_faust_compat.py`` that fails when the library changes:
 
@@ -11,6 +11,7 @@ The worker depends on five private details of the tested library versions
   dropped);
 * :func:`consider_for_commit` -- partitions Faust's commit pass looks at (it
   only looks at partitions in its ack lists, emptied on every rebalance);
+* :func:`install_recovery_seek_guard` -- table recovery never seeks below 0;
 * :func:`committed_offset` -- the committed offset Faust sought a partition to;
 * :func:`current_event` -- the "current event" that routes a table read to the
   store of one partition.
@@ -43,6 +44,7 @@ __all__ = [
     "consider_for_commit",
     "current_event",
     "install_fetch_wait_patch",
+    "install_recovery_seek_guard",
     "own_commits",
 ]
 
@@ -160,6 +162,34 @@ def consider_for_commit(consumer: Any, tps: Iterable[TP]) -> None:
     """
     for tp in tps:
         consumer._acked.setdefault(tp, [])  # noqa: SLF001 - see docstring
+
+
+def install_recovery_seek_guard() -> None:
+    """Never let table recovery seek a changelog partition to a negative offset.
+
+    faust-streaming 0.15.3 ``Recovery._seek_offsets`` maps -1 to 0 but passes other
+    negative values on (``earliest offset - 1`` when the broker answered -1 for a
+    partition during a rebalance), and aiokafka's ``seek`` then raises
+    ``ValueError`` -- the worker crashed (seen under CPU pressure with two workers).
+    Seeking to 0 instead reads the changelog from its start, which is always safe.
+    Idempotent.
+    """
+    from faust.tables.recovery import Recovery
+
+    cls = Recovery
+    if getattr(cls, "_interest_seek_guarded", False):
+        return
+    original = cls._seek_offsets
+
+    async def seek_offsets(self: Any, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+        for tp in tps:
+            if offsets[tp] < -1:
+                log.warning("recovery: %s would seek to %d; reading from 0", tp, offsets[tp])
+                offsets[tp] = -1
+        await original(self, consumer, tps, offsets, title)
+
+    cls._seek_offsets = seek_offsets  # type: ignore[method-assign]
+    cls._interest_seek_guarded = True  # type: ignore[attr-defined]
 
 
 def committed_offset(consumer: Any, tp: TP) -> int | None:

@@ -143,6 +143,7 @@ class WindowWorker:
         s = self.settings
         brokers = [f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",") if h.strip()]
         faust_compat.install_fetch_wait_patch()
+        faust_compat.install_recovery_seek_guard()
         app = faust.App(
             s.app_id,
             broker=brokers,

@@ -151,3 +151,23 @@ def test_the_cli_worker_exits_2_naming_the_override(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "INTEREST_ALLOW_UNTESTED_FAUST" in proc.stderr
     assert "aiokafka 0.14.0 (tested: 9.9.9)" in proc.stderr
+
+
+def test_recovery_never_seeks_a_changelog_below_zero() -> None:
+    """faust-streaming 0.15.3 maps only -1 to 0 in ``Recovery._seek_offsets``."""
+    from collections import Counter
+
+    from faust.tables.recovery import Recovery
+
+    faust_compat.install_recovery_seek_guard()
+    faust_compat.install_recovery_seek_guard()  # idempotent
+    sought: list[dict[TP, int]] = []
+
+    class Consumer:
+        async def seek_wait(self, offsets: dict[TP, int]) -> None:
+            sought.append(dict(offsets))
+
+    a, b, c = TP("x-changelog", 0), TP("x-changelog", 1), TP("x-changelog", 2)
+    offsets: Counter[TP] = Counter({a: -2, b: -1, c: 41})
+    asyncio.run(Recovery._seek_offsets(object(), Consumer(), {a, b, c}, offsets, "active"))
+    assert sought == [{a: 0, b: 0, c: 41}]  # aiokafka's seek raises ValueError below 0
