@@ -82,3 +82,17 @@ def test_code_refers_to_documents_in_the_repository() -> None:
         if word in p.read_text()
     ]
     assert not bad, bad
+
+
+def test_bare_names_are_not_importable_outside_the_repository(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.util as u, interest_stream.streams.window\n"
+        "print([n for n in ('streams', 'models', 'index') if u.find_spec(n) is not None])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
