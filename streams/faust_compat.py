@@ -168,9 +168,9 @@ def install_recovery_seek_guard() -> None:
     """Never let table recovery seek a changelog partition to a negative offset.
 
     faust-streaming 0.15.3 ``Recovery._seek_offsets`` maps -1 to 0 but passes other
-    negative values on (``earliest offset - 1`` when the broker answered -1 for a
-    partition during a rebalance), and aiokafka's ``seek`` then raises
-    ``ValueError`` -- the worker crashed (seen under CPU pressure with two workers).
+    ``None`` and other negative values on (a partition whose offsets the broker did
+    not give during a rebalance), and aiokafka's ``seek`` then raises ``ValueError``
+    -- the worker crashed (seen under CPU pressure with two workers).
     Seeking to 0 instead reads the changelog from its start, which is always safe.
     Idempotent.
     """
@@ -183,8 +183,8 @@ def install_recovery_seek_guard() -> None:
 
     async def seek_offsets(self: Any, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
         for tp in tps:
-            if offsets[tp] < -1:
-                log.warning("recovery: %s would seek to %d; reading from 0", tp, offsets[tp])
+            if offsets[tp] is None or offsets[tp] < -1:
+                log.warning("recovery: %s would seek to %s; reading from 0", tp, offsets[tp])
                 offsets[tp] = -1
         await original(self, consumer, tps, offsets, title)
 

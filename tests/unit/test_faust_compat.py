@@ -167,7 +167,8 @@ def test_recovery_never_seeks_a_changelog_below_zero() -> None:
         async def seek_wait(self, offsets: dict[TP, int]) -> None:
             sought.append(dict(offsets))
 
-    a, b, c = TP("x-changelog", 0), TP("x-changelog", 1), TP("x-changelog", 2)
-    offsets: Counter[TP] = Counter({a: -2, b: -1, c: 41})
-    asyncio.run(Recovery._seek_offsets(object(), Consumer(), {a, b, c}, offsets, "active"))
-    assert sought == [{a: 0, b: 0, c: 41}]  # aiokafka's seek raises ValueError below 0
+    a, b, c, d = (TP("x-changelog", p) for p in range(4))
+    offsets: Counter[TP] = Counter({a: -2, b: -1, c: 41, d: None})  # type: ignore[dict-item]
+    tps = {a, b, c, d}
+    asyncio.run(Recovery._seek_offsets(object(), Consumer(), tps, offsets, "active"))
+    assert sought == [{a: 0, b: 0, c: 41, d: 0}]  # aiokafka's seek raises ValueError below 0
