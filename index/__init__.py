@@ -1,17 +1,9 @@
 """Vector indexes: the FAISS item index and the live user index.
 
-Public surface:
-
-* :class:`VectorIndex` - the backend interface; :func:`create_index` - the
-  factory (``"faiss"``, ``"numpy"`` or a dotted path);
-* :class:`FaissIndex` + :class:`FaissConfig` - exact / IVF / GPU-replica backend;
-  :class:`NumpyIndex` - brute-force reference;
-* :class:`UserIndex` - short/long/blend user vectors (of
-  :class:`~interest_stream.core.records.UserRecord`) with versioned upserts and
-  snapshots; :class:`ItemIndex` - the catalogue from a model checkpoint;
-* errors: :class:`VectorIndexError` and its subclasses.
-
-Only numpy is imported eagerly; faiss is imported when a FAISS index is created.
+Public surface: :class:`VectorIndex` / :func:`create_index`, :class:`FaissIndex` +
+:class:`FaissConfig`, :class:`NumpyIndex`, :class:`UserIndex` (versioned short/long/blend user
+vectors), :class:`ItemIndex` (the catalogue of a checkpoint) and the :class:`VectorIndexError`
+family. faiss is imported lazily.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
-"""The vector-index interface shared by every backend, and the helpers they share.
+"""The vector-index interface every backend implements, and the helpers they share.
 
-A :class:`VectorIndex` holds float32 vectors of one dimension under string ids
-(users or items) and answers top-k inner-product queries. Backends map the
-string ids to int64 labels internally. Every id may carry a *version*: an
-upsert whose version is older than the held one is ignored, so a consumer can
-apply a compacted topic in any order of redelivery.
-
-Backends:
-
-* :class:`index.numpy_backend.NumpyIndex` - brute force, the reference in tests;
-* :class:`index.faiss_backend.FaissIndex` - exact ``IndexFlatIP`` for small sets,
-  ``IndexIVFFlat`` for large ones, optional GPU replica.
-
-:func:`create_index` is the factory (``"faiss"``, ``"numpy"`` or a dotted path).
+A :class:`VectorIndex` holds float32 vectors under string ids with optional versions (an older
+upsert is ignored) and answers top-k inner-product queries. Backends: ``NumpyIndex`` (brute
+force, the reference) and ``FaissIndex`` (exact / IVF / GPU replica); :func:`create_index` is
+the factory.
 """
 
 from __future__ import annotations

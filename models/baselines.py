@@ -1,18 +1,9 @@
-"""Non-neural baselines, scored on the same split and candidates as the model.
+"""Non-neural baselines scored on the same split and candidates as the model.
 
-Every baseline maps test-user indices to a float64 score matrix over the
-split's candidates. Ties are broken deterministically by global popularity
-(then by candidate order), so ranks never depend on sort stability.
-
-* ``popularity`` — events per item in the whole training period;
-* ``recent_popularity`` — events per item in the last ``recent_days`` before
-  the cutoff (ties: global popularity);
-* ``item_knn`` — item-to-item co-occurrence kNN: cosine similarity of the
-  items' user sets in the training period (all users), a user's score is the sum
-  of similarities to the distinct items of their history (an item is its own
-  neighbour, so history items rank high in the all-events task);
-* ``own_recent`` — the user's own items, most recently touched first, then
-  global popularity (only meaningful when re-visits count).
+Each maps test-user indices to a float64 score matrix over the split's candidates, ties broken
+by global popularity then candidate order: ``popularity``, ``recent_popularity``, ``item_knn``
+(co-occurrence cosine) and ``own_recent`` (the user's own items, newest first, then popularity).
+Definitions: docs/DESIGN.md.
 """
 
 from __future__ import annotations

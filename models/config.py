@@ -1,17 +1,8 @@
-"""Typed configuration of the interest encoder and of its training.
+"""Typed configuration of the interest encoder and of its training (no torch import).
 
-Two dataclasses describe everything that is not learned:
-
-* :class:`EncoderConfig` — the architecture (sizes, caps, dropout). Its
-  :meth:`EncoderConfig.bert_config` maps these few numbers onto a Hugging Face
-  :class:`~transformers.BertConfig`, so the backbone is a stock ``BertModel``
-  configured here, never downloaded.
-* :class:`TrainConfig` — how a checkpoint is trained (split, objective,
-  optimiser, early stopping, seed). Every option of ``interest-stream train``
-  maps onto one field.
-
-Both serialise to plain JSON (``to_dict``/``from_dict``) and are written to the
-checkpoint's ``config.json``. This module does not import torch.
+:class:`EncoderConfig` is the architecture (``bert_config()`` maps it onto a stock Hugging Face
+``BertConfig``); :class:`TrainConfig` is one field per ``interest-stream train`` option. Both
+round-trip through plain JSON (``to_dict``/``from_dict``) into the checkpoint's ``config.json``.
 """
 
 from __future__ import annotations

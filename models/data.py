@@ -1,19 +1,10 @@
 """Training examples built from an event table (numpy only).
 
-Events are laid out in one flat array, grouped by user and sorted by time
-within each user. Two kinds of examples are drawn from it:
-
-* **next-item examples** — one per event ``p``: the short window ending just
-  before ``p`` (same rule as inference: latest ``short_window_events`` within
-  ``short_window_minutes`` of the newest) predicts the item and the type of
-  event ``p``. The first event of each user has an empty window, which trains
-  the "no history" vector.
-* **next-days points** — every session start ``p`` (a gap longer than
-  ``session_gap_minutes`` before it) plus a resampled share of the other events:
-  the long history (latest ``long_history_events`` before ``p``) and the short
-  window before ``p`` predict the *set* of items of the user's events in
-  ``[ts[p], ts[p] + long_horizon_hours]`` — the next days of activity, however
-  long the user stayed away (MovieLens users come back after weeks).
+Events sit in one flat array grouped by user, time-sorted within each. **Next-item examples**:
+the short window before event ``p`` predicts its item and type. **Next-days points**: at session
+starts (plus a resampled share of other events) the long history and short window predict the
+set of items in the following ``long_horizon_hours``. Details: docs/DESIGN.md ("Training
+objective").
 """
 
 from __future__ import annotations

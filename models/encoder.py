@@ -1,18 +1,9 @@
-"""The interest encoder: an item tower and two small Hugging Face BERT paths.
+"""The interest encoder: an item tower and two small Hugging Face BERT paths (short, long).
 
-* ``item_table()`` — one vector per item index, float32 ``[n_items + 2, dim]``
-  (row 0 padding, row 1 OOV); it embeds the input events and scores items;
-* ``encode_short`` — recent window (order-aware) -> ``[B, dim]``;
-* ``encode_long`` — long history (causal, type-weighted pooling) -> ``[B, dim]``;
-  ``long_prefix_vectors`` gives the long vector after every prefix in one pass;
-* optional fixed channels: revisit codes (``revisit_dim``) and a trend coordinate
-  (``trend``), set after training on the validation split
-  (:mod:`interest_stream.models.selection`); ``score_table()`` is the published
-  item vectors including them.
-
-Empty windows return a learned "no history" vector per path. ``forward`` returns
-embeddings only; the losses live in :mod:`interest_stream.models.task`. Design:
-docs/ARCHITECTURE.md.
+``item_table()`` embeds items (row 0 padding, row 1 OOV); ``encode_short`` / ``encode_long`` map
+windows to ``[B, dim]``; optional fixed revisit and trend channels are set after training
+(``models.selection``) and included by ``score_table()``. ``forward`` returns embeddings only;
+losses live in ``models.task``. Design: docs/DESIGN.md ("Encoder architecture").
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
-"""Full-ranking metrics per user and bootstrap confidence intervals.
+"""Full-ranking metrics per user (Recall, NDCG, MRR at k) and bootstrap confidence intervals.
 
-Every metric is computed from the full ranking of all candidate items:
-the rank of an item is ``1 + (number of candidates with a strictly higher
-score)``; excluded items get ``-inf`` and never outrank anything. With ``T`` the
-user's target set and ``r_t`` the rank of target ``t``:
-
-* ``recall@k = |{t : r_t <= k}| / |T|``
-* ``ndcg@k = sum_{t: r_t <= k} 1 / log2(r_t + 1) / IDCG@k`` with
-  ``IDCG@k = sum_{i=1}^{min(|T|, k)} 1 / log2(i + 1)`` (binary relevance)
-* ``mrr = 1 / min_t r_t``
-
-Methods' scores must be free of ties among the top (the baselines add a
-deterministic tie-break), so ranks do not depend on sort stability.
+Rank of an item = 1 + number of candidates with a strictly higher score; excluded items score
+``-inf``. Binary relevance; formulas in docs/DESIGN.md ("Evaluation protocol"). Callers break
+ties among the top.
 """
 
 from __future__ import annotations

@@ -1,18 +1,13 @@
 """Inference API of the interest encoder and checkpoint save/load.
 
-:class:`InterestModel` is what the streaming worker and the benchmarks use::
+Example::
 
     model = InterestModel.load("artifacts/model")          # device="auto"
     short = model.encode_short([window_u1, window_u2])    # float32 [2, dim]
-    long = model.encode_long([history_u1, history_u2])    # float32 [2, dim]
-    scores = blend(short, long) @ model.item_vectors().T  # rank items
+    scores = blend(short, model.encode_long([h1, h2])) @ model.item_vectors().T
 
-Histories are sequences of :class:`~interest_stream.core.events.Interaction` in
-event-time order. The encoder applies its own caps (``short_max_len``,
-``long_max_len`` newest events), maps unknown item ids to a learned OOV
-embedding and returns a learned per-path "no history" vector for an empty
-history. Inference runs under ``torch.inference_mode()``; on CUDA batches are
-pinned and copied with ``non_blocking=True``.
+Histories are :class:`~interest_stream.core.events.Interaction` sequences in time order; unknown
+items map to the OOV embedding, an empty history to the learned "no history" vector.
 """
 
 from __future__ import annotations

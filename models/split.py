@@ -1,22 +1,10 @@
 """The temporal evaluation protocol, shared by validation (training) and evaluation.
 
-One global cutoff time ``c`` splits the events:
-
-* **training period** — every event with ``ts < c`` (all users); the candidate
-  items are the items with at least one event in it ("known at the cutoff"),
-  and every method ranks all of them (full ranking, no sampled candidates);
-* **test users** — users with events both before and after ``c``; their input
-  history is all their events before ``c`` (in event-time order);
-* **targets** — the distinct candidate items of their events in
-  ``[c, c + horizon)`` (``horizon=None``: until the end of the data):
-
-  - task ``all``: all of them (re-views and re-purchases count);
-  - task ``new``: only items not in the user's history; for this task the
-    history items are removed from every method's ranking.
-
-Target items first seen after the cutoff cannot be ranked by any method and
-are left out (counted in the split statistics). A user with no target left
-for a task is not evaluated on that task.
+One global cutoff ``c``: the training period is every event before ``c`` (its items are the
+candidates, fully ranked); test users have events on both sides; targets are their distinct
+candidate items in ``[c, c + horizon)`` — all of them (task ``all``) or only items not in the
+history (task ``new``, history masked for every method). Definition and edge cases:
+docs/DESIGN.md ("Evaluation protocol").
 """
 
 from __future__ import annotations
