@@ -16,7 +16,13 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from interest_stream.core.errors import ConfigError, EventFileError, InterestStreamError
+from interest_stream.core.checkpoint import ModelError
+from interest_stream.core.errors import (
+    ConfigError,
+    EventFileError,
+    InterestStreamError,
+    KafkaUnavailable,
+)
 from interest_stream.core.settings import Settings, load_settings
 from interest_stream.logs import configure_logging
 
@@ -60,18 +66,12 @@ def exit_code(exc: InterestStreamError) -> int:
         ``EXIT_KAFKA``, ``EXIT_CONFIG``, ``EXIT_INPUT`` (bad event file or model
         checkpoint) or ``EXIT_FAILURE``.
     """
-    from interest_stream.streams.topics import KafkaUnavailable
-
     if isinstance(exc, KafkaUnavailable):
         return EXIT_KAFKA
     if isinstance(exc, ConfigError):
         return EXIT_CONFIG
     if isinstance(exc, EventFileError):
         return EXIT_INPUT
-    try:
-        from interest_stream.models.errors import ModelError
-    except ImportError:  # pragma: no cover - models extra missing
-        return EXIT_FAILURE
     if isinstance(exc, ModelError):
         return EXIT_INPUT
     return EXIT_FAILURE

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from interest_stream.core.errors import InterestStreamError
-from interest_stream.core.settings import Settings
+from interest_stream.core.settings import Settings, settings_environ
 
 __all__ = ["Service", "ServiceError", "http_get_json", "settings_env", "wait_http"]
 
@@ -45,8 +45,6 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> d
     Returns:
         ``base`` with every setting as its ``INTEREST_*`` variable.
     """
-    from interest_stream.core.settings import settings_environ
-
     return settings_environ(settings, base)
 
 

@@ -32,7 +32,6 @@ __all__ = [
     "ForgetCommand",
     "command_topic",
     "encode_forget",
-    "ensure_command_topic",
     "parse_command",
 ]
 
@@ -93,43 +92,6 @@ def parse_command(value: bytes | None, key: bytes | None) -> ForgetCommand:
     if isinstance(at, bool) or not isinstance(at, int):
         raise CommandError("requested_at must be epoch milliseconds (int)")
     return ForgetCommand(user, at)
-
-
-def ensure_command_topic(settings: Settings, partitions: int) -> int:
-    """Create the command topic with ``partitions`` partitions if missing; return its count.
-
-    Raises:
-        CommandError: It exists with another partition count (not co-partitioned).
-        streams.topics.KafkaUnavailable: No broker answers.
-    """
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    from interest_stream.streams.topics import admin_client, partition_counts
-
-    topic = command_topic(settings)
-    admin = admin_client(settings)
-    try:
-        have = partition_counts(admin, [topic]).get(topic)
-        if have is None:
-            try:
-                admin.create_topics([NewTopic(topic, partitions, 1)])
-                log.info("created command topic %s (%d partitions)", topic, partitions)
-            except TopicAlreadyExistsError:
-                pass
-            for _ in range(50):
-                have = partition_counts(admin, [topic]).get(topic)
-                if have is not None:
-                    break
-                time.sleep(0.1)
-    finally:
-        admin.close()
-    if have != partitions:
-        raise CommandError(
-            f"command topic {topic} has {have} partitions but the event topics have "
-            f"{partitions}; it must be co-partitioned (INTEREST_COMMAND_TOPIC)"
-        )
-    return int(have)
 
 
 class AckedProducer:

@@ -21,9 +21,9 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.errors import InterestStreamError, KafkaUnavailable
 from interest_stream.core.settings import Settings
-from interest_stream.streams.commands import CommandError, ensure_command_topic
+from interest_stream.streams.commands import CommandError, command_topic
 
 __all__ = [
     "FORGOTTEN_TABLE",
@@ -34,16 +34,13 @@ __all__ = [
     "admin_client",
     "changelog_topic",
     "check_topics",
+    "ensure_command_topic",
     "ensure_topics",
     "forgotten_changelog_topic",
     "partition_counts",
 ]
 
 log = logging.getLogger(__name__)
-
-
-class KafkaUnavailable(InterestStreamError):
-    """The Kafka bootstrap servers do not answer."""
 
 
 class TopicError(InterestStreamError):
@@ -214,3 +211,35 @@ def check_topics(settings: Settings) -> int:
                 f"topics have {n}; use a new INTEREST_APP_ID or recreate the changelog"
             )
     return n
+
+
+def ensure_command_topic(settings: Settings, partitions: int) -> int:
+    """Create the command topic with ``partitions`` partitions if missing; return its count.
+
+    Raises:
+        CommandError: It exists with another partition count (not co-partitioned).
+        KafkaUnavailable: No broker answers.
+    """
+    topic = command_topic(settings)
+    admin = admin_client(settings)
+    try:
+        have = partition_counts(admin, [topic]).get(topic)
+        if have is None:
+            try:
+                admin.create_topics([NewTopic(topic, partitions, 1)])
+                log.info("created command topic %s (%d partitions)", topic, partitions)
+            except TopicAlreadyExistsError:
+                pass
+            for _ in range(50):
+                have = partition_counts(admin, [topic]).get(topic)
+                if have is not None:
+                    break
+                time.sleep(0.1)
+    finally:
+        admin.close()
+    if have != partitions:
+        raise CommandError(
+            f"command topic {topic} has {have} partitions but the event topics have "
+            f"{partitions}; it must be co-partitioned (INTEREST_COMMAND_TOPIC)"
+        )
+    return int(have)

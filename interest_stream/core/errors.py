@@ -12,6 +12,7 @@ __all__ = [
     "EventFileError",
     "InterestStreamError",
     "InvalidEvent",
+    "KafkaUnavailable",
 ]
 
 
@@ -42,3 +43,7 @@ class InvalidEvent(InterestStreamError, ValueError):
 
 class EventFileError(InterestStreamError):
     """An event file cannot be read: missing, unknown layout or bad rows."""
+
+
+class KafkaUnavailable(InterestStreamError):
+    """The Kafka bootstrap servers do not answer."""
