@@ -2,8 +2,9 @@
 
 Each maps test-user indices to a float64 score matrix over the split's candidates, ties broken
 by global popularity then candidate order: ``popularity``, ``recent_popularity``, ``item_knn``
-(co-occurrence cosine) and ``own_recent`` (the user's own items, newest first, then popularity).
-Definitions: docs/DESIGN.md.
+(co-occurrence cosine) and ``repeat_last`` (the user's own distinct items, newest first, then
+popularity; called ``own_recent`` before issue #13, still available under that name). The same
+scorers serve the temporal and the leave-one-out split. Definitions: docs/DESIGN.md.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Baselines:
         scores = np.asarray((self.hist[users] @ self.sim).todense(), dtype=np.float64)
         return scores + 1e-7 * self.pop_frac[None, :]
 
-    def own_recent(self, users: np.ndarray) -> np.ndarray:
+    def repeat_last(self, users: np.ndarray) -> np.ndarray:
         """float64 ``[len(users), C]``: own items by recency (>= 2), then popularity (< 1)."""
         out = np.broadcast_to(self.pop_frac, (len(users), len(self.pop_frac))).copy()
         for row, u in enumerate(users):
@@ -87,3 +88,6 @@ class Baselines:
             last_pos = len(items) - 1 - first_in_rev  # position of the last touch
             out[row, uniq] = 2.0 + last_pos / len(items)
         return out
+
+    own_recent = repeat_last
+    """The name of :meth:`repeat_last` before issue #13 (kept for callers)."""

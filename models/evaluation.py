@@ -8,7 +8,8 @@ history removed from every ranking). Methods: the model's ``short``, ``long`` an
 and the baselines of :mod:`interest_stream.models.baselines`. Metrics per user
 (:mod:`interest_stream.models.metrics`) with 95% bootstrap intervals; a
 cold-start table when the checkpoint has text-only items. A checkpoint trained
-on events at or after the cutoff is refused. Protocol details: docs/ARCHITECTURE.md.
+on events at or after the cutoff is refused. The leave-one-out protocol is
+:mod:`interest_stream.models.loo_eval`. Protocol details: docs/DESIGN.md.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,83 +33,25 @@ from interest_stream.core.checkpoint import (
 from interest_stream.models.baselines import Baselines
 from interest_stream.models.config import TaskKind
 from interest_stream.models.errors import DataError, ModelError
-from interest_stream.models.metrics import METRIC_NAMES, bootstrap_ci, paired_ratio_ci, rank_metrics
+from interest_stream.models.eval_methods import (
+    MODEL_METHODS,
+    ScoreFn,
+    dot_scores,
+    machine_info,
+    model_vectors,
+    summarise,
+    task_results,
+)
+from interest_stream.models.metrics import rank_metrics
 from interest_stream.models.report import write_report
 from interest_stream.models.split import EvalSplit, cutoff_time, make_split
 
-__all__ = ["evaluate"]
+__all__ = ["METHOD_ALIASES", "evaluate"]
 
 log = logging.getLogger(__name__)
 
-MODEL_METHODS = ("short", "long", "blend")
-BASELINE_METHODS = ("popularity", "recent_popularity", "item_knn", "own_recent")
-ScoreFn = Callable[[np.ndarray], np.ndarray]
-
-
-def _machine() -> dict[str, Any]:
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = (float("nan"),) * 3
-    import torch
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "loadavg": list(load),
-    }
-
-
-def _model_vectors(
-    split: EvalSplit, model_dir: str | os.PathLike[str], device: str | None, alpha: float | None
-) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any], dict[str, float]]:
-    """Vectors of the test users and candidate item vectors, via the public API."""
-    from interest_stream.models.model import InterestModel
-
-    t0 = time.perf_counter()
-    model = InterestModel.load(model_dir, device=device)
-    long_cap = int(model.config.get("train", {}).get("long_history_events", 200))
-    shorts = [model.short_window(h) for h in split.histories]
-    longs = [h[-long_cap:] for h in split.histories]
-    t1 = time.perf_counter()
-    s = model.encode_short(shorts)
-    lo = model.encode_long(longs)
-    t2 = time.perf_counter()
-    used_alpha = model.blend_alpha if alpha is None else alpha
-    vecs = {"short": s, "long": lo, "blend": model.blend(s, lo, used_alpha)}
-    items = model.item_vectors()
-    cand = np.zeros((len(split.candidates), model.dim), dtype=np.float32)
-    missing = 0
-    for col, item in enumerate(split.candidates):
-        row = model.item_index.get(item)
-        if row is None:
-            missing += 1
-        else:
-            cand[col] = items[row]
-    if missing:
-        log.warning("%d candidate items are not in the model's vocabulary (zero vectors)", missing)
-    info = {
-        "model_version": model.model_version,
-        "alpha": used_alpha,
-        "candidates_missing_from_model": missing,
-        "config": model.config,
-    }
-    timing = {"model_load_s": t1 - t0, "encode_s": t2 - t1}
-    return vecs, cand, info, timing
-
-
-def _summarise(
-    per_user: dict[str, dict[str, np.ndarray]], n_boot: int, seed: int
-) -> dict[str, dict[str, dict[str, Any]]]:
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for method, metrics in per_user.items():
-        out[method] = {}
-        for name in METRIC_NAMES:
-            mean, lo, hi = bootstrap_ci(metrics[name], n_boot, seed)
-            out[method][name] = {"mean": mean, "ci95": [lo, hi]}
-    return out
+METHOD_ALIASES = {"own_recent": "repeat_last"}
+"""Old method names still present in the temporal report (same figures as the new name)."""
 
 
 def _cold_start(
@@ -166,7 +108,7 @@ def _cold_start(
         "cold_items": len(cold),
         "users": len(users),
         "mean_targets": float(np.mean([len(tgt[u]) for u in users])),
-        "methods": _summarise(per_user, n_boot, seed),
+        "methods": summarise(per_user, n_boot, seed),
     }
 
 
@@ -220,13 +162,15 @@ def evaluate(
     if not split.users:
         raise DataError("no user has events both before and after the cutoff")
     t_split = time.perf_counter()
-    vecs, cand, info, timing = _model_vectors(split, model_dir, device, alpha)
+    vecs, cand, info, timing = model_vectors(split, model_dir, device, alpha)
     base = Baselines(split, recent_days=recent_days)
     t_base = time.perf_counter()
-    fns: dict[str, ScoreFn] = {m: _dot_scores(vecs[m], cand) for m in MODEL_METHODS}
+    fns: dict[str, ScoreFn] = {m: dot_scores(vecs[m], cand) for m in MODEL_METHODS}
     fns.update(popularity=base.popularity, recent_popularity=base.recent_popularity)
-    fns.update(item_knn=base.item_knn, own_recent=base.own_recent)
-    results = {t.value: _task_results(split, t, fns, n_bootstrap, seed) for t in task_list}
+    fns.update(item_knn=base.item_knn, repeat_last=base.repeat_last)
+    results = {t.value: task_results(split, t, fns, n_bootstrap, seed) for t in task_list}
+    for res in results.values():
+        _add_aliases(res)
     cold = None
     if int(cfg.get("n_cold_items", 0)) > 0:
         after = events[events["ts"] >= cutoff]
@@ -248,64 +192,31 @@ def evaluate(
     return report
 
 
+def _add_aliases(res: dict[str, Any]) -> None:
+    """Add :data:`METHOD_ALIASES` to a task's methods (the report keeps its old keys)."""
+    methods = res["methods"]
+    aliases = {old: new for old, new in METHOD_ALIASES.items() if new in methods}
+    for old, new in aliases.items():
+        methods[old] = methods[new]
+    res["method_aliases"] = aliases
+
+
 def _refuse_leak(
     cfg: dict[str, Any], model_dir: str | os.PathLike[str], cutoff: int, cutoff_quantile: float
 ) -> None:
     """Raise ModelError when the checkpoint saw events at or after the cutoff."""
     train_max = cfg.get("split", {}).get("train_max_ts")
     if train_max is None or int(train_max) >= cutoff:
+        how = (
+            " (it was trained with --protocol loo: evaluate it with --protocol loo)"
+            if cfg.get("split", {}).get("protocol") == "loo"
+            else ""
+        )
         raise ModelError(
             f"{model_dir}: the model was trained on events up to ts={train_max}, at or after "
             f"the evaluation cutoff {cutoff} (quantile {cutoff_quantile}); that would leak the "
-            "future. Train with --cutoff-quantile <= the evaluation's, on the same file."
+            f"future{how}. Train with --cutoff-quantile <= the evaluation's, on the same file."
         )
-
-
-def _dot_scores(v: np.ndarray, cand: np.ndarray) -> ScoreFn:
-    """Score function: users' vectors ``v[idx]`` against candidate vectors ``cand``."""
-
-    def f(idx: np.ndarray) -> np.ndarray:
-        res: np.ndarray = v[idx] @ cand.T
-        return res
-
-    return f
-
-
-def _task_results(
-    split: EvalSplit, task: TaskKind, fns: dict[str, ScoreFn], n_bootstrap: int, seed: int
-) -> dict[str, Any]:
-    """Every method's metrics on one task, the best baseline and the paired ratios."""
-    users = split.users_with_targets(task)
-    exclude = split.hist_items if task is TaskKind.NEW else None
-    methods = [m for m in fns if not (task is TaskKind.NEW and m == "own_recent")]
-    per_user = {m: rank_metrics(fns[m], users, split.targets[task], exclude) for m in methods}
-    summary = _summarise(per_user, n_bootstrap, seed)
-    baselines = [m for m in methods if m in BASELINE_METHODS]
-    best = max(baselines, key=lambda m: summary[m]["ndcg@10"]["mean"])
-    ratios = {}
-    for m in MODEL_METHODS:
-        r, lo, hi = paired_ratio_ci(
-            per_user[m]["ndcg@10"], per_user[best]["ndcg@10"], n_bootstrap, seed
-        )
-        ratios[m] = {"ratio": r, "ci95": [lo, hi]}
-    log.info(
-        "%s task: %d users; blend NDCG@10 %.4f, best baseline %s %.4f (ratio %.2f)",
-        task.value,
-        len(users),
-        summary["blend"]["ndcg@10"]["mean"],
-        best,
-        summary[best]["ndcg@10"]["mean"],
-        ratios["blend"]["ratio"],
-    )
-    return {
-        "users": len(users),
-        "mean_targets": float(np.mean([len(split.targets[task][u]) for u in users]))
-        if len(users)
-        else 0.0,
-        "methods": summary,
-        "best_baseline": best,
-        "ndcg@10_ratio_vs_best_baseline": ratios,
-    }
 
 
 def _report(
@@ -322,6 +233,7 @@ def _report(
         "model_version": info["model_version"],
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "protocol": {
+            "name": "temporal",
             "cutoff_quantile": protocol["cutoff_quantile"],
             "cutoff_ts": cutoff,
             "cutoff_utc": pd.Timestamp(cutoff, unit="ms", tz="UTC").isoformat(),
@@ -348,7 +260,7 @@ def _report(
         },
         "candidates_missing_from_model": info["candidates_missing_from_model"],
         "seconds": seconds,
-        "machine": _machine(),
+        "machine": machine_info(),
     }
 
 

@@ -1,8 +1,8 @@
-"""Full-ranking metrics per user (Recall, NDCG, MRR at k) and bootstrap confidence intervals.
+"""Full-ranking metrics per user (Recall, NDCG, MRR at 10 and 20, MRR) and bootstrap intervals.
 
 Rank of an item = 1 + number of candidates with a strictly higher score; excluded items score
 ``-inf``. Binary relevance; formulas in docs/DESIGN.md ("Evaluation protocol"). Callers break
-ties among the top.
+ties among the top. :data:`METRIC_NAMES` is the set every report carries, in both protocols.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import numpy as np
 
 __all__ = ["METRIC_NAMES", "bootstrap_ci", "paired_ratio_ci", "rank_metrics"]
 
-METRIC_NAMES = ("recall@10", "recall@20", "ndcg@10", "mrr")
+METRIC_NAMES = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "mrr@20", "mrr")
+"""Per-user metrics of :func:`rank_metrics`; ``mrr`` is the uncut reciprocal rank."""
 
 
 def rank_metrics(
@@ -49,16 +50,22 @@ def rank_metrics(
             tgt = targets[u]
             ts = s[tgt]
             ranks = 1 + (s[None, :] > ts[:, None]).sum(axis=1)
-            n_t = len(tgt)
-            pos = start + row
-            out["recall@10"][pos] = float((ranks <= 10).sum()) / n_t
-            out["recall@20"][pos] = float((ranks <= 20).sum()) / n_t
-            hit = ranks[ranks <= 10]
-            dcg = float(discounts[hit - 1].sum())
-            idcg = float(discounts[: min(n_t, 10)].sum())
-            out["ndcg@10"][pos] = dcg / idcg
-            out["mrr"][pos] = 1.0 / float(ranks.min())
+            _fill(out, start + row, ranks, len(tgt), discounts)
     return out
+
+
+def _fill(
+    out: dict[str, np.ndarray], pos: int, ranks: np.ndarray, n_t: int, discounts: np.ndarray
+) -> None:
+    """Write one user's metrics (target ranks ``ranks``, ``n_t`` targets) at ``pos``."""
+    best = int(ranks.min())
+    out["mrr"][pos] = 1.0 / best
+    for k in (10, 20):
+        hit = ranks[ranks <= k]
+        out[f"recall@{k}"][pos] = float(len(hit)) / n_t
+        idcg = float(discounts[: min(n_t, k)].sum())
+        out[f"ndcg@{k}"][pos] = float(discounts[hit - 1].sum()) / idcg
+        out[f"mrr@{k}"][pos] = 1.0 / best if best <= k else 0.0
 
 
 def _resample_index(n: int, n_boot: int, seed: int) -> np.ndarray:

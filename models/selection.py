@@ -310,7 +310,7 @@ def baseline_scores(split: EvalSplit, task: TaskKind) -> dict[str, float]:
         "item_knn": base.item_knn,
     }
     if task is TaskKind.ALL:
-        fns["own_recent"] = base.own_recent
+        fns["repeat_last"] = base.repeat_last
     return {
         name: float(rank_metrics(fn, users, split.targets[task], exclude)["ndcg@10"].mean())
         for name, fn in fns.items()

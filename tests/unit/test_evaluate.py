@@ -98,8 +98,9 @@ def test_baselines_rank_as_documented() -> None:
     u1 = np.array([split.users.index("u1")])
     pop = base.popularity(u1)[0]
     assert pop[cols["a"]] > pop[cols["c"]] > pop[cols["b"]]
-    own = base.own_recent(u1)[0]
+    own = base.repeat_last(u1)[0]
     assert own[cols["a"]] > own[cols["b"]] > own[cols["c"]]  # a touched last, c never
+    np.testing.assert_array_equal(base.own_recent(u1), base.repeat_last(u1))  # the old name
     knn = base.item_knn(u1)[0]
     assert knn[cols["c"]] > 0  # c co-occurs with a (u2, u3)
     rec = base.recent_popularity(u1)[0]
@@ -128,9 +129,16 @@ def test_evaluate_report_and_files(syn_model: tuple[pd.DataFrame, Path], tmp_pat
         "popularity",
         "recent_popularity",
         "item_knn",
-        "own_recent",
+        "repeat_last",
+        "own_recent",  # the old name of repeat_last, kept in the temporal report
     }
+    assert all_task["methods"]["own_recent"] == all_task["methods"]["repeat_last"]
+    assert all_task["method_aliases"] == {"own_recent": "repeat_last"}
+    assert all_task["best_baseline"] != "own_recent"
+    assert "repeat_last" not in rep["tasks"]["new"]["methods"]
     assert "own_recent" not in rep["tasks"]["new"]["methods"]
+    assert rep["protocol"]["name"] == "temporal"
+    assert {"ndcg@20", "mrr@10", "mrr@20", "mrr"} <= set(all_task["methods"]["blend"])
     for m in all_task["methods"].values():
         for fig in m.values():
             lo, hi = fig["ci95"]
@@ -139,5 +147,7 @@ def test_evaluate_report_and_files(syn_model: tuple[pd.DataFrame, Path], tmp_pat
     assert "blend" in all_task["ndcg@10_ratio_vs_best_baseline"]
     saved = json.loads((tmp_path / "quality-syn.json").read_text())
     assert saved["protocol"]["n_bootstrap"] == 100
+    md = (tmp_path / "quality-syn.md").read_text()
+    assert "| repeat_last |" in md and "own_recent" not in md and "NDCG@20" in md
     png = (tmp_path / "quality-syn.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

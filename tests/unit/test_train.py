@@ -96,7 +96,7 @@ def test_validation_and_refit(events: pd.DataFrame, tmp_path: Path) -> None:
     phases = res.metrics["phases"]
     assert "val" in phases["fit"]["history"][0]
     assert len(phases["refit"]["history"]) == res.best_epoch
-    assert "own_recent" in phases["fit"]["val_baselines_ndcg@10"]
+    assert "repeat_last" in phases["fit"]["val_baselines_ndcg@10"]
 
 
 def test_sampled_softmax_and_long_decay_train(events: pd.DataFrame, tmp_path: Path) -> None:
