@@ -9,7 +9,9 @@ so ``from interest_stream.models import load_item_vectors, blend`` stays light):
 * :func:`load_item_vectors`, :func:`load_item_meta` — checkpoint reading, no torch;
 * :class:`TrainConfig`, :class:`EncoderConfig`, :func:`train`, :class:`TrainResult`
   (module :mod:`interest_stream.models.training`);
-* :func:`evaluate` (module :mod:`interest_stream.models.evaluation`);
+* :func:`evaluate` (module :mod:`interest_stream.models.evaluation`, the temporal
+  protocol) and :func:`evaluate_loo` (:mod:`interest_stream.models.loo_eval`,
+  leave-one-out by time);
 * :func:`select_device`, :func:`short_window`;
 * :class:`ModelError` (root), :class:`CheckpointError`, :class:`DataError`.
 """
@@ -27,6 +29,7 @@ from interest_stream.models.features import short_window
 
 if TYPE_CHECKING:
     from interest_stream.models.evaluation import evaluate
+    from interest_stream.models.loo_eval import evaluate_loo
     from interest_stream.models.model import InterestModel, select_device
     from interest_stream.models.training import TrainResult, train
 
@@ -43,6 +46,7 @@ __all__ = [
     "TrainResult",
     "blend",
     "evaluate",
+    "evaluate_loo",
     "load_item_meta",
     "load_item_vectors",
     "select_device",
@@ -56,6 +60,7 @@ _LAZY = {
     "TrainResult": "interest_stream.models.training",
     "train": "interest_stream.models.training",
     "evaluate": "interest_stream.models.evaluation",
+    "evaluate_loo": "interest_stream.models.loo_eval",
 }
 
 

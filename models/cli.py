@@ -190,6 +190,13 @@ _D = _train_defaults()
 @click.option("--short-max-len", default=_D["short_max_len"], help="Short path window cap.")
 @click.option("--layers-short", default=_D["n_layers_short"], help="Short path layers.")
 @click.option("--max-minutes", default=None, type=float, help="Wall-clock budget.")
+@click.option(
+    "--protocol",
+    default="temporal",
+    type=click.Choice(["temporal", "loo"]),
+    help="temporal: train before --cutoff-quantile; loo: train on each user's events but "
+    "the last two, validate on the second-last (see docs/DESIGN.md).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars or logs.")
 def train_cmd(**opts: Any) -> None:
@@ -263,14 +270,24 @@ def _train_config(o: dict[str, Any]) -> Any:
         scalar_lr_mult=o["scalar_lr_mult"],
         max_train_seconds=None if max_minutes is None else 60 * max_minutes,
         revisit_gain=o["revisit_gain"],
+        protocol=o["protocol"],
     )
 
 
 @click.command("evaluate", context_settings={"show_default": True})
 @click.option("--events", "events_path", required=True, type=click.Path(exists=True))
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True))
-@click.option("--cutoff-quantile", default=0.8)
-@click.option("--horizon-days", default=None, type=float, help="Targets within N days.")
+@click.option(
+    "--protocol",
+    default="temporal",
+    type=click.Choice(["temporal", "loo"]),
+    help="temporal: one global cutoff, tasks all and new; loo: leave-one-out by time, "
+    "each user's last event, task all (see docs/DESIGN.md).",
+)
+@click.option("--cutoff-quantile", default=0.8, help="Temporal cutoff (ignored by loo).")
+@click.option(
+    "--horizon-days", default=None, type=float, help="Targets within N days (temporal only)."
+)
 @click.option("--alpha", default=None, type=float, help="Blend weight (default: trained).")
 @click.option("--bootstrap", "n_bootstrap", default=1000)
 @click.option(
@@ -278,49 +295,57 @@ def _train_config(o: dict[str, Any]) -> Any:
     "out_dir",
     default=None,
     type=click.Path(),
-    help="Write quality-<name>.json and .png here.",
+    help="Write quality-<name>.json, .md and .png here.",
 )
 @click.option("--name", default=None, help="Report name (default: the event file's stem).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
+@click.option("--markdown", "as_markdown", is_flag=True, help="Print the tables as markdown.")
 @click.option("--quiet", is_flag=True)
-def evaluate_cmd(
-    events_path: str,
-    model_dir: str,
-    cutoff_quantile: float,
-    horizon_days: float | None,
-    alpha: float | None,
-    n_bootstrap: int,
-    out_dir: str | None,
-    name: str | None,
-    device: str,
-    as_json: bool,
-    quiet: bool,
-) -> None:
-    """Evaluate a checkpoint against baselines on a temporal split (full ranking)."""
-    _setup_logging(not quiet)
+def evaluate_cmd(**o: Any) -> None:
+    """Evaluate a checkpoint against baselines with full ranking (temporal split or LOO)."""
+    _setup_logging(not o["quiet"])
     from interest_stream.core.eventfile import read_events
-    from interest_stream.models.evaluation import evaluate
 
-    stem = name or Path(events_path).name.split(".")[0]
-    rep = evaluate(
-        read_events(events_path),
-        model_dir,
-        cutoff_quantile,
-        horizon_days=horizon_days,
-        alpha=alpha,
-        n_bootstrap=n_bootstrap,
-        device=device,
-        out_dir=out_dir,
-        name=stem,
-        dataset=stem,
-    )
+    stem = o["name"] or Path(o["events_path"]).name.split(".")[0]
+    common = {
+        "alpha": o["alpha"],
+        "n_bootstrap": o["n_bootstrap"],
+        "device": o["device"],
+        "out_dir": o["out_dir"],
+        "name": stem,
+        "dataset": stem,
+    }
+    events = read_events(o["events_path"])
+    if o["protocol"] == "loo":
+        from interest_stream.models.loo_eval import evaluate_loo
+
+        rep = evaluate_loo(events, o["model_dir"], **common)
+    else:
+        from interest_stream.models.evaluation import evaluate
+
+        rep = evaluate(
+            events, o["model_dir"], o["cutoff_quantile"], horizon_days=o["horizon_days"], **common
+        )
+    _print_report(rep, o["as_json"], o["as_markdown"])
+
+
+def _print_report(rep: dict[str, Any], as_json: bool, as_markdown: bool) -> None:
+    """Print an evaluation report as JSON, markdown tables or one line per method."""
     if as_json:
         click.echo(json.dumps(rep, indent=2))
         return
+    if as_markdown:
+        from interest_stream.models.report import markdown_report
+
+        click.echo(markdown_report(rep))
+        return
     for task, res in rep["tasks"].items():
         click.echo(f"{task} events ({res['users']} users), best baseline {res['best_baseline']}")
+        aliases = res.get("method_aliases") or {}
         for method, figs in res["methods"].items():
+            if method in aliases:
+                continue
             cells = "  ".join(
                 f"{k} {v['mean']:.4f} [{v['ci95'][0]:.4f}, {v['ci95'][1]:.4f}]"
                 for k, v in figs.items()

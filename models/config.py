@@ -24,6 +24,7 @@ __all__ = [
     "N_TYPE_IDS",
     "OOV_INDEX",
     "PAD_INDEX",
+    "PROTOCOLS",
     "EncoderConfig",
     "LossKind",
     "SeenItems",
@@ -38,6 +39,9 @@ OOV_INDEX = 1
 """Item index every unknown item id maps to (a learned embedding)."""
 N_SPECIAL_ITEMS = 2
 """Rows before the first real item in the encoder's item table."""
+
+PROTOCOLS = ("temporal", "loo")
+"""Split protocols of training and evaluation (docs/DESIGN.md, "Evaluation protocol")."""
 
 N_TYPE_IDS = len(EVENT_TYPES) + 1
 """Event-type ids: 0 = padding / summary token, 1.. = :data:`EVENT_TYPES` in order."""
@@ -322,6 +326,10 @@ class TrainConfig:
         revisit_gain: Gain of the revisit channel (``EncoderConfig.revisit_dim``):
             ``None`` = chosen on the validation split together with the blend alpha
             (grid ``interest_stream.models.selection.REVISIT_GAIN_GRID``; 64 without validation).
+        protocol: ``temporal`` (the split above) or ``loo`` (leave-one-out by time,
+            :mod:`interest_stream.models.loo`: train on each user's events but the last two,
+            validate on the second-last; ``cutoff_quantile`` ignored, ``val_fraction`` only
+            switches validation on (> 0) or off, no refit).
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -363,6 +371,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_train_seconds: float | None = None
     revisit_gain: float | None = None
+    protocol: str = "temporal"
 
     def __post_init__(self) -> None:
         """Coerce enum strings and check ranges, naming the offending field."""
@@ -379,6 +388,10 @@ class TrainConfig:
             raise ModelError("TrainConfig.val_fraction must be in [0, 0.5)")
         if not 0.0 <= self.blend_alpha <= 1.0:
             raise ModelError("TrainConfig.blend_alpha must be in [0, 1]")
+        if self.protocol not in PROTOCOLS:
+            raise ModelError(
+                f"TrainConfig.protocol must be one of {PROTOCOLS}, got {self.protocol!r}"
+            )
         if self.revisit_gain is not None and self.revisit_gain < 0:
             raise ModelError("TrainConfig.revisit_gain must be >= 0 or None")
         if not 0.0 < self.next_item_rate <= 1.0:

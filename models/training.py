@@ -6,7 +6,9 @@ stopping on the last ``cfg.val_fraction`` of the training period
 channels on that validation split (:mod:`interest_stream.models.selection`),
 optional refit on the whole training period, cold-start vectors from item text
 (:mod:`interest_stream.models.vocab`), then the checkpoint folder
-(:func:`interest_stream.models.model.save_checkpoint`). See docs/ARCHITECTURE.md.
+(:func:`interest_stream.models.model.save_checkpoint`). With ``cfg.protocol == "loo"``
+the training period is the leave-one-out ``train`` role and the validation split the
+``valid`` role (:mod:`interest_stream.models.loo`); no refit. See docs/DESIGN.md.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from interest_stream.models.config import N_SPECIAL_ITEMS, TrainConfig
 from interest_stream.models.errors import DataError
 from interest_stream.models.fit import fit
+from interest_stream.models.loo import loo_fingerprint, loo_frame, loo_split
 from interest_stream.models.model import save_checkpoint, select_device
 from interest_stream.models.selection import (
     ALPHA_GRID,
@@ -34,7 +37,7 @@ from interest_stream.models.selection import (
     select_channels,
     trend_scores,
 )
-from interest_stream.models.split import cutoff_time, make_split
+from interest_stream.models.split import EvalSplit, cutoff_time, make_split
 from interest_stream.models.vocab import Vocab, build_vocab, cold_start
 
 __all__ = [
@@ -89,6 +92,19 @@ class _Fitted:
     val_cutoff: int | None = None
 
 
+@dataclass
+class _Period:
+    """One protocol's training period: what is learned from and what is validated on."""
+
+    train_df: pd.DataFrame  # every event the checkpoint learns from (time-sorted)
+    cutoff: int  # end of the training period (exclusive)
+    split_info: dict[str, Any]
+    fit_df: pd.DataFrame | None = None  # the validated fit's events (None: no validation)
+    val_split: EvalSplit | None = None
+    val_cutoff: int | None = None
+    refit: bool = False  # retrain on train_df for the best epoch count
+
+
 def _check_events(events: pd.DataFrame) -> None:
     missing = [c for c in _REQUIRED if c not in events.columns]
     if missing:
@@ -98,25 +114,26 @@ def _check_events(events: pd.DataFrame) -> None:
 
 
 def _fit_validated(
-    train_df: pd.DataFrame, vocab: Vocab, cfg: TrainConfig, device: torch.device,
-    progress: bool, deadline: float | None,
+    period: _Period, vocab: Vocab, cfg: TrainConfig, device: torch.device, progress: bool,
+    deadline: float | None,
 ) -> _Fitted:  # fmt: skip
-    """Fit with early stopping on the validation period, choose alpha and channels, refit."""
-    val_cutoff = cutoff_time(train_df["ts"], 1.0 - cfg.val_fraction)
-    fit_df = train_df[train_df["ts"] < val_cutoff]
-    val_split = make_split(train_df, val_cutoff)
+    """Fit with early stopping on the validation split, choose alpha and channels, refit."""
+    assert period.fit_df is not None and period.val_split is not None
+    val_split = period.val_split
     val_baselines = baseline_scores(val_split, cfg.val_task)
     log.info(
-        "validation: %d users, period from %s; baselines NDCG@10 %s",
+        "validation: %d users (%s); baselines NDCG@10 %s",
         len(val_split.users),
-        pd.Timestamp(val_cutoff, unit="ms"),
+        "leave-one-out valid role"
+        if period.val_cutoff is None
+        else f"period from {pd.Timestamp(period.val_cutoff, unit='ms')}",
         {k: round(v, 4) for k, v in val_baselines.items()},
     )
-    first = fit(fit_df, vocab, cfg, device, cfg.epochs, val_split, progress, "fit", deadline)
+    first = fit(period.fit_df, vocab, cfg, device, cfg.epochs, val_split, progress, "fit", deadline)
     revisit_gain = _REVISIT_GAIN_NO_VALIDATION if cfg.revisit_gain is None else cfg.revisit_gain
     out = _Fitted(
-        enc=first.encoder, best_epoch=first.best_epoch, best_val=first.best_val,
-        phases={}, selected_alpha=None, revisit_gain=revisit_gain, val_cutoff=val_cutoff,
+        enc=first.encoder, best_epoch=first.best_epoch, best_val=first.best_val, phases={},
+        selected_alpha=None, revisit_gain=revisit_gain, val_cutoff=period.val_cutoff,
     )  # fmt: skip
     out.phases["fit"] = {
         "history": first.history,
@@ -136,9 +153,9 @@ def _fit_validated(
         out.phases["channel_selection"] = channels
         if cfg.select_alpha:
             out.selected_alpha = float(channels["alpha"])
-    if cfg.refit:
+    if period.refit:
         second = fit(
-            train_df, vocab, cfg, device, out.best_epoch, None, progress, "refit", deadline
+            period.train_df, vocab, cfg, device, out.best_epoch, None, progress, "refit", deadline
         )
         out.phases["refit"] = {"history": second.history, "epochs": out.best_epoch}
         out.enc = second.encoder
@@ -146,13 +163,13 @@ def _fit_validated(
 
 
 def _fit_phases(
-    train_df: pd.DataFrame, vocab: Vocab, cfg: TrainConfig, device: torch.device,
-    progress: bool, deadline: float | None,
+    period: _Period, vocab: Vocab, cfg: TrainConfig, device: torch.device, progress: bool,
+    deadline: float | None,
 ) -> _Fitted:  # fmt: skip
-    """All fitting: validated (``cfg.val_fraction > 0``) or a plain fit for ``cfg.epochs``."""
-    if cfg.val_fraction > 0:
-        return _fit_validated(train_df, vocab, cfg, device, progress, deadline)
-    only = fit(train_df, vocab, cfg, device, cfg.epochs, None, progress, "fit", deadline)
+    """All fitting: validated (a validation split) or a plain fit for ``cfg.epochs``."""
+    if period.val_split is not None:
+        return _fit_validated(period, vocab, cfg, device, progress, deadline)
+    only = fit(period.train_df, vocab, cfg, device, cfg.epochs, None, progress, "fit", deadline)
     revisit_gain = _REVISIT_GAIN_NO_VALIDATION if cfg.revisit_gain is None else cfg.revisit_gain
     return _Fitted(
         enc=only.encoder, best_epoch=only.best_epoch, best_val=None,
@@ -224,8 +241,19 @@ def _config(
     }
 
 
-def _training_period(events: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, int]:
-    """The events before the cutoff (time-sorted) and the cutoff.
+def _period_info(train_df: pd.DataFrame, cutoff: int) -> dict[str, Any]:
+    """The training period's facts recorded in the checkpoint (``config.json`` ``split``)."""
+    return {
+        "train_cutoff_ts": cutoff,
+        "train_min_ts": int(train_df["ts"].min()),
+        "train_max_ts": int(train_df["ts"].max()),
+        "train_events": len(train_df),
+        "train_users": int(train_df["user_id"].nunique()),
+    }
+
+
+def _training_period(events: pd.DataFrame, cfg: TrainConfig) -> _Period:
+    """The temporal protocol: the events before the cutoff (time-sorted), validation at the end.
 
     Raises:
         DataError: Too few events or users before the cutoff.
@@ -235,7 +263,36 @@ def _training_period(events: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFra
     train_df = events[events["ts"] < cutoff]
     if len(train_df) < 10 or train_df["user_id"].nunique() < 2:
         raise DataError(f"only {len(train_df)} events before the cutoff; lower the cutoff?")
-    return train_df, cutoff
+    info = {"protocol": "temporal", "cutoff_quantile": cfg.cutoff_quantile}
+    period = _Period(train_df, cutoff, {**info, **_period_info(train_df, cutoff)})
+    period.refit = cfg.refit
+    if cfg.val_fraction > 0:
+        period.val_cutoff = cutoff_time(train_df["ts"], 1.0 - cfg.val_fraction)
+        period.fit_df = train_df[train_df["ts"] < period.val_cutoff]
+        period.val_split = make_split(train_df, period.val_cutoff)
+    period.split_info["val_cutoff_ts"] = period.val_cutoff
+    return period
+
+
+def _loo_period(events: pd.DataFrame, cfg: TrainConfig) -> _Period:
+    """The leave-one-out protocol: the ``train`` role; the ``valid`` role validates.
+
+    Raises:
+        DataError: Too few users with 3 events, or too few train events.
+    """
+    frame = loo_frame(events)
+    train_df = frame.loc[frame["role"] == "train", list(events.columns)]
+    if len(train_df) < 10 or train_df["user_id"].nunique() < 2:
+        raise DataError(f"only {len(train_df)} leave-one-out train events; need at least 10")
+    cutoff = int(train_df["ts"].max()) + 1
+    info = {"protocol": "loo", "loo": loo_fingerprint(frame), "cutoff_quantile": None}
+    period = _Period(train_df, cutoff, {**info, **_period_info(train_df, cutoff)})
+    period.split_info["val_cutoff_ts"] = None
+    if cfg.val_fraction > 0:
+        items = sorted(train_df["item_id"].astype(str).unique())
+        period.fit_df = train_df
+        period.val_split = loo_split(frame, "valid", candidates=items)
+    return period
 
 
 def train(
@@ -260,7 +317,8 @@ def train(
         The result (folder, model version, best epoch, validation score, time).
 
     Raises:
-        DataError: Missing columns or too few events before the cutoff.
+        DataError: Missing columns or too few events before the cutoff (temporal) or in
+            the leave-one-out train role.
     """
     t0 = time.perf_counter()
     cfg = cfg or TrainConfig()
@@ -269,7 +327,8 @@ def train(
         torch.set_num_threads(cfg.threads)
     device = select_device(cfg.device)
     deadline = None if cfg.max_train_seconds is None else t0 + cfg.max_train_seconds
-    train_df, cutoff = _training_period(events, cfg)
+    period = _loo_period(events, cfg) if cfg.protocol == "loo" else _training_period(events, cfg)
+    train_df, cutoff = period.train_df, period.cutoff
     if item_text is None and cfg.item_text_path:
         from interest_stream.models.text import load_item_text
 
@@ -280,19 +339,11 @@ def train(
         len(train_df), pd.Timestamp(cutoff, unit="ms"), train_df["user_id"].nunique(),
         vocab.n_warm, len(vocab.item_ids) - vocab.n_warm, len(vocab.categories), device,
     )  # fmt: skip
-    fitted = _fit_phases(train_df, vocab, cfg, device, progress, deadline)
+    fitted = _fit_phases(period, vocab, cfg, device, progress, deadline)
     _set_channels(fitted, cfg, train_df, vocab, cutoff)
     cold = cold_start(fitted.enc, vocab)
     seconds = time.perf_counter() - t0
-    split_info = {
-        "cutoff_quantile": cfg.cutoff_quantile,
-        "train_cutoff_ts": cutoff,
-        "train_min_ts": int(train_df["ts"].min()),
-        "train_max_ts": int(train_df["ts"].max()),
-        "val_cutoff_ts": fitted.val_cutoff,
-        "train_events": len(train_df),
-        "train_users": int(train_df["user_id"].nunique()),
-    }
+    split_info = period.split_info
     metrics = {
         "phases": fitted.phases,
         "best_epoch": fitted.best_epoch,
