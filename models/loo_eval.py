@@ -62,9 +62,13 @@ def check_loo_checkpoint(
         theirs = split.get("loo") or {}
         diff = sorted(k for k in fingerprint if theirs.get(k) != fingerprint[k])
         if diff:
+            what = ", ".join(
+                f"{k} {str(theirs.get(k))[:16]} in training vs {str(fingerprint[k])[:16]} here"
+                for k in diff
+            )
             raise ModelError(
                 f"{model_dir}: trained with --protocol loo on another data set or split "
-                f"({', '.join(f'{k}: {theirs.get(k)} vs {fingerprint[k]}' for k in diff)}); "
+                f"({what}); "
                 "its training events may include this split's test events. Train with "
                 "--protocol loo on the same event file."
             )
