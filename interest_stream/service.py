@@ -22,6 +22,7 @@ from faust.types import EventT
 
 from interest_stream.core.records import tombstone
 from interest_stream.core.settings import Settings
+from interest_stream.streams.positions import is_reserved_key
 from interest_stream.streams.reencode import Encoder, Reencoder
 from interest_stream.streams.window import BehaviorWindow, StateCodecError
 from interest_stream.streams.worker import WindowWorker, run_worker
@@ -90,6 +91,8 @@ class ReencodingWorker(WindowWorker):
         """
         data = self.table.data
         for key in list(data.keys()):
+            if isinstance(key, (bytes, bytearray)) and is_reserved_key(bytes(key)):
+                continue  # the partition's positions record, not a user
             value = data.get(key)
             if value is None:  # forgotten or moved to another worker since
                 continue

@@ -184,6 +184,8 @@ def test_forget_everywhere_and_after_restarts(
         assert json.loads(latest[reborn] or b"{}")["version"] == 1
         worker.check()
         api.check()
+        # the sweep lists every key of the store; the positions record is not a window
+        assert "corrupt window" not in (logs / "worker2.log").read_text()
         http.close()
         print(f"\nforget: 2 DELETEs -> both windows gone in the worker in {forget_s:.2f}s; "
               f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
