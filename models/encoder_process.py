@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -59,6 +59,11 @@ def _child_encode(histories: list[list[Interaction]], long: bool) -> np.ndarray:
     return out
 
 
+def _child_extend(histories: list[list[Interaction]], states: list[Any]) -> tuple[Any, Any]:
+    out: tuple[Any, Any] = _MODEL.encode_long_states(histories, states)
+    return out
+
+
 class ProcessEncoder:
     """An :class:`~streams.reencode.Encoder` whose model lives in a child process.
 
@@ -100,13 +105,16 @@ class ProcessEncoder:
         return version, dim
 
     def _call(self, histories: Sequence[Sequence[Interaction]], long: bool) -> np.ndarray:
-        batch = [list(h) for h in histories]
+        return np.asarray(self._submit(_child_encode, [list(h) for h in histories], long))
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in the child; a dead child is replaced and the call retried once."""
         for attempt in (1, 2):
             pool = self._pool
             if pool is None:
                 raise EncoderProcessError("the encoder process is closed")
             try:
-                return np.asarray(pool.submit(_child_encode, batch, long).result())
+                return pool.submit(fn, *args).result()
             except BrokenProcessPool:
                 if attempt == 2:
                     raise
@@ -114,6 +122,15 @@ class ProcessEncoder:
                 self.close()
                 self._start()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def encode_long_states(
+        self, histories: Sequence[Sequence[Interaction]], states: Sequence[Any]
+    ) -> tuple[np.ndarray, list[Any]]:
+        """:meth:`InterestModel.encode_long_states` in the child (states travel pickled)."""
+        if not histories:
+            return np.empty((0, self.dim), dtype=np.float32), []
+        vectors, new = self._submit(_child_extend, [list(h) for h in histories], list(states))
+        return np.asarray(vectors), list(new)
 
     def encode_short(self, histories: Sequence[Sequence[Interaction]]) -> np.ndarray:
         """Short-term vectors, float32 ``[B, dim]`` (computed in the child)."""

@@ -40,10 +40,18 @@ from interest_stream.models.checkpoint import (
     read_json,
     write_json,
 )
-from interest_stream.models.config import N_SPECIAL_ITEMS, EncoderConfig
+from interest_stream.models.config import N_SPECIAL_ITEMS, OOV_INDEX, EncoderConfig, type_index
 from interest_stream.models.encoder import InterestEncoder, SeqBatch
 from interest_stream.models.errors import CheckpointError, ModelError
 from interest_stream.models.features import arrays_from_histories, short_window
+from interest_stream.models.incremental import (
+    LongState,
+    extend_long,
+    extendable,
+    prefix_of,
+    revisit_from_sums,
+    state_vector,
+)
 
 __all__ = ["InterestModel", "blend", "library_versions", "select_device"]
 
@@ -248,6 +256,83 @@ class InterestModel:
             float32 ``[B, dim]``; an empty history gives the learned "no history" vector.
         """
         return self._encode(histories, long=True)
+
+    def encode_long_states(
+        self,
+        histories: Sequence[Sequence[Interaction]],
+        states: Sequence[LongState | None],
+    ) -> tuple[np.ndarray, list[LongState | None]]:
+        """Long-term vectors, extending each user's cached state by its new events only.
+
+        A history within ``long_max_len`` is encoded incrementally
+        (:mod:`interest_stream.models.incremental`): from ``states[i]`` if that state
+        folded a prefix of it, else from scratch; the result equals :meth:`encode_long`
+        up to float rounding. Longer histories (and multi-layer long paths) are encoded
+        in full and get no state.
+
+        Args:
+            histories: ``B`` histories, each oldest first.
+            states: Per history, the state returned last time (or ``None``).
+
+        Returns:
+            ``(float32 [B, dim], the new states)``.
+        """
+        n = len(histories)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        new: list[LongState | None] = [None] * n
+        enc = self.encoder
+        inc = [i for i, h in enumerate(histories) if extendable(enc, h)]
+        full = sorted(set(range(n)) - set(inc))
+        if full:
+            out[full] = self.encode_long([histories[i] for i in full])
+        todo: list[tuple[int, int, int]] = []  # (new events, history length, row)
+        for i in inc:
+            h, st = histories[i], states[i]
+            done = st.n if st is not None and prefix_of(st, h) else 0
+            todo.append((len(h) - done, len(h), i))
+        todo.sort()
+        start = 0
+        while start < len(todo):
+            end = start + 1
+            while end < len(todo) and (end - start + 1) * todo[end][0] * todo[end][1] <= 1 << 21:
+                end += 1
+            rows = [i for _, _, i in todo[start:end]]
+            vecs, got = self._extend([histories[i] for i in rows], [states[i] for i in rows])
+            out[rows] = vecs
+            for i, st in zip(rows, got, strict=True):
+                new[i] = st
+            start = end
+        return out, new
+
+    def _extend(
+        self, histories: list[Sequence[Interaction]], states: list[LongState | None]
+    ) -> tuple[np.ndarray, list[LongState]]:
+        """One padded batch of :meth:`encode_long_states`'s incremental rows."""
+        enc = self.encoder
+        b, width = len(histories), max(len(h) for h in histories)
+        items = np.zeros((b, width), dtype=np.int64)
+        types = np.zeros((b, width), dtype=np.int64)
+        ts = np.zeros((b, width), dtype=np.float64)
+        get, shift = self.item_index.get, N_SPECIAL_ITEMS
+        for r, h in enumerate(histories):
+            items[r, : len(h)] = [get(e[0], OOV_INDEX - shift) + shift for e in h]
+            types[r, : len(h)] = [type_index(e[1]) for e in h]
+            ts[r, : len(h)] = [e[2] / 1000.0 for e in h]
+        dev = self.device
+        arrays = (torch.from_numpy(items).to(dev), torch.from_numpy(types).to(dev),
+                  torch.from_numpy(ts).to(dev))  # fmt: skip
+        out = np.empty((b, self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            table = self._item_table()
+            sums, got = extend_long(enc, states, histories, arrays, table)
+            vec = state_vector(enc, sums, table)
+            d, rd = vec.shape[1], enc.cfg.revisit_dim
+            out[:, :d] = vec.float().cpu().numpy()
+            if rd:
+                out[:, d : d + rd] = revisit_from_sums(enc, sums).cpu().numpy()
+            if enc.cfg.trend:
+                out[:, d + rd] = float(enc.get_buffer("trend_gain"))
+        return out, got
 
     def short_window(self, history: Sequence[Interaction]) -> list[Interaction]:
         """The short window this model was trained with (cap and minutes from training)."""
