@@ -1,10 +1,18 @@
-"""Prometheus metrics of the stream worker (:class:`WorkerMetrics`), served at ``GET /metrics``."""
+"""Prometheus metrics of the stream worker, served at ``GET /metrics``.
+
+:class:`WorkerMetrics` (consume, apply, changelog) and :class:`ReencodeMetrics` (the
+re-encode loop of :mod:`interest_stream.streams.reencode`) share the worker's registry.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["WorkerMetrics"]
+__all__ = ["ReencodeMetrics", "WorkerMetrics"]
 
 
 class WorkerMetrics:
@@ -92,12 +100,82 @@ class WorkerMetrics:
             "Wall clock when this process last finished a batch (0 before).",
             registry=r,
         )
+        self.stage_seconds = Counter(
+            "interest_worker_stage_seconds",
+            "Wall seconds per stage of a batch (changelog: producing the changelog records "
+            "and waiting for their acks; the rest of batch_apply_seconds is validate+apply).",
+            ["stage"],
+            registry=r,
+        )
         self.assigned = Gauge(
             "interest_worker_assigned_partitions",
             "Event-topic partitions this worker holds.",
             registry=r,
         )
 
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the wall time of the ``with`` body to ``interest_worker_stage_seconds``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds.labels(stage).inc(time.perf_counter() - t0)
+
     def render(self) -> bytes:
         """The metrics in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class ReencodeMetrics:
+    """The re-encode loop's collectors, in the worker's registry (``/metrics``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry if registry is not None else CollectorRegistry()
+        self.registry = r
+        self.reencoded = Counter(
+            "interest_reencoded_users", "Users re-encoded, by horizon.", ["horizon"], registry=r
+        )
+        self.published = Counter(
+            "interest_output_records", "Records published to the output topic.", registry=r
+        )
+        self.batch_users = Histogram(
+            "interest_reencode_batch_users",
+            "Users per re-encode flush.",
+            buckets=(1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096),
+            registry=r,
+        )
+        self.encode_ms = Histogram(
+            "interest_reencode_latency_ms",
+            "Model time per flush (ms).",
+            buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+            registry=r,
+        )
+        self.publish_ms = Histogram(
+            "interest_publish_latency_ms",
+            "Time to build a flush's records and have them acknowledged by Kafka (ms).",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+            registry=r,
+        )
+        self.pending = Gauge(
+            "interest_reencode_pending_users", "Users waiting to be re-encoded.", registry=r
+        )
+        self.model = Gauge(
+            "interest_model_loaded", "1 for the model version in use.", ["model_version"],
+            registry=r,
+        )  # fmt: skip
+        self.stage_seconds = Counter(
+            "interest_reencode_stage_seconds",
+            "Wall seconds per stage: submit = queueing touched windows (copies), short / long "
+            "= model calls (with the transfer to an encoder process), records = building and "
+            "serializing output records, publish = sending them and waiting for the acks.",
+            ["stage"],
+            registry=r,
+        )
+        self.long_paths = Counter(
+            "interest_long_encodes",
+            "Long-term encodes by path: incremental (a cached state extended by the new "
+            "events, or a short history folded from scratch) or full.",
+            ["path"],
+            registry=r,
+        )

@@ -2,10 +2,12 @@
 
 :meth:`Reencoder.submit` queues touched windows, coalesced per user; :meth:`Reencoder.run`
 flushes every ``INTEREST_FLUSH_MS`` (or at ``INTEREST_ENCODE_BATCH_MAX`` users): one batched
-model call (short vectors always, long vectors when due), then one output record per user
-(:mod:`interest_stream.core.records`). :meth:`submit` blocks once ``max_pending`` users wait
-(back-pressure); :meth:`Reencoder.maybe_reload` swaps in a new checkpoint. Design notes:
-docs/DESIGN.md ("Re-encode loop").
+model call (short vectors always, long vectors when due: extended from the user's cached
+incremental state if the model has ``encode_long_states``; a state of another model version
+is never reused), then one output record per user (:mod:`interest_stream.core.records`).
+:meth:`submit` blocks once ``max_pending`` users wait (back-pressure);
+:meth:`Reencoder.maybe_reload` swaps in a new checkpoint. Design notes: docs/DESIGN.md
+("Re-encode loop").
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
 from interest_stream.core import records
 from interest_stream.core.checkpoint import checkpoint_version
 from interest_stream.core.events import Interaction
+from interest_stream.streams.metrics import ReencodeMetrics
 from interest_stream.streams.window import BehaviorWindow
 
 __all__ = [
@@ -41,45 +44,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class ReencodeMetrics:
-    """The re-encode loop's collectors, in the worker's registry (``/metrics``)."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        r = registry if registry is not None else CollectorRegistry()
-        self.registry = r
-        self.reencoded = Counter(
-            "interest_reencoded_users", "Users re-encoded, by horizon.", ["horizon"], registry=r
-        )
-        self.published = Counter(
-            "interest_output_records", "Records published to the output topic.", registry=r
-        )
-        self.batch_users = Histogram(
-            "interest_reencode_batch_users",
-            "Users per re-encode flush.",
-            buckets=(1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096),
-            registry=r,
-        )
-        self.encode_ms = Histogram(
-            "interest_reencode_latency_ms",
-            "Model time per flush (ms).",
-            buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
-            registry=r,
-        )
-        self.publish_ms = Histogram(
-            "interest_publish_latency_ms",
-            "Time to build a flush's records and have them acknowledged by Kafka (ms).",
-            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
-            registry=r,
-        )
-        self.pending = Gauge(
-            "interest_reencode_pending_users", "Users waiting to be re-encoded.", registry=r
-        )
-        self.model = Gauge(
-            "interest_model_loaded", "1 for the model version in use.", ["model_version"],
-            registry=r,
-        )  # fmt: skip
-
-
 class Encoder(Protocol):
     """What the loop needs from a model (``models.InterestModel`` satisfies it)."""
 
@@ -92,6 +56,16 @@ class Encoder(Protocol):
 
     def encode_long(self, histories: Sequence[Sequence[Interaction]]) -> np.ndarray:
         """Long-term vectors, float32 ``[B, dim]``."""
+        ...
+
+
+class IncrementalEncoder(Encoder, Protocol):
+    """An encoder that also extends cached long-term states (``models.InterestModel``)."""
+
+    def encode_long_states(
+        self, histories: Sequence[Sequence[Interaction]], states: Sequence[Any]
+    ) -> tuple[np.ndarray, list[Any]]:
+        """Long-term vectors and new opaque states (``None`` = none) from the old ones."""
         ...
 
 
@@ -128,6 +102,13 @@ def build_record(
     )
 
 
+def _state_of(entry: _LongEntry | None, model_version: str) -> Any:
+    """The cached incremental state of a user, if the model in use made it."""
+    if entry is None or entry.model_version != model_version:
+        return None
+    return entry.state
+
+
 def _close_model(model: object) -> None:
     """Release a model's resources if it has any (e.g. an encoder process)."""
     close = getattr(model, "close", None)
@@ -147,6 +128,16 @@ class _Encoded:
     model_version: str
     short: np.ndarray
     long: np.ndarray
+
+
+@dataclass(slots=True)
+class _LongEntry:
+    """A user's cached long vector, when it is due again, and the model's state behind it."""
+
+    due: float
+    vector: np.ndarray
+    state: Any
+    model_version: str
 
 
 async def _settle(task: asyncio.Task[int]) -> None:
@@ -202,8 +193,8 @@ class Reencoder:
         self._rng = random.Random(0x10A6)  # noqa: S311  (load spreading, not security)
         self._loader = loader
         self._pending: dict[str, _Pending] = {}
-        # user -> (monotonic time its long vector is due for a refresh, vector)
-        self._long: OrderedDict[str, tuple[float, np.ndarray]] = OrderedDict()
+        # user -> its long vector, refresh time and incremental state (LRU order)
+        self._long: OrderedDict[str, _LongEntry] = OrderedDict()
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -228,6 +219,7 @@ class Reencoder:
         while len(self._pending) >= self.max_pending and not self._stopping:
             self._room.clear()
             await self._room.wait()
+        t0 = time.perf_counter()
         for user, window in windows.items():
             ts = produced_at.get(user) if produced_at else None
             old = self._pending.get(user)
@@ -236,6 +228,7 @@ class Reencoder:
             # coalesce: the newest window replaces the older one, keeping queue position;
             # a copy, since the worker goes on applying events to its own object
             self._pending[user] = _Pending(window.view(), ts)
+        self.metrics.stage_seconds.labels("submit").inc(time.perf_counter() - t0)
         self.metrics.pending.set(len(self._pending))
         if self._pending:
             self._wakeup.set()
@@ -255,45 +248,70 @@ class Reencoder:
             self._room.set()
         return batch
 
-    def _long_due(self, cached: Sequence[tuple[float, np.ndarray] | None]) -> list[int]:
+    def _long_due(self, cached: Sequence[_LongEntry | None]) -> list[int]:
         """Rows needing a long encode: every user without one, plus the most overdue
         ``long_refresh_per_flush`` refreshes."""
         now = time.monotonic()
         missing = [i for i, c in enumerate(cached) if c is None]
-        overdue = sorted((c[0], i) for i, c in enumerate(cached) if c is not None and c[0] <= now)
+        overdue = sorted((c.due, i) for i, c in enumerate(cached) if c is not None and c.due <= now)
         return sorted(missing + [i for _, i in overdue[: self.long_refresh_per_flush]])
 
     def _encode(
         self, model: Encoder, batch: list[tuple[str, _Pending]]
-    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    ) -> tuple[np.ndarray, np.ndarray, list[int], list[Any]]:
         """Short vectors for all, long vectors for the users due (runs in the encode thread).
 
         Returns:
-            ``(short, long, due)``: ``due`` are the rows whose long vector is new.
+            ``(short, long, due, states)``: ``due`` are the rows whose long vector is new,
+            ``states`` their new incremental states (``None`` without one).
         """
         cached = [self._long.get(user) for user, _ in batch]
+        t0 = time.perf_counter()
         short = model.encode_short([p.window.short() for _, p in batch])
+        t1 = time.perf_counter()
         due = self._long_due(cached)
         long = np.empty_like(short)
+        states: list[Any] = []
         if due:
-            fresh = model.encode_long([batch[i][1].window.long() for i in due])
-            long[due] = fresh
+            histories = [batch[i][1].window.long() for i in due]
+            extend = getattr(model, "encode_long_states", None)
+            if callable(extend):
+                version = model.model_version
+                prior = [_state_of(cached[i], version) for i in due]
+                long[due], states = extend(histories, prior)
+            else:
+                long[due] = model.encode_long(histories)
+                states = [None] * len(due)
         fresh_rows = set(due)
         for i, c in enumerate(cached):
             if i not in fresh_rows and c is not None:
-                long[i] = c[1]
-        self.metrics.reencoded.labels("short").inc(len(batch))
-        self.metrics.reencoded.labels("long").inc(len(due))
-        return short, long, due
+                long[i] = c.vector
+        m = self.metrics
+        m.stage_seconds.labels("short").inc(t1 - t0)
+        m.stage_seconds.labels("long").inc(time.perf_counter() - t1)
+        incremental = sum(st is not None for st in states)
+        m.long_paths.labels("incremental").inc(incremental)
+        m.long_paths.labels("full").inc(len(due) - incremental)
+        m.reencoded.labels("short").inc(len(batch))
+        m.reencoded.labels("long").inc(len(due))
+        return short, long, due, states
 
     def _remember_long(
-        self, batch: list[tuple[str, _Pending]], long: np.ndarray, due: Sequence[int]
+        self,
+        batch: list[tuple[str, _Pending]],
+        long: np.ndarray,
+        due: Sequence[int],
+        states: Sequence[Any],
+        model_version: str,
     ) -> None:
+        if model_version != self.model.model_version:
+            return  # encoded by a model swapped out meanwhile: cache nothing of it
         now = time.monotonic()
-        for i in due:
+        for i, state in zip(due, states, strict=True):
             user = batch[i][0]
             jitter = 0.75 + 0.5 * self._rng.random()
-            self._long[user] = (now + self.long_refresh_s * jitter, long[i].copy())
+            due_at = now + self.long_refresh_s * jitter
+            self._long[user] = _LongEntry(due_at, long[i].copy(), state, model_version)
         for user, _ in batch:
             if user in self._long:
                 self._long.move_to_end(user)
@@ -312,7 +330,7 @@ class Reencoder:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         try:
-            short, long, due = await loop.run_in_executor(
+            short, long, due, states = await loop.run_in_executor(
                 self._executor, self._encode, model, batch
             )
         except BaseException:
@@ -320,7 +338,7 @@ class Reencoder:
             raise
         self.metrics.encode_ms.observe((time.perf_counter() - t0) * 1000.0)
         self.metrics.batch_users.observe(len(batch))
-        self._remember_long(batch, long, due)
+        self._remember_long(batch, long, due, states, model.model_version)
         return _Encoded(batch, model.model_version, short, long)
 
     async def _publish_batch(self, enc: _Encoded) -> int:
@@ -344,7 +362,10 @@ class Reencoder:
                 )
                 for i, (user, p) in enumerate(enc.batch)
             ]
+            t2 = time.perf_counter()
+            self.metrics.stage_seconds.labels("records").inc(t2 - t1)
             await self._publish(out)
+            self.metrics.stage_seconds.labels("publish").inc(time.perf_counter() - t2)
         except BaseException:
             self._requeue(enc.batch)
             raise

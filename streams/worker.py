@@ -290,7 +290,8 @@ class WindowWorker:
             else:
                 self._event(ev, touched, dlq_out, res)
         res.dlq = len(dlq_out)
-        await self._write(touched, dlq_out, batch_pos)
+        with self.metrics.timed("changelog"):
+            await self._write(touched, dlq_out, batch_pos)
         self.store.durable.update(batch_pos)
         for ck, slot in touched.items():
             if slot.window is None:
