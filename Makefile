@@ -1,6 +1,7 @@
 # Two entry points for a new user (see README): `make demo` and `make test`.
 # Both set everything up on a fresh machine: a virtualenv with the pinned
-# Python dependencies (constraints.txt) and Apache Kafka's jars from Maven Central.
+# Python dependencies (constraints.txt), Apache Kafka's jars and OpenSearch (with k-NN)
+# from Maven Central.
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,6 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade "pip>=24"
 	$(PY) -m pip install -q -c constraints.txt -e '.[cpu,dev]'
 	$(CLI) kafka install
+	$(CLI) opensearch install
 	touch $@
 
 demo: install

@@ -1,6 +1,7 @@
 """The ``interest-stream`` console script (``interest_stream.cli:main``): one thin click layer.
 
-Verbs: ``config``, ``kafka ...`` (:mod:`interest_stream.cli_kafka`), ``topics``,
+Verbs: ``config``, ``kafka ...`` (:mod:`interest_stream.cli_kafka`), ``opensearch ...``
+(:mod:`interest_stream.cli_opensearch`), ``topics``,
 ``replay``, ``worker``, ``serve``, ``train`` and ``evaluate`` (mounted from
 :mod:`interest_stream.models.cli`), ``bench ...`` (:mod:`interest_stream.cli_bench`)
 and ``demo``. Settings come from ``INTEREST_*`` environment variables; options on
@@ -34,6 +35,7 @@ from interest_stream.cli_common import (
     json_option,
 )
 from interest_stream.cli_kafka import kafka_group
+from interest_stream.cli_opensearch import opensearch_group
 from interest_stream.core.errors import InterestStreamError
 from interest_stream.core.settings import settings_table
 from interest_stream.models import cli as models_cli
@@ -87,6 +89,7 @@ def config_cmd(markdown: bool, as_json: bool) -> None:
 
 
 main.add_command(kafka_group, "kafka")
+main.add_command(opensearch_group, "opensearch")
 
 
 # --------------------------------------------------------------------------- topics

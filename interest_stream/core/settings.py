@@ -219,6 +219,20 @@ class Settings(BaseSettings):
         1, ge=1, le=256, description="FAISS threads per search (1 is best for many small queries)."
     )
 
+    # --- user store ------------------------------------------------------------
+    user_store: Literal["faiss", "opensearch"] = Field(
+        "faiss",
+        description="Where the API keeps users: faiss = in-process index built from the "
+        "output topic; opensearch = the cluster at INTEREST_OPENSEARCH_URL "
+        "(filled by `interest-stream opensearch sink`).",
+    )
+    opensearch_url: str = Field(
+        "http://127.0.0.1:9200", description="OpenSearch URL(s) of the user store, comma-separated."
+    )
+    opensearch_index: str = Field(
+        "user-interest", description="OpenSearch index holding the users (user store)."
+    )
+
     # --- logging ---------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level of the entry points."

@@ -1,0 +1,367 @@
+"""Supervise the local cluster: start its nodes detached, wait for health, stop, report.
+
+State of a running cluster: ``<data_dir>/cluster.json`` (one entry per node: pid,
+ports), written by :func:`start`, removed by :func:`stop`; a lock file serialises
+starts and stops of one data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+from typing import IO, Any
+
+from interest_stream.index.opensearch_local.config import (
+    ClusterConfig,
+    ClusterStatus,
+    NodeStatus,
+    OpenSearchLocalError,
+    OpenSearchStartError,
+    locked,
+)
+from interest_stream.index.opensearch_local.installer import check_java, install
+from interest_stream.index.opensearch_local.nodeconf import node_environment, write_node_config
+from interest_stream.index.opensearch_local.probe import cluster_health, port_in_use
+from interest_stream.index.opensearch_local.runas import (
+    RunAs,
+    check_reachable,
+    chown_tree,
+    command_prefix,
+    resolve_user,
+)
+
+__all__ = ["kill_node", "start", "status", "stop"]
+
+logger = logging.getLogger(__name__)
+
+_LOCK = ".cluster.lock"
+_MAIN_CLASS = "org.opensearch.bootstrap.OpenSearch"
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as fh:
+            return [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
+    except OSError:
+        return []
+
+
+def _log_file(cfg: ClusterConfig, i: int) -> Path:
+    return cfg.node_dir(i) / "logs" / f"{cfg.cluster_name}.log"
+
+
+def _out_file(cfg: ClusterConfig, i: int) -> Path:
+    return cfg.node_dir(i) / "logs" / "stdout.log"
+
+
+def _log_excerpt(cfg: ClusterConfig, i: int, lines: int = 30) -> str:
+    parts: list[str] = []
+    for path in (_log_file(cfg, i), _out_file(cfg, i)):
+        tail = _tail(path, lines)
+        if tail:
+            parts += [f"--- last {len(tail)} lines of {path} ---", *tail]
+    return "\n".join(parts) if parts else f"(no log in {cfg.node_dir(i) / 'logs'})"
+
+
+def _alive(pid: int) -> bool:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        _CHILDREN.pop(pid, None)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _is_our_node(cfg: ClusterConfig, i: int, pid: int) -> bool:
+    """Whether ``pid`` is a live OpenSearch started with node ``i``'s config folder."""
+    if not _alive(pid):
+        return False
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    args = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+    conf = str(cfg.node_dir(i) / "config")
+    return _MAIN_CLASS in args and any(conf in a for a in args)
+
+
+def _read_state(cfg: ClusterConfig) -> dict[str, Any] | None:
+    try:
+        state = json.loads(cfg.state_file.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("nodes"), list) else None
+
+
+def _write_state(cfg: ClusterConfig, state: dict[str, Any]) -> None:
+    tmp = cfg.state_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
+    tmp.replace(cfg.state_file)
+
+
+def _running_nodes(cfg: ClusterConfig, state: dict[str, Any] | None) -> dict[int, dict[str, Any]]:
+    """Entries of the state file whose node process still runs, by node index."""
+    out: dict[int, dict[str, Any]] = {}
+    for entry in (state or {}).get("nodes", []):
+        i, pid = int(entry["index"]), int(entry["pid"])
+        if _is_our_node(cfg, i, pid):
+            out[i] = entry
+    return out
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _wait_dead(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    _CHILDREN.pop(pid, None)
+    return True
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    """SIGTERM the node's process group; SIGKILL it after ``timeout`` seconds."""
+    _signal_group(pid, signal.SIGTERM)
+    if _wait_dead(pid, timeout):
+        return
+    logger.warning("OpenSearch pid %d still runs %.0fs after SIGTERM; killing it", pid, timeout)
+    _signal_group(pid, signal.SIGKILL)
+    if not _wait_dead(pid, 10.0):
+        raise OpenSearchLocalError(f"OpenSearch pid {pid} survived SIGKILL")
+
+
+def _make_status(cfg: ClusterConfig, state: dict[str, Any] | None) -> ClusterStatus:
+    running = _running_nodes(cfg, state)
+    count = len((state or {}).get("nodes", [])) or cfg.nodes
+    nodes = [
+        NodeStatus(
+            name=cfg.node_name(i),
+            pid=int(running[i]["pid"]) if i in running else None,
+            running=i in running,
+            http_port=int(running[i]["http_port"]) if i in running else cfg.http_port + i,
+            transport_port=int(running[i]["transport_port"])
+            if i in running
+            else cfg.transport_port + i,
+            log_file=_log_file(cfg, i),
+        )
+        for i in range(count)
+    ]
+    health = None
+    for node in [n for n in nodes if n.running] or nodes[:1]:
+        health = cluster_health(f"http://{cfg.host}:{node.http_port}", 5.0)
+        if health is not None:
+            break
+    return ClusterStatus(
+        url=f"http://{cfg.host}:{nodes[0].http_port}",
+        health=str(health["status"]) if health else None,
+        number_of_nodes=int(health.get("number_of_nodes", 0)) if health else 0,
+        nodes=nodes,
+        data_dir=cfg.data_dir,
+        version=str((state or {}).get("version", cfg.version)),
+    )
+
+
+def status(cfg: ClusterConfig | None = None) -> ClusterStatus:
+    """Report on the nodes of ``cfg.data_dir`` and the cluster's health."""
+    cfg = cfg or ClusterConfig()
+    return _make_status(cfg, _read_state(cfg))
+
+
+def _check_ports(cfg: ClusterConfig) -> None:
+    for kind, ports in (("HTTP", cfg.http_ports), ("transport", cfg.transport_ports)):
+        for port in ports:
+            if port_in_use(cfg.host, port):
+                what = (
+                    "an OpenSearch node"
+                    if kind == "HTTP" and cluster_health(f"http://{cfg.host}:{port}", 2.0)
+                    else "another process"
+                )
+                raise OpenSearchStartError(
+                    f"{kind} port {port} on {cfg.host} is already in use by {what} (not a node "
+                    f"of {cfg.data_dir}): stop it or choose other ports (--port)"
+                )
+
+
+def start(
+    cfg: ClusterConfig | None = None, timeout: float = 180.0, *, progress: bool = False
+) -> ClusterStatus:
+    """Start every node (installing first if needed) and wait for a yellow or green cluster.
+
+    Idempotent when the cluster of ``cfg.data_dir`` already runs with the same nodes.
+
+    Raises:
+        OpenSearchInstallError: The distribution cannot be installed.
+        OpenSearchStartError: A port is taken, Java or the run-as user is unusable, the
+            cluster of this data dir runs with other nodes, or it did not become healthy
+            within ``timeout`` (the nodes are then stopped; the message ends with a log).
+    """
+    cfg = cfg or ClusterConfig()
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    with locked(cfg.data_dir / _LOCK):
+        state = _read_state(cfg)
+        running = _running_nodes(cfg, state)
+        if running:
+            if sorted(running) != list(range(cfg.nodes)) or any(
+                int(e["http_port"]) != cfg.http_ports[i] for i, e in running.items()
+            ):
+                raise OpenSearchStartError(
+                    f"the OpenSearch cluster of {cfg.data_dir} already runs with other nodes "
+                    "or ports: stop it first"
+                )
+            _wait_healthy(cfg, running, timeout)
+            return _make_status(cfg, state)
+        _check_ports(cfg)
+        install(cfg, progress=progress)
+        java_home = check_java(OpenSearchStartError)
+        user = resolve_user(cfg.run_as)
+        for path in (cfg.dist_dir, cfg.data_dir):
+            check_reachable(path, user)
+        return _launch_all(cfg, java_home, user, timeout)
+
+
+def _launch_all(cfg: ClusterConfig, java_home: Path, user: RunAs, timeout: float) -> ClusterStatus:
+    state: dict[str, Any] = {"version": cfg.version, "started_at": time.time(), "nodes": []}
+    started = time.monotonic()
+    try:
+        for i in range(cfg.nodes):
+            pid = _launch_node(cfg, i, java_home, user)
+            state["nodes"].append(
+                {
+                    "index": i,
+                    "pid": pid,
+                    "http_port": cfg.http_ports[i],
+                    "transport_port": cfg.transport_ports[i],
+                }
+            )
+            _write_state(cfg, state)
+        _wait_healthy(cfg, {int(e["index"]): e for e in state["nodes"]}, timeout)
+    except BaseException:
+        for entry in state["nodes"]:
+            with contextlib.suppress(OpenSearchLocalError):
+                _terminate(int(entry["pid"]), 10.0)
+        cfg.state_file.unlink(missing_ok=True)
+        raise
+    logger.info(
+        "OpenSearch cluster of %d node(s) healthy at %s after %.1fs",
+        cfg.nodes,
+        cfg.url,
+        time.monotonic() - started,
+    )
+    return _make_status(cfg, state)
+
+
+def _launch_node(cfg: ClusterConfig, i: int, java_home: Path, user: RunAs) -> int:
+    write_node_config(cfg, i)
+    chown_tree(cfg.node_dir(i), user)
+    cmd = [*command_prefix(user), str(cfg.dist_dir / "bin" / "opensearch")]
+    logger.info(
+        "starting OpenSearch node %s at http://%s:%d (data in %s)",
+        cfg.node_name(i),
+        cfg.host,
+        cfg.http_ports[i],
+        cfg.node_dir(i),
+    )
+    out_fh: IO[bytes]
+    with _out_file(cfg, i).open("ab") as out_fh:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out_fh,
+            stderr=subprocess.STDOUT,
+            cwd=cfg.node_dir(i),
+            env=node_environment(cfg, i, java_home),
+            start_new_session=True,
+            close_fds=True,
+        )
+    _CHILDREN[proc.pid] = proc
+    return proc.pid
+
+
+def _wait_healthy(cfg: ClusterConfig, nodes: dict[int, dict[str, Any]], timeout: float) -> None:
+    """Wait until node 0 reports every node and a yellow or green status."""
+    deadline = time.monotonic() + timeout
+    url = f"http://{cfg.host}:{nodes[min(nodes)]['http_port']}"
+    while True:
+        for i, entry in nodes.items():
+            if not _alive(int(entry["pid"])):
+                child = _CHILDREN.pop(int(entry["pid"]), None)
+                code = f" with exit code {child.returncode}" if child is not None else ""
+                raise OpenSearchStartError(
+                    f"OpenSearch node {cfg.node_name(i)} (pid {entry['pid']}) exited{code} "
+                    f"before the cluster was healthy\n" + _log_excerpt(cfg, i)
+                )
+        health = cluster_health(url, 5.0)
+        if (
+            health
+            and health["status"] in ("yellow", "green")
+            and int(health.get("number_of_nodes", 0)) >= len(nodes)
+        ):
+            return
+        if time.monotonic() >= deadline:
+            raise OpenSearchStartError(
+                f"the OpenSearch cluster at {url} was not healthy within {timeout:g}s "
+                f"(last health: {health}); it was stopped\n" + _log_excerpt(cfg, min(nodes))
+            )
+        time.sleep(0.5)
+
+
+def stop(cfg: ClusterConfig | None = None, timeout: float = 60.0) -> bool:
+    """Stop every node of ``cfg.data_dir`` (SIGTERM, SIGKILL after ``timeout``); idempotent.
+
+    Returns:
+        True if a running node was stopped.
+    """
+    cfg = cfg or ClusterConfig()
+    if not cfg.data_dir.is_dir():
+        return False
+    with locked(cfg.data_dir / _LOCK):
+        running = _running_nodes(cfg, _read_state(cfg))
+        for i, entry in sorted(running.items()):
+            logger.info("stopping OpenSearch node %s (pid %s)", cfg.node_name(i), entry["pid"])
+            _terminate(int(entry["pid"]), timeout)
+        cfg.state_file.unlink(missing_ok=True)
+        return bool(running)
+
+
+def kill_node(cfg: ClusterConfig, i: int) -> int | None:
+    """SIGKILL node ``i`` (fault tests); return its pid, or ``None`` if it did not run.
+
+    The state file keeps the node: :func:`stop` skips it and a later :func:`start`
+    of the same nodes restarts the killed one only after a :func:`stop`.
+    """
+    entry = _running_nodes(cfg, _read_state(cfg)).get(i)
+    if entry is None:
+        return None
+    pid = int(entry["pid"])
+    _signal_group(pid, signal.SIGKILL)
+    _wait_dead(pid, 10.0)
+    return pid
