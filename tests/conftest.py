@@ -28,6 +28,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "INTEREST_TEST_BOOTSTRAP",
             "INTEREST_DATA_DIR",
             "INTEREST_KAFKA_HOME",
+            "INTEREST_OPENSEARCH_HOME",
+            "INTEREST_TEST_OPENSEARCH_URL",
             "INTEREST_TEST_SEED",
             "INTEREST_PRESSURE_REPEAT",
             "INTEREST_PRESSURE_HOGS",
@@ -56,6 +58,35 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield status.bootstrap
     finally:
         stop(cfg)
+
+
+@pytest.fixture(scope="session")
+def opensearch_url() -> Iterator[str]:
+    """URL of a real one-node OpenSearch (k-NN) for the session, started on first use.
+
+    ``INTEREST_TEST_OPENSEARCH_URL`` points at a cluster of your own instead. As with
+    Kafka there is no skip: a node that cannot start fails the tests that need it.
+    Its data folder is outside pytest's 0700 temporary root, so that the node's
+    unprivileged user (when the tests run as root) can enter it.
+    """
+    external = os.environ.get("INTEREST_TEST_OPENSEARCH_URL")
+    if external:
+        yield external
+        return
+    import shutil
+    import tempfile
+
+    from interest_stream.core.kafka import free_port
+    from interest_stream.index.opensearch_local import ClusterConfig, start, stop
+
+    data_dir = Path(tempfile.mkdtemp(prefix="interest-os-test-"))
+    data_dir.chmod(0o755)
+    cfg = ClusterConfig(data_dir=data_dir, http_port=free_port(), transport_port=free_port())
+    try:
+        yield start(cfg, timeout=240.0).url
+    finally:
+        stop(cfg)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

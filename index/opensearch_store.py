@@ -1,0 +1,461 @@
+"""The user store in OpenSearch: one document per user, versioned by the engine.
+
+Document ``_id`` = ``user_id``; fields: the record's metadata (version, times, model
+version, recent items, purchases), ``short``/``long``/``blend`` as ``knn_vector``
+(inner product, HNSW), and the versioning fields ``life``, ``kp``, ``tomb``,
+``deleted``. Writes use external versions (``version_type=external_gte``): the
+engine keeps the highest and drops stale or replayed writes. The external version
+of a record is ``life + version``; ``life`` is 0 until the user is forgotten, and a
+forget writes a *deleted marker* whose version exceeds every version the user had,
+so a replayed old record never brings the user back (docs/DESIGN.md, "OpenSearch user
+store": why, and why not real deletes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+from opensearchpy import OpenSearch, helpers
+from opensearchpy.exceptions import ConflictError, NotFoundError, OpenSearchException
+
+from interest_stream.core.records import HORIZONS, UserRecord
+from interest_stream.core.vectors import blend
+from interest_stream.index.errors import DimensionMismatch, VectorIndexError
+
+__all__ = [
+    "Life",
+    "OpenSearchStore",
+    "StoreUnavailable",
+    "Upsert",
+    "WriteOutcome",
+    "index_body",
+    "ip_from_score",
+]
+
+logger = logging.getLogger(__name__)
+
+Engine = Literal["faiss", "lucene"]
+VECTOR_FIELDS: Final[tuple[str, ...]] = HORIZONS
+_META_FIELDS = ("life", "kp", "tomb", "deleted")
+
+
+class StoreUnavailable(VectorIndexError):
+    """OpenSearch did not answer or refused a request that must be retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class Life:
+    """A forgotten user's current life: external versions start above ``base``.
+
+    Attributes:
+        base: Added to record versions of this life (the marker's version).
+        tomb: Offset of the tombstone that began it (in partition ``kp`` of the topic).
+    """
+
+    base: int
+    tomb: int
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    """One record to write: the decoded record, where it came from and its life."""
+
+    record: UserRecord
+    partition: int
+    offset: int
+    life: Life | None = None
+
+    @property
+    def external_version(self) -> int:
+        """``life.base + version`` (``version`` for a never-forgotten user)."""
+        return (self.life.base if self.life else 0) + self.record.version
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """What a bulk write did with one user: ``applied``, ``stale`` (409) or ``failed``."""
+
+    user_id: str
+    result: Literal["applied", "stale", "failed"]
+    reason: str = ""
+
+
+def ip_from_score(score: float) -> float:
+    """The inner product behind a k-NN ``innerproduct`` score.
+
+    OpenSearch scores ``ip + 1`` for ``ip >= 0`` and ``1 / (1 - ip)`` below 0.
+    """
+    return score - 1.0 if score >= 1.0 else 1.0 - 1.0 / score
+
+
+def index_body(
+    dim: int, *, engine: Engine = "lucene", shards: int = 1, m: int = 32, ef_construction: int = 256
+) -> dict[str, Any]:
+    """Settings and mapping of the user index (``dim``-dimensional vectors)."""
+    vector = {
+        "type": "knn_vector",
+        "dimension": dim,
+        "method": {
+            "name": "hnsw",
+            "space_type": "innerproduct",
+            "engine": engine,
+            "parameters": {"m": m, "ef_construction": ef_construction},
+        },
+    }
+    stored = {"type": "keyword", "index": False, "doc_values": False}
+    return {
+        "settings": {
+            "index": {
+                "knn": True,
+                "number_of_shards": shards,
+                "auto_expand_replicas": "0-1",
+                "refresh_interval": "1s",
+            },
+        },
+        "mappings": {
+            "dynamic": "strict",
+            "properties": {
+                "user_id": {"type": "keyword"},
+                "version": {"type": "long"},
+                "event_time": {"type": "long"},
+                "updated_at": {"type": "long"},
+                "produced_at": {"type": "long"},
+                "model_version": {"type": "keyword"},
+                "recent_items": stored,
+                "purchased": stored,
+                "blend_weight": {"type": "float", "index": False},
+                **{name: vector for name in VECTOR_FIELDS},
+                "life": {"type": "long"},
+                "kp": {"type": "integer"},
+                "tomb": {"type": "long"},
+                "deleted": {"type": "boolean"},
+            },
+        },
+    }
+
+
+def _vec(values: npt.NDArray[np.float32]) -> list[float]:
+    out: list[float] = values.astype(np.float64).tolist()
+    return out
+
+
+class OpenSearchStore:
+    """Users in an OpenSearch index: versioned bulk writes, forgets, GET by id, k-NN audience."""
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        index: str,
+        *,
+        blend_weight: float = 0.5,
+        engine: Engine = "lucene",
+        shards: int = 1,
+        ef_search: int = 400,
+        timeout_s: float = 30.0,
+        client: OpenSearch | None = None,
+    ) -> None:
+        """Connect lazily to ``urls`` (comma-separated or a list); nothing is created yet."""
+        if not 0.0 <= blend_weight <= 1.0:
+            raise ValueError(f"blend_weight must be within 0..1, got {blend_weight}")
+        hosts = [u.strip() for u in urls.split(",")] if isinstance(urls, str) else list(urls)
+        self.index = index
+        self.blend_weight = blend_weight
+        self.engine: Engine = engine
+        self.shards = shards
+        self.ef_search = ef_search
+        self.client = client or OpenSearch(
+            hosts=hosts, timeout=timeout_s, max_retries=0, http_compress=False
+        )
+        self.dim: int | None = None
+
+    def close(self) -> None:
+        """Close the HTTP connections."""
+        self.client.close()
+
+    # ------------------------------------------------------------------ index
+    def ensure_index(self, dim: int | None) -> int | None:
+        """Create the index for ``dim`` if missing; return the index's dimension.
+
+        With ``dim=None`` only an existing index's dimension is read (``None`` if none).
+
+        Raises:
+            DimensionMismatch: The index exists with another dimension.
+            StoreUnavailable: OpenSearch did not answer.
+        """
+        try:
+            if not self.client.indices.exists(index=self.index):
+                if dim is None:
+                    return None
+                body = index_body(dim, engine=self.engine, shards=self.shards)
+                try:
+                    self.client.indices.create(index=self.index, body=body)
+                    logger.info(
+                        "created OpenSearch index %s (dim %d, %s HNSW)",
+                        self.index,
+                        dim,
+                        self.engine,
+                    )
+                except OpenSearchException as exc:
+                    if "resource_already_exists" not in str(exc):
+                        raise
+            mapping = self.client.indices.get_mapping(index=self.index)
+        except OpenSearchException as exc:
+            raise StoreUnavailable(f"OpenSearch index {self.index}: {exc}") from exc
+        props = next(iter(mapping.values()))["mappings"]["properties"]
+        have = int(props["short"]["dimension"])
+        if dim is not None and have != dim:
+            raise DimensionMismatch(
+                f"OpenSearch index {self.index} holds {have}-d vectors, the records are {dim}-d",
+                expected=have,
+                got=dim,
+            )
+        self.dim = have
+        return have
+
+    def refresh(self) -> None:
+        """Make every write visible to searches (tests, catch-up)."""
+        self.client.indices.refresh(index=self.index)
+
+    # ------------------------------------------------------------------ writes
+    def _doc(self, up: Upsert) -> dict[str, Any]:
+        rec = up.record
+        return {
+            "user_id": rec.user_id,
+            "version": rec.version,
+            "event_time": rec.event_time,
+            "updated_at": rec.updated_at,
+            "produced_at": rec.produced_at,
+            "model_version": rec.model_version,
+            "recent_items": list(rec.recent_items),
+            "purchased": list(rec.purchased),
+            "blend_weight": self.blend_weight,
+            "short": _vec(rec.short),
+            "long": _vec(rec.long),
+            "blend": _vec(blend(rec.short, rec.long, self.blend_weight)),
+            "life": up.life.base if up.life else 0,
+            "kp": up.partition,
+            "tomb": up.life.tomb if up.life else -1,
+            "deleted": False,
+        }
+
+    def write(self, upserts: Iterable[Upsert]) -> list[WriteOutcome]:
+        """Bulk-write records (one per user) with external versions; one outcome per user.
+
+        A version conflict (409) is ``stale``: the index holds a newer version.
+
+        Raises:
+            StoreUnavailable: The bulk request itself failed (nothing is known).
+        """
+        ups = list(upserts)
+        if not ups:
+            return []
+        body: list[dict[str, Any]] = []
+        for up in ups:
+            body.append(
+                {
+                    "index": {
+                        "_index": self.index,
+                        "_id": up.record.user_id,
+                        "version": up.external_version,
+                        "version_type": "external_gte",
+                    }
+                }
+            )
+            body.append(self._doc(up))
+        try:
+            resp = self.client.bulk(body=body)
+        except OpenSearchException as exc:
+            raise StoreUnavailable(f"bulk write of {len(ups)} users failed: {exc}") from exc
+        return [
+            _outcome(up.record.user_id, item) for up, item in zip(ups, resp["items"], strict=True)
+        ]
+
+    def forget_now(self, user_id: str) -> bool:
+        """Hide a user at once (an admin DELETE, before the sink applies its tombstone).
+
+        Writes a deleted marker above the stored version, with no topic position
+        (``kp`` -1): the sink's own marker for the tombstone follows and supersedes it.
+
+        Returns:
+            Whether the user was held (not absent, not already forgotten).
+
+        Raises:
+            StoreUnavailable: OpenSearch did not answer.
+        """
+        held = self.get(user_id) is not None
+        if held:
+            self.forget(user_id, -1, -1)
+        return held
+
+    def forget(self, user_id: str, partition: int, offset: int) -> Life:
+        """Apply a tombstone (partition ``partition``, offset ``offset``): the user is gone.
+
+        Idempotent: a tombstone already applied (the stored marker or life has a
+        ``tomb`` at or above ``offset`` in the same partition) changes nothing.
+
+        Returns:
+            The user's new (or current) life.
+
+        Raises:
+            StoreUnavailable: OpenSearch did not answer.
+        """
+        for _ in range(10):
+            try:
+                found = self.client.get(
+                    index=self.index,
+                    id=user_id,
+                    params={"_source_includes": ",".join(_META_FIELDS)},
+                )
+            except NotFoundError:
+                found = None
+            except OpenSearchException as exc:
+                raise StoreUnavailable(f"GET {user_id!r} failed: {exc}") from exc
+            src = found.get("_source", {}) if found else {}
+            if found and int(src.get("kp", -1)) == partition and int(src.get("tomb", -1)) >= offset:
+                return Life(int(src.get("life", 0)), int(src["tomb"]))
+            marker = int(found["_version"]) + 1 if found else 1
+            doc = {
+                "user_id": user_id,
+                "deleted": True,
+                "life": marker,
+                "kp": partition,
+                "tomb": offset,
+            }
+            try:
+                self.client.index(
+                    index=self.index,
+                    id=user_id,
+                    body=doc,
+                    params={"version": marker, "version_type": "external"},
+                )
+            except ConflictError:
+                continue  # written meanwhile: read again
+            except OpenSearchException as exc:
+                raise StoreUnavailable(f"forgetting {user_id!r} failed: {exc}") from exc
+            return Life(marker, offset)
+        raise StoreUnavailable(f"forgetting {user_id!r}: 10 version conflicts in a row")
+
+    def lives(self, partition: int) -> dict[str, Life]:
+        """Every forgotten user of ``partition`` (markers and later lives), after a refresh."""
+        if self.dim is None and self.ensure_index(None) is None:
+            return {}
+        query = {
+            "query": {
+                "bool": {"filter": [{"term": {"kp": partition}}, {"range": {"tomb": {"gte": 0}}}]}
+            },
+            "_source": ["life", "tomb"],
+        }
+        try:
+            self.refresh()
+            hits = helpers.scan(self.client, query=query, index=self.index, size=5000)
+            return {
+                h["_id"]: Life(int(h["_source"]["life"]), int(h["_source"]["tomb"])) for h in hits
+            }
+        except OpenSearchException as exc:
+            raise StoreUnavailable(
+                f"reading the forgotten users of partition {partition}: {exc}"
+            ) from exc
+
+    # ------------------------------------------------------------------ reads
+    def get(self, user_id: str) -> UserRecord | None:
+        """The user's record (real-time GET, no refresh needed), or ``None`` if absent/forgotten.
+
+        Raises:
+            StoreUnavailable: OpenSearch did not answer.
+        """
+        try:
+            found = self.client.get(
+                index=self.index, id=user_id, params={"_source_excludes": "blend"}
+            )
+        except NotFoundError:
+            return None
+        except OpenSearchException as exc:
+            raise StoreUnavailable(f"GET {user_id!r} failed: {exc}") from exc
+        src = found["_source"]
+        if src.get("deleted"):
+            return None
+        return _record(src)
+
+    def audience(
+        self, vector: npt.NDArray[np.float32], k: int, horizon: str = "blend"
+    ) -> list[tuple[str, float]]:
+        """The ``k`` users whose ``horizon`` vector has the largest inner product with ``vector``.
+
+        Raises:
+            StoreUnavailable: OpenSearch did not answer.
+        """
+        if horizon not in VECTOR_FIELDS:
+            raise ValueError(f"horizon must be one of {VECTOR_FIELDS}, got {horizon!r}")
+        q = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if self.dim is not None and q.size != self.dim:
+            raise DimensionMismatch(
+                f"query has dimension {q.size}, the index {self.dim}", expected=self.dim, got=q.size
+            )
+        knn = {
+            "vector": _vec(q),
+            "k": k,
+            "method_parameters": {"ef_search": max(self.ef_search, k)},
+        }
+        body = {"size": k, "_source": False, "query": {"knn": {horizon: knn}}}
+        try:
+            resp = self.client.search(index=self.index, body=body)
+        except OpenSearchException as exc:
+            raise StoreUnavailable(f"k-NN search failed: {exc}") from exc
+        return [(h["_id"], ip_from_score(float(h["_score"]))) for h in resp["hits"]["hits"]]
+
+    def count(self) -> int:
+        """Users held (markers excluded; as of the last refresh)."""
+        body = {"query": {"bool": {"must_not": [{"term": {"deleted": True}}]}}}
+        try:
+            return int(self.client.count(index=self.index, body=body)["count"])
+        except NotFoundError:
+            return 0
+        except OpenSearchException as exc:
+            raise StoreUnavailable(f"count failed: {exc}") from exc
+
+    def health(self) -> str | None:
+        """The cluster's status (``green``/``yellow``/``red``), or ``None`` if unreachable."""
+        try:
+            return str(self.client.cluster.health(params={"timeout": "2s"})["status"])
+        except OpenSearchException:
+            return None
+
+
+def _outcome(user_id: str, item: Mapping[str, Any]) -> WriteOutcome:
+    res = next(iter(item.values()))
+    status = int(res.get("status", 500))
+    if status in (200, 201):
+        return WriteOutcome(user_id, "applied")
+    if status == 409:
+        return WriteOutcome(user_id, "stale")
+    err = res.get("error", {})
+    reason = f"{status} {err.get('type', '')}: {err.get('reason', '')}" if err else str(status)
+    return WriteOutcome(user_id, "failed", reason[:300])
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def _record(src: Mapping[str, Any]) -> UserRecord:
+    short = np.asarray(src["short"], dtype=np.float32)
+    long = np.asarray(src["long"], dtype=np.float32)
+    if not (np.isfinite(short).all() and np.isfinite(long).all()):  # pragma: no cover
+        raise VectorIndexError(f"stored vectors of {src.get('user_id')!r} are not finite")
+    return UserRecord(
+        user_id=str(src["user_id"]),
+        version=int(src["version"]),
+        short=short,
+        long=long,
+        event_time=_opt_int(src.get("event_time")),
+        updated_at=_opt_int(src.get("updated_at")),
+        model_version=src.get("model_version"),
+        recent_items=tuple(src.get("recent_items", ())),
+        purchased=tuple(src.get("purchased", ())),
+        produced_at=_opt_int(src.get("produced_at")),
+    )

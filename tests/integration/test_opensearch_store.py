@@ -1,0 +1,98 @@
+"""The OpenSearch user store against a real OpenSearch node (the session's, k-NN).
+
+External versions (a stale write is a 409, i.e. done; a tie is applied), real-time GET
+returns the record as written, a forget stays when an old record is replayed, a new
+life comes back, k-NN audience per horizon against exact search.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from interest_stream.core.records import UserRecord
+from interest_stream.index.opensearch_store import Life, OpenSearchStore, Upsert
+
+pytestmark = pytest.mark.integration
+
+DIM = 8
+
+
+@pytest.fixture
+def store(opensearch_url: str) -> Iterator[OpenSearchStore]:
+    st = OpenSearchStore(opensearch_url, f"t{uuid.uuid4().hex[:10]}", blend_weight=0.25)
+    try:
+        yield st
+    finally:
+        st.client.indices.delete(index=st.index, ignore_unavailable=True)
+        st.close()
+
+
+def _rec(uid: str, version: int, rng: np.random.Generator) -> UserRecord:
+    return UserRecord(
+        user_id=uid,
+        version=version,
+        short=rng.standard_normal(DIM).astype(np.float32),
+        long=rng.standard_normal(DIM).astype(np.float32),
+        event_time=1_700_000_000_000 + version,
+        updated_at=1_700_000_000_500,
+        model_version="m1",
+        recent_items=("i1", "i2"),
+        purchased=("i2",),
+    )
+
+
+def _same(a: UserRecord | None, b: UserRecord) -> bool:
+    return (
+        a is not None
+        and a.user_id == b.user_id
+        and a.version == b.version
+        and np.array_equal(a.short, b.short)
+        and np.array_equal(a.long, b.long)
+        and (a.event_time, a.updated_at, a.model_version)
+        == (b.event_time, b.updated_at, b.model_version)
+        and (a.recent_items, a.purchased) == (b.recent_items, b.purchased)
+    )
+
+
+def test_store_versions_forget_and_audience(store: OpenSearchStore) -> None:
+    rng = np.random.default_rng(7)
+    store.ensure_index(DIM)
+    v5, v3, v5b = _rec("a", 5, rng), _rec("a", 3, rng), _rec("a", 5, rng)
+    assert [o.result for o in store.write([Upsert(v5, 0, 10)])] == ["applied"]
+    assert [o.result for o in store.write([Upsert(v3, 0, 11)])] == ["stale"]
+    assert _same(store.get("a"), v5)  # real-time GET, no refresh
+    assert [o.result for o in store.write([Upsert(v5b, 0, 12)])] == ["applied"]  # tie: last wins
+    assert _same(store.get("a"), v5b)
+    life = store.forget("a", 0, 13)
+    assert store.get("a") is None
+    assert store.forget("a", 0, 13) == life  # a replayed tombstone changes nothing
+    assert [o.result for o in store.write([Upsert(v5b, 0, 12)])] == ["stale"]  # old record
+    new = _rec("a", 1, rng)
+    assert [o.result for o in store.write([Upsert(new, 0, 14, life)])] == ["applied"]
+    assert _same(store.get("a"), new)
+    assert store.lives(0) == {"a": Life(life.base, 13)} and store.lives(1) == {}
+    # audience: k-NN per horizon against exact inner products
+    users = [_rec(f"u{i}", 1, rng) for i in range(300)]
+    assert {o.result for o in store.write(Upsert(u, 1, i) for i, u in enumerate(users))} == {
+        "applied"
+    }
+    store.refresh()
+    assert store.count() == 301
+    q = rng.standard_normal(DIM).astype(np.float32)
+    for horizon in ("short", "long", "blend"):
+        mats = {
+            "short": [u.short for u in users],
+            "long": [u.long for u in users],
+            "blend": [0.25 * u.short + 0.75 * u.long for u in users],
+        }
+        exact = np.asarray(mats[horizon]) @ q
+        top = {users[i].user_id for i in np.argsort(-exact)[:20]}
+        got = [(u, s) for u, s in store.audience(q, 20, horizon) if u.startswith("u")]
+        assert len({u for u, _ in got} & top) >= 19, horizon
+        by_id = {u.user_id: float(e) for u, e in zip(users, exact, strict=True)}
+        for uid, score in got:
+            assert score == pytest.approx(by_id[uid], rel=1e-3, abs=1e-3)
