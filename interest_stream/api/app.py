@@ -1,8 +1,9 @@
 """The FastAPI application: :func:`create_app` and :func:`serve`.
 
 On creation the item index is built from the model checkpoint (when one is
-configured); on start-up a background consumer reads the whole ``user-interest``
-topic into the user index; ``/readyz`` answers 200 once it caught up. The routes
+configured; a newer checkpoint in its folder replaces it live, ``model_watch``); on
+start-up a background consumer reads the whole ``user-interest`` topic into the user
+index; ``/readyz`` answers 200 once it caught up. The routes
 (docs/CONTRACTS.md; OpenAPI at ``/docs``) are in ``routes_users`` (interest,
 recommendations), ``routes_items`` (similar, audience), ``routes_admin`` (DELETE a
 user), ``routes_ops`` (health, readiness, stats, metrics) and ``dashboard`` (``/``).
@@ -11,6 +12,7 @@ Errors are JSON ``{"error", "detail"}`` (:mod:`interest_stream.api.errors`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -22,11 +24,13 @@ from fastapi import FastAPI
 
 from interest_stream import __version__
 from interest_stream.api.consumer import OutputConsumer
-from interest_stream.api.dashboard import dashboard_router
+from interest_stream.api.dashboard import LiveHistory, dashboard_router
 from interest_stream.api.errors import install_error_handlers
 from interest_stream.api.forget import ForgetHook, KafkaPublisher, Publisher, worker_forget_hook
 from interest_stream.api.metrics import ApiMetrics
 from interest_stream.api.middleware import BodyLimitMiddleware, TimingMiddleware
+from interest_stream.api.model_watch import ModelWatch
+from interest_stream.api.opensearch_mode import opensearch_parts
 from interest_stream.api.routes_admin import admin_router
 from interest_stream.api.routes_items import items_router
 from interest_stream.api.routes_ops import ops_router
@@ -101,10 +105,17 @@ def create_app(
     settings = settings or load_settings()
     set_threads(int(setting(settings, "index_threads", 1)))
     items = item_index if item_index is not None else _load_items(settings, model_dir)
-    users = user_index if user_index is not None else _empty_users(items)
-    metrics = ApiMetrics(users=lambda: float(users.count()),
-                         items=lambda: float(0 if items is None else items.count()))  # fmt: skip
-    consumer = (
+    cluster = None
+    if user_index is None and setting(settings, "user_store", "faiss") == "opensearch":
+        users, cluster = opensearch_parts(settings, items)  # no users in memory
+    else:
+        users = user_index if user_index is not None else _empty_users(items)
+
+    def n_items() -> float:  # read at scrape time: the item index follows the model folder
+        return float(0 if state.items is None else state.items.count())
+
+    metrics = ApiMetrics(users=lambda: float(users.count()), items=n_items)
+    consumer = cluster or (
         OutputConsumer(settings, users, metrics, dim=users.dim or (items.dim if items else None))
         if start_consumer
         else None
@@ -139,15 +150,24 @@ def _empty_users(items: ItemIndex | None) -> UserIndex:
 
 
 def _make_app(state: ApiState) -> FastAPI:
-    """The FastAPI app over ``state``: lifespan, error handlers, middleware, routes."""
+    """The FastAPI app over ``state``: lifespan, error handlers, middleware, routes.
+
+    The lifespan also runs two small tasks: the dashboard's live history sampler and
+    the model folder watch (a new checkpoint's item index is swapped in live).
+    """
+    history = LiveHistory(state)
+    watch = ModelWatch(state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.consumer is not None:
             state.consumer.start()
+        tasks = [asyncio.create_task(history.run()), asyncio.create_task(watch.run())]
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
             if state.consumer is not None:
                 await anyio.to_thread.run_sync(state.consumer.stop)
             state.publisher.close()
@@ -172,7 +192,7 @@ def _make_app(state: ApiState) -> FastAPI:
         max_bytes=int(setting(state.settings, "api_max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
     )
     for router in (users_router(state), items_router(state), admin_router(state),
-                   ops_router(state), dashboard_router(state)):  # fmt: skip
+                   ops_router(state), dashboard_router(state, history)):  # fmt: skip
         app.include_router(router)
     return app
 

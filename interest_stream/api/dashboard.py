@@ -4,8 +4,12 @@ The page (``static/index.html`` + ``dashboard.js`` + ``dashboard.css``, no exter
 resource) polls two JSON answers once a second:
 
 * ``GET /v1/stats`` (the API's own figures: users, items, lag, freshness quantiles);
-* ``GET /v1/dashboard/live`` (this module): the consumer's running record counters,
-  from which the page derives updates per second;
+* ``GET /v1/dashboard/live?since=<t>`` (this module): the consumer's running record
+  counters, from which the page derives updates per second, and the samples of
+  :class:`LiveHistory` newer than ``t``: one per second over the last
+  :data:`HISTORY_S` seconds (updates/s, freshness p50/p99 of that second, consumer lag,
+  model version), which the page draws as time charts; the replica samples from its
+  start, so a page opened late still shows the last minutes;
 
 and, while a user is selected in the explorer,
 
@@ -22,12 +26,16 @@ and requests: ids coming from events cannot inject markup.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -36,7 +44,7 @@ from interest_stream import __version__
 from interest_stream.api.state import ApiState
 from interest_stream.index.item_index import ItemIndex
 
-__all__ = ["STATIC_DIR", "dashboard_router", "top_categories"]
+__all__ = ["HISTORY_S", "STATIC_DIR", "LiveHistory", "dashboard_router", "top_categories"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +68,60 @@ _SECURITY_HEADERS = {
 CATEGORY_POOL = 50
 """Nearest items looked at to rank a vector's top categories."""
 MAX_TOP = 50
+HISTORY_S = 300
+"""Seconds of live history the replica keeps for the page's time charts."""
+
+
+class LiveHistory:
+    """One sample of the live figures per ``every_s`` seconds over the last ``seconds``.
+
+    Each sample: ``t`` (epoch ms), ``rate`` (output records applied per second since
+    the previous sample), ``p50_ms`` / ``p99_ms`` (freshness of the records applied
+    in that interval; ``None`` when there were none), ``lag`` and ``model_version``.
+    """
+
+    def __init__(self, state: ApiState, seconds: float = HISTORY_S, every_s: float = 1.0) -> None:
+        self.state = state
+        self.every_s = every_s
+        self.samples: deque[dict[str, Any]] = deque(maxlen=int(seconds / every_s) + 1)
+        self._prev: tuple[float, int] | None = None
+        self._mark = 0
+
+    def sample(self) -> dict[str, Any]:
+        """Take one sample now and keep it."""
+        now = time.monotonic()
+        c = self.state.consumer
+        applied = 0 if c is None else c.totals.applied
+        rate = None
+        if self._prev is not None and now > self._prev[0]:
+            rate = round(max(applied - self._prev[1], 0) / (now - self._prev[0]), 1)
+        self._prev = (now, applied)
+        self._mark, fresh = self.state.metrics.freshness_since(self._mark)
+        p50: float | None = None
+        p99: float | None = None
+        if fresh.size:
+            p50, p99 = (round(float(v), 1) for v in np.percentile(fresh, [50, 99]))
+        items = self.state.items
+        sample = {
+            "t": int(time.time() * 1000), "rate": rate, "p50_ms": p50, "p99_ms": p99,
+            "lag": None if c is None else c.lag,
+            "model_version": None if items is None else items.model_version,
+        }  # fmt: skip
+        self.samples.append(sample)
+        return sample
+
+    def since(self, t: int | None) -> list[dict[str, Any]]:
+        """The samples newer than ``t`` (epoch ms; ``None``: all), oldest first."""
+        return [s for s in self.samples if t is None or s["t"] > t]
+
+    async def run(self) -> None:
+        """Sample every ``every_s`` seconds until cancelled (a lifespan task)."""
+        while True:
+            try:
+                self.sample()
+            except Exception:  # the charts miss a point; the sampler lives on
+                logger.exception("live history sample failed")
+            await asyncio.sleep(self.every_s)
 
 
 def top_categories(
@@ -98,8 +160,12 @@ def _scored(hits: Sequence[tuple[str, float]], items: ItemIndex, k: int) -> list
     ]
 
 
-def dashboard_router(state: ApiState) -> APIRouter:
-    """The routes of the dashboard (``/``, its assets, ``/v1/dashboard/...``) over ``state``."""
+def dashboard_router(state: ApiState, history: LiveHistory | None = None) -> APIRouter:
+    """The routes of the dashboard (``/``, its assets, ``/v1/dashboard/...``) over ``state``.
+
+    ``history`` feeds the time charts (sampled by the app's lifespan task); without
+    it ``/v1/dashboard/live`` answers an empty history.
+    """
     router = APIRouter()
 
     @router.get("/", include_in_schema=False)
@@ -122,8 +188,12 @@ def dashboard_router(state: ApiState) -> APIRouter:
         return FileResponse(STATIC_DIR / name, media_type=media, headers=_SECURITY_HEADERS)
 
     @router.get("/v1/dashboard/live", tags=["dashboard"])
-    async def live() -> dict[str, Any]:
-        """Running totals of the output-topic records this replica applied (for rates)."""
+    async def live(
+        since: Annotated[
+            int | None, Query(ge=0, description="Only history samples after this epoch ms.")
+        ] = None,
+    ) -> dict[str, Any]:
+        """Running totals of the records this replica applied, and the recent history."""
         c = state.consumer
         totals = None if c is None else c.totals
         return {
@@ -137,6 +207,8 @@ def dashboard_router(state: ApiState) -> APIRouter:
                 "malformed": 0 if totals is None else totals.malformed,
                 "tombstones": 0 if totals is None else totals.tombstones,
             },
+            "history_s": HISTORY_S,
+            "history": [] if history is None else history.since(since),
         }
 
     # ``:path``: an id may contain "/" (the event contract allows it); the page sends it
@@ -172,6 +244,7 @@ def _explore(state: ApiState, request: Request, user_id: str, k: int) -> Respons
         ],
         "purchased": list(rec.purchased),
         "catalogue": items is not None,
+        "catalogue_model_version": model,
         "short": None,
         "long": None,
     }

@@ -21,6 +21,7 @@ raw path, so the label set stays small; unmatched paths are ``<unmatched>``.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -91,6 +92,7 @@ class ApiMetrics:
             registry=r,
         )
         self._fresh: deque[float] = deque(maxlen=FRESHNESS_SAMPLES)
+        self._fresh_seen = 0  # samples observed so far (the reservoir keeps the latest)
         self._fresh_lock = threading.Lock()
         self.forgotten = Counter(
             "interest_api_forgotten", "Users forgotten through DELETE /v1/users/{id}.", registry=r
@@ -113,6 +115,19 @@ class ApiMetrics:
             self.freshness.observe(v)
         with self._fresh_lock:
             self._fresh.extend(values_ms)
+            self._fresh_seen += len(values_ms)
+
+    def freshness_since(self, mark: int) -> tuple[int, np.ndarray]:
+        """The samples observed after the running count ``mark`` (newest first), and the count.
+
+        For time charts: pass the count of the previous call to get one interval's
+        samples (at most the reservoir's size).
+        """
+        with self._fresh_lock:
+            seen = self._fresh_seen
+            n = min(max(seen - mark, 0), len(self._fresh))
+            tail = np.fromiter(itertools.islice(reversed(self._fresh), n), dtype=np.float64)
+        return seen, tail
 
     def freshness_summary(self) -> dict[str, Any]:
         """p50/p95/p99/max (ms) over the latest samples, and the sample count."""

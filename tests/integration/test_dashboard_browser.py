@@ -6,7 +6,9 @@ child process with a small item catalogue that knows categories, and Playwright 
 Debian's ``/usr/bin/chromium`` (no browser download). The test types a user id whose
 text is markup, checks the recent items and the short/long top items (the same ones
 the recommendations endpoint answers), then publishes more records and checks that the
-counters and the explorer follow without a reload.
+counters, the time charts (inline SVG) and the explorer follow without a reload; last, a
+new checkpoint in the model folder is swapped in by the API, and the page shows the new
+model version and marks it on the charts.
 
 Without Chromium or Playwright the test skips on a developer machine and fails under
 ``CI=true``.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -101,10 +104,15 @@ def api(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[dict
     publish([_record(f"u{i}", 1, 100 + i, [f"i{i}"]) for i in range(20)])
     base = f"http://127.0.0.1:{settings.api_port}"
     service = Service.cli("api", ["serve"], settings, tmp_path).start()
+
+    def new_model(version: str) -> None:
+        vecs = np.random.default_rng(8).standard_normal((N_ITEMS, DIM)).astype(np.float32)
+        write_item_vectors(model_dir, ids, vecs, model_version=version, meta=meta)
+
     try:
         wait_http(f"{base}/readyz", timeout=60)
         with httpx.Client(base_url=base, timeout=5) as http:
-            yield {"base": base, "publish": publish, "http": http}
+            yield {"base": base, "publish": publish, "http": http, "new_model": new_model}
     except Exception:
         print(service.log_tail())
         raise
@@ -195,6 +203,42 @@ def test_dashboard_explorer_and_live_counters(api: dict[str, Any]) -> None:
             api["publish"]([_record(f"w{i}", 1, 900 + i, ["i1"]) for i in range(40)])
             page.wait_for_function(
                 "() => parseFloat(document.getElementById('rate').textContent) > 0"
+            )
+
+            # the time charts: the replica's per-second history as SVG lines
+            for chart in (
+                "#chart-rate polyline",
+                "#chart-lag polyline",
+                "#chart-fresh .line-p99",
+                "#chart-fresh .line-p50",
+            ):  # freshness: a dot for a lone second
+                page.wait_for_function(f"() => document.querySelectorAll('{chart}').length > 0")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#chart-rate polyline')].some("
+                "l => l.getAttribute('points').split(' ').some(p => +p.split(',')[1] < 118))"
+            )  # a point above the zero line: the burst's updates/s
+            assert re.fullmatch(r"[\d,.]+", page.text_content("#rate-max") or "")
+            assert "updates per second" in (page.get_attribute("#chart-rate", "aria-label") or "")
+
+            # a new checkpoint in the model folder: swapped in live, marked on the charts
+            api["new_model"]("dash-2")
+            page.wait_for_function("() => document.getElementById('model').textContent == 'dash-2'")
+            page.wait_for_function(
+                "() => document.querySelectorAll('#chart-rate .model-mark').length === 1"
+            )
+            mark = page.text_content("#chart-rate .model-mark title") or ""
+            assert "dash-2" in mark and "dash-1" in mark
+            after = [
+                it["item_id"]
+                for it in http.get(
+                    f"/v1/users/{USER}/recommendations", params={"k": 10, "horizon": "short"}
+                ).json()["items"]
+            ]
+            assert after != new_short  # new item vectors: the explorer follows them
+            page.wait_for_function(
+                "want => [...document.querySelectorAll('#short tbody td:nth-child(2)')]"
+                ".map(td => td.textContent.trim()).join('|') === want",
+                arg="|".join(after),
             )
 
             # an unknown user is a message, not an error

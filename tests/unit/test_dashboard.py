@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from interest_stream.api import create_app, get_state
-from interest_stream.api.dashboard import STATIC_DIR, top_categories
+from interest_stream.api.dashboard import HISTORY_S, STATIC_DIR, LiveHistory, top_categories
+from interest_stream.api.metrics import ApiMetrics
 from interest_stream.core.settings import Settings
 from interest_stream.index import ItemIndex
 
@@ -121,3 +123,53 @@ def test_top_categories_weighs_rank() -> None:
     assert cats[0]["share"] == pytest.approx((w[0] + w[1]) / sum(w), abs=1e-3)
     assert top_categories([("unknown", 1.0)], items) is None
     assert top_categories(hits, items, n=1) == [cats[0]]
+
+
+def test_live_history_for_the_time_charts(dash: tuple[Any, TestClient]) -> None:
+    state, client = dash
+    history = LiveHistory(state, seconds=5, every_s=1.0)
+    state.metrics.observe_freshness([10.0, 20.0, 30.0, 40.0, 50.0])
+    first = history.sample()
+    assert first["rate"] is None  # no previous sample to take a rate from
+    assert first["p50_ms"] == 30.0 and first["p99_ms"] == pytest.approx(49.6)
+    assert first["model_version"] == "m9" and first["lag"] is None
+    second = history.sample()
+    assert second["rate"] == 0.0 and second["p50_ms"] is None  # nothing applied in between
+    state.metrics.observe_freshness([500.0])
+    assert history.sample()["p99_ms"] == 500.0  # only that interval's samples
+    for _ in range(10):
+        history.sample()
+    assert len(history.samples) == 6  # bounded to the window
+    assert history.since(history.samples[-2]["t"] - 1)[-1] is history.samples[-1]
+    # the app samples from its start (lifespan task); ?since= returns only newer samples
+    deadline = time.monotonic() + 30
+    live = client.get("/v1/dashboard/live").json()
+    while not live["history"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        live = client.get("/v1/dashboard/live").json()
+    assert live["history_s"] == HISTORY_S and len(live["history"]) >= 1
+    newest = live["history"][-1]
+    assert set(newest) == {"t", "rate", "p50_ms", "p99_ms", "lag", "model_version"}
+    later = client.get("/v1/dashboard/live", params={"since": newest["t"]}).json()["history"]
+    assert all(s["t"] > newest["t"] for s in later)
+    assert client.get("/v1/dashboard/live", params={"since": -1}).status_code == 422
+
+
+def test_freshness_since_returns_one_interval() -> None:
+    m = ApiMetrics()
+    mark, tail = m.freshness_since(0)
+    assert mark == 0 and tail.size == 0
+    m.observe_freshness([1.0, 2.0])
+    mark, tail = m.freshness_since(mark)
+    assert mark == 2 and sorted(tail.tolist()) == [1.0, 2.0]
+    m.observe_freshness([3.0])
+    mark, tail = m.freshness_since(mark)
+    assert mark == 3 and tail.tolist() == [3.0]
+
+
+def test_page_has_the_time_charts() -> None:
+    page = (STATIC_DIR / "index.html").read_text()
+    for chart in ("chart-rate", "chart-fresh", "chart-lag"):
+        assert f'<svg id="{chart}"' in page
+    script = (STATIC_DIR / "dashboard.js").read_text()
+    assert "createElementNS" in script and "innerHTML" not in script

@@ -1,6 +1,7 @@
-// interest-stream dashboard: polls /v1/stats, /v1/dashboard/live and, for the
-// selected user, /v1/dashboard/users/{id}. Every value is written with textContent:
-// ids from events never become markup.
+// interest-stream dashboard: polls /v1/stats, /v1/dashboard/live (counters and the
+// replica's per-second history, drawn as inline SVG time charts) and, for the selected
+// user, /v1/dashboard/users/{id}. Every value is written with textContent or as an SVG
+// attribute built from numbers: ids from events never become markup.
 "use strict";
 
 (function () {
@@ -45,6 +46,118 @@
     }
   }
 
+  // ------------------------------------------------------------------ time charts
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const CHART_W = 600;
+  const CHART_H = 120;
+  let historyMs = 300000;
+  let hist = []; // samples {t, rate, p50_ms, p99_ms, lag, model_version}, oldest first
+  let lastT = null;
+
+  const CHARTS = [
+    { id: "chart-rate", max: "rate-max", now: "rate-now", label: "updates per second",
+      series: [{ key: "rate", cls: "line-rate" }], fmt: (v) => fmtInt.format(Math.round(v)) },
+    { id: "chart-fresh", max: "fresh-max", now: "fresh-now", label: "freshness p50 and p99",
+      series: [{ key: "p50_ms", cls: "line-p50" }, { key: "p99_ms", cls: "line-p99" }], fmt: ms },
+    { id: "chart-lag", max: "lag-max", now: "lag-now", label: "consumer lag (messages)",
+      series: [{ key: "lag", cls: "line-lag" }], fmt: (v) => fmtInt.format(Math.round(v)) },
+  ];
+
+  function svgEl(name, attrs) {
+    const el = document.createElementNS(SVG_NS, name);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+    return el;
+  }
+
+  function niceMax(v) {
+    if (!(v > 0)) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+    return 10 * p;
+  }
+
+  function mergeHistory(samples) {
+    if (!Array.isArray(samples)) return;
+    for (const s of samples) {
+      if (s && typeof s.t === "number" && (lastT === null || s.t > lastT)) {
+        hist.push(s);
+        lastT = s.t;
+      }
+    }
+    while (hist.length && hist[0].t < lastT - historyMs) hist.shift();
+  }
+
+  function num(v) {
+    return typeof v === "number" && isFinite(v) ? v : null;
+  }
+
+  function drawChart(c) {
+    const svg = $(c.id);
+    const t0 = lastT === null ? 0 : lastT - historyMs;
+    let max = 0;
+    for (const s of hist) for (const ser of c.series) {
+      const v = num(s[ser.key]);
+      if (v !== null && v > max) max = v;
+    }
+    max = niceMax(max);
+    const x = (t) => ((t - t0) / historyMs * CHART_W).toFixed(1);
+    const y = (v) => (CHART_H - Math.min(v / max, 1) * (CHART_H - 4)).toFixed(1);
+    const frag = document.createDocumentFragment();
+    frag.appendChild(svgEl("line", { x1: 0, x2: CHART_W, y1: CHART_H / 2, y2: CHART_H / 2,
+      class: "grid", "vector-effect": "non-scaling-stroke" }));
+    for (let i = 1; i < hist.length; i++) {
+      const before = hist[i - 1].model_version;
+      const after = hist[i].model_version;
+      if (before && after && before !== after) {
+        const mark = svgEl("line", { x1: x(hist[i].t), x2: x(hist[i].t), y1: 0, y2: CHART_H,
+          class: "model-mark", "vector-effect": "non-scaling-stroke" });
+        const title = document.createElementNS(SVG_NS, "title");
+        title.textContent = "model " + after + " swapped in (was " + before + ")";
+        mark.appendChild(title);
+        frag.appendChild(mark);
+      }
+    }
+    for (const ser of c.series) {
+      let run = [];
+      const flush = () => {
+        if (run.length > 1) {
+          frag.appendChild(svgEl("polyline", { points: run.join(" "), class: "line " + ser.cls,
+            "vector-effect": "non-scaling-stroke" }));
+        } else if (run.length === 1) {
+          const [px, py] = run[0].split(",");
+          frag.appendChild(svgEl("circle", { cx: px, cy: py, r: 1.5, class: "dot " + ser.cls }));
+        }
+        run = [];
+      };
+      for (const s of hist) {
+        const v = num(s[ser.key]);
+        if (v === null) flush();
+        else run.push(x(s.t) + "," + y(v));
+      }
+      flush();
+    }
+    svg.replaceChildren(frag);
+    text(c.max, c.fmt(max));
+    // the latest value of each series (freshness has none in a second without records)
+    const latest = c.series.map((ser) => {
+      for (let i = hist.length - 1; i >= 0; i--) {
+        const v = num(hist[i][ser.key]);
+        if (v !== null) return v;
+      }
+      return null;
+    });
+    const shown = latest.every((v) => v === null) ? null
+      : latest.map((v) => (v === null ? "–" : c.fmt(v))).join(" / ");
+    text(c.now, shown);
+    svg.setAttribute("aria-label", c.label + ", last " + Math.round(historyMs / 60000) +
+      " minutes; latest " + (shown === null ? "none" : shown));
+    svg.dataset.points = String(hist.length);
+  }
+
+  function drawCharts() {
+    for (const c of CHARTS) drawChart(c);
+  }
+
   // ------------------------------------------------------------------ live figures
   let prev = null; // {applied, t}
   let statsBusy = false;
@@ -53,7 +166,8 @@
     if (statsBusy || document.hidden) return;
     statsBusy = true;
     try {
-      const [stats, live] = await Promise.all([getJSON("/v1/stats"), getJSON("/v1/dashboard/live")]);
+      const liveUrl = "/v1/dashboard/live" + (lastT === null ? "" : "?since=" + lastT);
+      const [stats, live] = await Promise.all([getJSON("/v1/stats"), getJSON(liveUrl)]);
       const s = stats.body || {};
       const l = live.body || {};
       const status = $("status");
@@ -83,6 +197,11 @@
         text("rate", rate >= 100 ? fmtInt.format(Math.round(rate)) : rate.toFixed(1));
       }
       if (applied != null) prev = { applied: applied, t: now };
+      if (live.status === 200) {
+        if (typeof l.history_s === "number" && l.history_s > 0) historyMs = l.history_s * 1000;
+        mergeHistory(l.history);
+        drawCharts();
+      }
     } catch (e) {
       const status = $("status");
       status.textContent = "API unreachable";
@@ -169,9 +288,11 @@
       if (user !== currentUser) return; // the selection changed meanwhile
       const msg = $("explore-status");
       if (r.status === 200 && r.body) {
-        if (r.body.version !== shownVersion) {
+        // a new user version, or a new model's catalogue (top items change): render again
+        const shown = r.body.version + "|" + r.body.catalogue_model_version;
+        if (shown !== shownVersion) {
           render(r.body);
-          shownVersion = r.body.version;
+          shownVersion = shown;
         } else {
           renderTimes(r.body); // "… s ago" keeps counting while the user is unchanged
         }
