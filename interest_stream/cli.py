@@ -224,11 +224,14 @@ main.add_command(bench_group, "bench")
 @click.option("--rate", type=float, default=1500.0, help="Replay pace, events per second.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Replay only N events.")
 @click.option("--duration", type=float, default=None,
-              help="Non-interactive: stay up N seconds after the replay, then stop.")  # fmt: skip
+              help="Non-interactive: stay up N seconds after the first replay pass (and after "
+                   "the full model is live, when one trains), then stop.")  # fmt: skip
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path(".interest-stream/demo"),
               help="Model, state and logs of the demo.")  # fmt: skip
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs.")
 @click.option("--retrain", is_flag=True, help="Train even if a checkpoint exists.")
+@click.option("--full-train-seconds", type=click.FloatRange(min=1), default=300.0,
+              help="Budget of the full model's background training.")  # fmt: skip
 @json_option
 def demo_cmd(
     events_path: Path | None,
@@ -238,9 +241,10 @@ def demo_cmd(
     work_dir: Path,
     epochs: int | None,
     retrain: bool,
+    full_train_seconds: float,
     as_json: bool,
 ) -> None:
-    """Everything end to end on the bundled sample: Kafka, training, worker, API, replay."""
+    """Everything end to end on the bundled sample: Kafka, models, worker, API, replay."""
     from interest_stream.demo import DemoOptions, run_demo
 
     def say(text: str) -> None:
@@ -256,6 +260,7 @@ def demo_cmd(
             limit=limit,
             epochs=epochs,
             retrain=retrain,
+            full_train_seconds=full_train_seconds,
             say=say,
         )
         return run_demo(s, opts)
