@@ -82,7 +82,7 @@ def recbole_config(args: argparse.Namespace, model: str) -> dict[str, Any]:
             "mode": "full",
             "group_by": "user",
         },
-        "repeatable": False,
+        "repeatable": True,  # RecBole requires it of sequential models (no history masking)
         "metrics": ["Recall", "NDCG", "MRR"],
         "topk": [10, 20],
         "valid_metric": "NDCG@10",

@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stopping-step", type=int, default=10,
                    help="RecBole: epochs without a better validation NDCG@10.")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=2048, help="RecBole training batch.")
+    p.add_argument("--alongside", action="store_true",
+                   help="Train ours while the peers train (same load for both).")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=1,
+                   help="Data sets run at once (each runs its models in turn).")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -102,31 +107,46 @@ def _flags(args: argparse.Namespace) -> dict[str, str]:
     return flags
 
 
+def _ours(args: argparse.Namespace, name: str, events_file: Path, users: int) -> dict[str, Any]:
+    log.info("%s: interest-stream train/evaluate --protocol loo", name)
+    ours = run_ours(events_file, name, args.out, args.budget_minutes, _flags(args)[name],
+                    args.threads)  # fmt: skip
+    split = ours.get("split") or {}
+    ranked = split.get("test_users", split.get("users"))
+    ours["users_match_export"] = ranked is None or ranked == users
+    if not ours["users_match_export"]:
+        log.warning("%s: evaluate ranked %s users, the export has %d", name, ranked, users)
+    return ours
+
+
 def run_dataset(args: argparse.Namespace, name: str, python: Path | None) -> dict[str, Any]:
-    """Export, peers, ours for one data set."""
+    """Export, then peers and ours (in turn, or side by side with ``--alongside``)."""
     events_file = (args.data_dir or shared_data_dir()) / DATASETS[name]
     data_root = args.out / "data"
     export = export_atomic(read_events(events_file), data_root, name)
     log.info("%s: %d events, %d users, %d items -> %s", name, export.events, export.users,
              export.items, export.inter_file)  # fmt: skip
     result: dict[str, Any] = {"events_file": str(events_file), "export": export.as_dict()}
-    if python is not None:
-        peers = run_peers(args, python, data_root, name)
-        result["peers"] = peers
-        checks = [m.get("split_check", {}).get("equal") for m in peers.get("models", {}).values()]
-        result["split_equal"] = bool(checks) and all(checks)
-        if peers["exit_code"] == EXIT_SPLIT_DIFFERS or not result["split_equal"]:
-            log.error("%s: RecBole's split differs from loo_frame's: not reported", name)
-            return result
-        if peers["exit_code"] != 0:
-            raise RuntimeError(f"{name}: the peer run failed (exit {peers['exit_code']}); "
-                               f"see {args.out / f'peers-{name}.log'}")  # fmt: skip
-    if not args.skip_ours:
-        log.info("%s: interest-stream train/evaluate --protocol loo", name)
-        result["ours"] = run_ours(events_file, name, args.out, args.budget_minutes,
-                                  _flags(args)[name], args.threads)  # fmt: skip
-        users = (result["ours"].get("split") or {}).get("users")
-        result["ours_users_match"] = users is None or users == export.users
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ours = None
+        if not args.skip_ours and args.alongside:
+            ours = pool.submit(_ours, args, name, events_file, export.users)
+        if python is not None:
+            peers = run_peers(args, python, data_root, name)
+            result["peers"] = peers
+            if peers["exit_code"] not in (0, EXIT_SPLIT_DIFFERS):
+                raise RuntimeError(f"{name}: the peer run failed (exit {peers['exit_code']}); "
+                                   f"see {args.out / f'peers-{name}.log'}")  # fmt: skip
+            checks = [m.get("split_check", {}).get("equal")
+                      for m in peers.get("models", {}).values()]  # fmt: skip
+            result["split_equal"] = bool(checks) and all(checks)
+            if peers["exit_code"] == EXIT_SPLIT_DIFFERS or not result["split_equal"]:
+                log.error("%s: RecBole's split differs from loo_frame's: not reported", name)
+                result["split_equal"] = False
+                return result
+        if not args.skip_ours:
+            result["ours"] = ours.result() if ours else _ours(args, name, events_file,
+                                                              export.users)  # fmt: skip
     return result
 
 
@@ -153,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     sampler = LoadSampler().start()
     code = 0
     try:
-        for name in names:
-            res = run_dataset(args, name, python)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            done = list(pool.map(lambda n: (n, run_dataset(args, n, python)), names))
+        for name, res in done:
             if res.get("split_equal") is False:
                 code = EXIT_SPLIT_DIFFERS
                 results.setdefault("refused", {})[name] = res
