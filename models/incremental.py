@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from torch import Tensor
 
 from interest_stream.core.events import Interaction
 from interest_stream.models.encoder import InterestEncoder
+from interest_stream.models.long_state import LongState
 
 __all__ = [
     "LongState",
@@ -34,22 +34,6 @@ __all__ = [
     "revisit_from_sums",
     "state_vector",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class LongState:
-    """Running sums of one user's long vector after its first ``n`` history events.
-
-    Attributes:
-        n: History events folded in (the history's length then).
-        last: The newest folded event (the next update must follow it).
-        sums: float32 ``[S_w, S_h (d_model), S_e (dim), S_rw, S_r (revisit_dim)]`` scaled
-            so the newest folded event's decay is 1 (computed in float64).
-    """
-
-    n: int
-    last: Interaction
-    sums: np.ndarray
 
 
 def extendable(enc: InterestEncoder, history: Sequence[Interaction]) -> bool:

@@ -294,7 +294,10 @@ class InterestModel:
         start = 0
         while start < len(todo):
             end = start + 1
-            while end < len(todo) and (end - start + 1) * todo[end][0] * todo[end][1] <= 1 << 21:
+            while end < len(todo):  # budgets: tokens (keys) and query x key pairs
+                n_rows, (k, width, _) = end - start + 1, todo[end]
+                if n_rows * width > _TOKEN_BUDGET_CPU or n_rows * k * width > 1 << 21:
+                    break
                 end += 1
             rows = [i for _, _, i in todo[start:end]]
             vecs, got = self._extend([histories[i] for i in rows], [states[i] for i in rows])

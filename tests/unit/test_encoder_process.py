@@ -52,3 +52,26 @@ def test_same_vectors_as_the_model_in_process(checkpoint: Path) -> None:
 def test_a_bad_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(EncoderProcessError, match="could not load"):
         ProcessEncoder(tmp_path, "cpu")
+
+
+def test_long_states_through_the_child_without_torch_in_the_parent(checkpoint: Path) -> None:
+    """States round-trip through the pipe; unpickling them never imports torch here."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from interest_stream.core.events import Interaction
+from interest_stream.models.encoder_process import ProcessEncoder
+enc = ProcessEncoder({str(checkpoint)!r}, "cpu", threads=1)
+h = [Interaction("i1", "view", 1_512_000_000_000 + k * 1000) for k in range(5)]
+v1, s1 = enc.encode_long_states([h[:4]], [None])
+v2, s2 = enc.encode_long_states([h], s1)
+full = enc.encode_long([h])
+enc.close()
+assert s2[0].n == 5 and abs(v2 - full).max() < 2e-4, (s2, abs(v2 - full).max())
+assert "torch" not in sys.modules, "the worker process imported torch"
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
