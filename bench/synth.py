@@ -29,7 +29,7 @@ import pandas as pd
 
 from interest_stream.core.errors import ConfigError
 
-__all__ = ["SyntheticPlan", "synthetic_users"]
+__all__ = ["SyntheticPlan", "synthetic_users", "templates"]
 
 _CANONICAL = ("user_id", "item_id", "event_type", "ts")
 
@@ -44,10 +44,13 @@ class SyntheticPlan:
     mean_events_per_user: float
 
 
-def _templates(
+def templates(
     events: pd.DataFrame, max_events_per_user: int | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-template slices: (starts, lengths, items, types, ts) of the kept events."""
+    """Per-template (real user) slices: (starts, lengths, items, types, ts) of the kept events.
+
+    Each user's events are sorted by time; ``max_events_per_user`` keeps the latest ones.
+    """
     missing = [c for c in _CANONICAL if c not in events.columns]
     if missing:
         raise ConfigError(f"synthetic_users needs canonical columns, missing {missing}")
@@ -101,7 +104,7 @@ def synthetic_users(
         raise ConfigError(f"max_events_per_user must be >= 1, got {max_events_per_user}")
     if len(events) == 0:
         raise ConfigError("synthetic_users needs at least one event to clone")
-    starts, lengths, items, types, ts = _templates(events, max_events_per_user)
+    starts, lengths, items, types, ts = templates(events, max_events_per_user)
     rng = np.random.default_rng(seed)
     choice = rng.integers(0, len(starts), size=n_users)
     shift_ms = int(shift_hours * 3_600_000)

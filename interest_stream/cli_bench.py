@@ -80,6 +80,16 @@ def bench_ingest_cmd(events_path: Path | None, bootstrap: str | None, as_json: b
               help="Also fill the worker with this many synthetic users (0 = skip).")  # fmt: skip
 @click.option("--scale-events-per-user", type=click.IntRange(min=1), default=4,
               help="Latest events kept per synthetic user in the scale phase.")  # fmt: skip
+@click.option("--users", type=click.IntRange(min=0), default=0,
+              help="Skewed-traffic mode: draw each event's user from a Zipf over this many "
+              "users cloned from the file's real users, with probe events (0 = replay the "
+              "file, the default).")  # fmt: skip
+@click.option("--zipf", type=click.FloatRange(min=0.01), default=1.1,
+              help="Zipf exponent of the users' activity (with --users).")  # fmt: skip
+@click.option("--seconds", type=click.FloatRange(min=1), default=60.0,
+              help="Length of each fixed-rate phase (with --users).")  # fmt: skip
+@click.option("--backlog", type=click.IntRange(min=1), default=200_000,
+              help="Events of the catch-up backlog (with --users).")  # fmt: skip
 @bootstrap_option
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the JSON here.")
 @click.option("--charts", type=click.Path(path_type=Path), default=None,
@@ -95,6 +105,10 @@ def bench_pipeline_cmd(
     load_event_rate: float,
     scale_users: int,
     scale_events_per_user: int,
+    users: int,
+    zipf: float,
+    seconds: float,
+    backlog: int,
     bootstrap: str | None,
     out: Path | None,
     charts: Path | None,
@@ -109,6 +123,15 @@ def bench_pipeline_cmd(
         s = cli_settings(kafka_bootstrap=bootstrap)
         path = events_path or _default_events()
         rs = tuple(float(x) for x in rates.split(",") if x.strip())
+        if users > 0:
+            res = load_bench("pipeline_zipf").bench_pipeline_zipf(
+                s, read_events(path), model_dir, users=users, zipf=zipf, rates=rs,
+                seconds=seconds, backlog=backlog, naive_events=naive_events,
+            )  # fmt: skip
+            if out is not None:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(res, indent=2))
+            return dict(res)
         res = bench_pipeline(
             s,
             read_events(path),
