@@ -298,6 +298,8 @@ class InterestModel:
                 n_rows, (k, width, _) = end - start + 1, todo[end]
                 if n_rows * width > _TOKEN_BUDGET_CPU or n_rows * k * width > 1 << 21:
                     break
+                if k == todo[start][0] and width > 2 * todo[start][1] + 8:
+                    break  # same new events, much longer: a new chunk (less padding)
                 end += 1
             rows = [i for _, _, i in todo[start:end]]
             vecs, got = self._extend([histories[i] for i in rows], [states[i] for i in rows])
