@@ -16,21 +16,32 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from opensearchpy import OpenSearch, helpers
 from opensearchpy.exceptions import ConflictError, NotFoundError, OpenSearchException
 
-from interest_stream.core.records import HORIZONS, UserRecord
+from interest_stream.core.records import UserRecord
 from interest_stream.core.vectors import blend
 from interest_stream.index.errors import DimensionMismatch, VectorIndexError
+from interest_stream.index.opensearch_mapping import (
+    VECTOR_FIELDS,
+    Engine,
+    WriteOutcome,
+    index_body,
+    ip_from_score,
+    outcome,
+    record_from_source,
+    vector_list,
+)
 
 __all__ = [
     "Life",
     "OpenSearchStore",
     "StoreUnavailable",
+    "Tomb",
     "Upsert",
     "WriteOutcome",
     "index_body",
@@ -39,8 +50,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Engine = Literal["faiss", "lucene"]
-VECTOR_FIELDS: Final[tuple[str, ...]] = HORIZONS
 _META_FIELDS = ("life", "kp", "tomb", "deleted")
 
 
@@ -77,71 +86,13 @@ class Upsert:
 
 
 @dataclass(frozen=True, slots=True)
-class WriteOutcome:
-    """What a bulk write did with one user: ``applied``, ``stale`` (409) or ``failed``."""
+class Tomb:
+    """A tombstone to apply: the user, its position in the topic, a version floor."""
 
     user_id: str
-    result: Literal["applied", "stale", "failed"]
-    reason: str = ""
-
-
-def ip_from_score(score: float) -> float:
-    """The inner product behind a k-NN ``innerproduct`` score.
-
-    OpenSearch scores ``ip + 1`` for ``ip >= 0`` and ``1 / (1 - ip)`` below 0.
-    """
-    return score - 1.0 if score >= 1.0 else 1.0 - 1.0 / score
-
-
-def index_body(
-    dim: int, *, engine: Engine = "lucene", shards: int = 1, m: int = 32, ef_construction: int = 256
-) -> dict[str, Any]:
-    """Settings and mapping of the user index (``dim``-dimensional vectors)."""
-    vector = {
-        "type": "knn_vector",
-        "dimension": dim,
-        "method": {
-            "name": "hnsw",
-            "space_type": "innerproduct",
-            "engine": engine,
-            "parameters": {"m": m, "ef_construction": ef_construction},
-        },
-    }
-    stored = {"type": "keyword", "index": False, "doc_values": False}
-    return {
-        "settings": {
-            "index": {
-                "knn": True,
-                "number_of_shards": shards,
-                "auto_expand_replicas": "0-1",
-                "refresh_interval": "1s",
-            },
-        },
-        "mappings": {
-            "dynamic": "strict",
-            "properties": {
-                "user_id": {"type": "keyword"},
-                "version": {"type": "long"},
-                "event_time": {"type": "long"},
-                "updated_at": {"type": "long"},
-                "produced_at": {"type": "long"},
-                "model_version": {"type": "keyword"},
-                "recent_items": stored,
-                "purchased": stored,
-                "blend_weight": {"type": "float", "index": False},
-                **{name: vector for name in VECTOR_FIELDS},
-                "life": {"type": "long"},
-                "kp": {"type": "integer"},
-                "tomb": {"type": "long"},
-                "deleted": {"type": "boolean"},
-            },
-        },
-    }
-
-
-def _vec(values: npt.NDArray[np.float32]) -> list[float]:
-    out: list[float] = values.astype(np.float64).tolist()
-    return out
+    partition: int
+    offset: int
+    floor: int = 0
 
 
 class OpenSearchStore:
@@ -234,9 +185,9 @@ class OpenSearchStore:
             "recent_items": list(rec.recent_items),
             "purchased": list(rec.purchased),
             "blend_weight": self.blend_weight,
-            "short": _vec(rec.short),
-            "long": _vec(rec.long),
-            "blend": _vec(blend(rec.short, rec.long, self.blend_weight)),
+            "short": vector_list(rec.short),
+            "long": vector_list(rec.long),
+            "blend": vector_list(blend(rec.short, rec.long, self.blend_weight)),
             "life": up.life.base if up.life else 0,
             "kp": up.partition,
             "tomb": up.life.tomb if up.life else -1,
@@ -272,7 +223,7 @@ class OpenSearchStore:
         except OpenSearchException as exc:
             raise StoreUnavailable(f"bulk write of {len(ups)} users failed: {exc}") from exc
         return [
-            _outcome(up.record.user_id, item) for up, item in zip(ups, resp["items"], strict=True)
+            outcome(up.record.user_id, item) for up, item in zip(ups, resp["items"], strict=True)
         ]
 
     def forget_now(self, user_id: str) -> bool:
@@ -292,11 +243,13 @@ class OpenSearchStore:
             self.forget(user_id, -1, -1)
         return held
 
-    def forget(self, user_id: str, partition: int, offset: int) -> Life:
+    def forget(self, user_id: str, partition: int, offset: int, floor: int = 0) -> Life:
         """Apply a tombstone (partition ``partition``, offset ``offset``): the user is gone.
 
         Idempotent: a tombstone already applied (the stored marker or life has a
-        ``tomb`` at or above ``offset`` in the same partition) changes nothing.
+        ``tomb`` at or above ``offset`` in the same partition) changes nothing. The
+        marker's version is above the stored one and above ``floor`` (the external
+        version of a record of the user that was never written: the tombstone came first).
 
         Returns:
             The user's new (or current) life.
@@ -316,9 +269,9 @@ class OpenSearchStore:
             except OpenSearchException as exc:
                 raise StoreUnavailable(f"GET {user_id!r} failed: {exc}") from exc
             src = found.get("_source", {}) if found else {}
-            if found and int(src.get("kp", -1)) == partition and int(src.get("tomb", -1)) >= offset:
+            if _applied(src, partition, offset):
                 return Life(int(src.get("life", 0)), int(src["tomb"]))
-            marker = int(found["_version"]) + 1 if found else 1
+            marker = max(int(found["_version"]) if found else 0, floor) + 1
             doc = {
                 "user_id": user_id,
                 "deleted": True,
@@ -339,6 +292,74 @@ class OpenSearchStore:
                 raise StoreUnavailable(f"forgetting {user_id!r} failed: {exc}") from exc
             return Life(marker, offset)
         raise StoreUnavailable(f"forgetting {user_id!r}: 10 version conflicts in a row")
+
+    def forget_many(self, tombs: Sequence[Tomb]) -> dict[str, Life]:
+        """Apply many tombstones with one multi-GET and one bulk request (see :meth:`forget`).
+
+        Returns:
+            Each user's new (or current) life.
+
+        Raises:
+            StoreUnavailable: OpenSearch did not answer or refused a marker; applying
+                the same tombstones again is safe.
+        """
+        if not tombs:
+            return {}
+        try:
+            docs = self.client.mget(
+                index=self.index,
+                body={"ids": [t.user_id for t in tombs]},
+                params={"_source_includes": ",".join(_META_FIELDS)},
+            )["docs"]
+        except OpenSearchException as exc:
+            raise StoreUnavailable(f"multi-GET of {len(tombs)} forgotten users: {exc}") from exc
+        lives: dict[str, Life] = {}
+        todo: list[tuple[Tomb, int]] = []
+        body: list[dict[str, Any]] = []
+        for t, doc in zip(tombs, docs, strict=True):
+            src = doc.get("_source", {}) if doc.get("found") else {}
+            if (
+                src
+                and int(src.get("kp", -1)) == t.partition
+                and int(src.get("tomb", -1)) >= t.offset
+            ):
+                lives[t.user_id] = Life(int(src.get("life", 0)), int(src["tomb"]))
+                continue
+            marker = max(int(doc["_version"]) if doc.get("found") else 0, t.floor) + 1
+            body.append(
+                {
+                    "index": {
+                        "_index": self.index,
+                        "_id": t.user_id,
+                        "version": marker,
+                        "version_type": "external",
+                    }
+                }
+            )
+            body.append(
+                {
+                    "user_id": t.user_id,
+                    "deleted": True,
+                    "life": marker,
+                    "kp": t.partition,
+                    "tomb": t.offset,
+                }
+            )
+            todo.append((t, marker))
+        if todo:
+            try:
+                items = self.client.bulk(body=body)["items"]
+            except OpenSearchException as exc:
+                raise StoreUnavailable(f"bulk of {len(todo)} deleted markers: {exc}") from exc
+            for (t, marker), item in zip(todo, items, strict=True):
+                out = outcome(t.user_id, item)
+                if out.result == "applied":
+                    lives[t.user_id] = Life(marker, t.offset)
+                elif out.result == "stale":  # written meanwhile: the one-by-one path re-reads
+                    lives[t.user_id] = self.forget(t.user_id, t.partition, t.offset, t.floor)
+                else:
+                    raise StoreUnavailable(f"deleted marker of {t.user_id!r}: {out.reason}")
+        return lives
 
     def lives(self, partition: int) -> dict[str, Life]:
         """Every forgotten user of ``partition`` (markers and later lives), after a refresh."""
@@ -379,7 +400,7 @@ class OpenSearchStore:
         src = found["_source"]
         if src.get("deleted"):
             return None
-        return _record(src)
+        return record_from_source(src)
 
     def audience(
         self, vector: npt.NDArray[np.float32], k: int, horizon: str = "blend"
@@ -397,7 +418,7 @@ class OpenSearchStore:
                 f"query has dimension {q.size}, the index {self.dim}", expected=self.dim, got=q.size
             )
         knn = {
-            "vector": _vec(q),
+            "vector": vector_list(q),
             "k": k,
             "method_parameters": {"ef_search": max(self.ef_search, k)},
         }
@@ -426,36 +447,6 @@ class OpenSearchStore:
             return None
 
 
-def _outcome(user_id: str, item: Mapping[str, Any]) -> WriteOutcome:
-    res = next(iter(item.values()))
-    status = int(res.get("status", 500))
-    if status in (200, 201):
-        return WriteOutcome(user_id, "applied")
-    if status == 409:
-        return WriteOutcome(user_id, "stale")
-    err = res.get("error", {})
-    reason = f"{status} {err.get('type', '')}: {err.get('reason', '')}" if err else str(status)
-    return WriteOutcome(user_id, "failed", reason[:300])
-
-
-def _opt_int(v: Any) -> int | None:
-    return None if v is None else int(v)
-
-
-def _record(src: Mapping[str, Any]) -> UserRecord:
-    short = np.asarray(src["short"], dtype=np.float32)
-    long = np.asarray(src["long"], dtype=np.float32)
-    if not (np.isfinite(short).all() and np.isfinite(long).all()):  # pragma: no cover
-        raise VectorIndexError(f"stored vectors of {src.get('user_id')!r} are not finite")
-    return UserRecord(
-        user_id=str(src["user_id"]),
-        version=int(src["version"]),
-        short=short,
-        long=long,
-        event_time=_opt_int(src.get("event_time")),
-        updated_at=_opt_int(src.get("updated_at")),
-        model_version=src.get("model_version"),
-        recent_items=tuple(src.get("recent_items", ())),
-        purchased=tuple(src.get("purchased", ())),
-        produced_at=_opt_int(src.get("produced_at")),
-    )
+def _applied(src: Mapping[str, Any], partition: int, offset: int) -> bool:
+    """Whether a stored document already reflects the tombstone at ``partition``/``offset``."""
+    return bool(src) and int(src.get("kp", -1)) == partition and int(src.get("tomb", -1)) >= offset

@@ -1,7 +1,8 @@
-"""``interest-stream opensearch start|install|stop|status``: the OpenSearch user store.
+"""``interest-stream opensearch start|install|stop|status|sink``: the OpenSearch user store.
 
 ``start|stop|status|install`` drive a local cluster (1 node by default, ``--nodes N``)
-from Maven Central artifacts through :mod:`interest_stream.index.opensearch_local`.
+from Maven Central artifacts through :mod:`interest_stream.index.opensearch_local`;
+``sink`` writes the output topic into the cluster (:mod:`interest_stream.sink`).
 ``status`` exits with 1 when no node answers. Exit codes and ``--json``: see
 :mod:`interest_stream.cli_common`.
 """
@@ -17,6 +18,7 @@ import click
 
 from interest_stream.cli_common import (
     EXIT_FAILURE,
+    bootstrap_option,
     cli_settings,
     emit,
     guard,
@@ -144,3 +146,33 @@ def os_status(port: int | None, data_dir: Path | None, as_json: bool) -> None:
     emit(st, as_json, _human)
     if not st.get("answering"):
         sys.exit(EXIT_FAILURE)
+
+
+@opensearch_group.command("sink")
+@bootstrap_option
+@click.option("--url", default=None, help="OpenSearch URL [env INTEREST_OPENSEARCH_URL].")
+@click.option(
+    "--index", "index_name", default=None, help="Index name [env INTEREST_OPENSEARCH_INDEX]."
+)
+@click.option(
+    "--model-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Checkpoint giving the dimension and blend weight [env INTEREST_MODEL_DIR].",
+)
+def os_sink(
+    bootstrap: str | None, url: str | None, index_name: str | None, model_dir: Path | None
+) -> None:
+    """Write the output topic into OpenSearch (consumer group <app_id>.opensearch-sink)."""
+    from interest_stream.sink import run_sink
+
+    def run() -> None:
+        s = cli_settings(
+            kafka_bootstrap=bootstrap,
+            opensearch_url=url,
+            opensearch_index=index_name,
+            model_dir=model_dir,
+        )
+        run_sink(s)
+
+    guard(False, run)

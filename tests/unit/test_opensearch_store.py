@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 
 from interest_stream.core.records import UserRecord
-from interest_stream.index.opensearch_store import (
-    Life,
-    Upsert,
-    _outcome,
-    index_body,
-    ip_from_score,
-)
+from interest_stream.index.opensearch_mapping import index_body, ip_from_score, outcome
+from interest_stream.index.opensearch_store import Life, Upsert
 
 
 def test_scores_turn_back_into_inner_products() -> None:
@@ -34,9 +29,9 @@ def test_index_body_has_three_inner_product_vectors() -> None:
 
 
 def test_bulk_items_map_to_outcomes() -> None:
-    assert _outcome("a", {"index": {"status": 201}}).result == "applied"
-    assert _outcome("a", {"index": {"status": 409}}).result == "stale"
-    out = _outcome(
+    assert outcome("a", {"index": {"status": 201}}).result == "applied"
+    assert outcome("a", {"index": {"status": 409}}).result == "stale"
+    out = outcome(
         "a",
         {
             "index": {

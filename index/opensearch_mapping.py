@@ -1,0 +1,134 @@
+"""The user index's shape in OpenSearch: mapping, documents to records, scores, bulk outcomes.
+
+Used by :mod:`interest_stream.index.opensearch_store`; the decisions (engine, HNSW
+parameters, versioning fields) are in docs/DESIGN.md, "OpenSearch user store".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from interest_stream.core.records import HORIZONS, UserRecord
+from interest_stream.index.errors import VectorIndexError
+
+__all__ = [
+    "VECTOR_FIELDS",
+    "Engine",
+    "WriteOutcome",
+    "index_body",
+    "ip_from_score",
+    "outcome",
+    "record_from_source",
+    "vector_list",
+]
+
+Engine = Literal["faiss", "lucene"]
+VECTOR_FIELDS: Final[tuple[str, ...]] = HORIZONS
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """What a bulk write did with one user: ``applied``, ``stale`` (409) or ``failed``."""
+
+    user_id: str
+    result: Literal["applied", "stale", "failed"]
+    reason: str = ""
+
+
+def ip_from_score(score: float) -> float:
+    """The inner product behind a k-NN ``innerproduct`` score.
+
+    OpenSearch scores ``ip + 1`` for ``ip >= 0`` and ``1 / (1 - ip)`` below 0.
+    """
+    return score - 1.0 if score >= 1.0 else 1.0 - 1.0 / score
+
+
+def index_body(
+    dim: int, *, engine: Engine = "lucene", shards: int = 1, m: int = 32, ef_construction: int = 256
+) -> dict[str, Any]:
+    """Settings and mapping of the user index (``dim``-dimensional vectors)."""
+    vector = {
+        "type": "knn_vector",
+        "dimension": dim,
+        "method": {
+            "name": "hnsw",
+            "space_type": "innerproduct",
+            "engine": engine,
+            "parameters": {"m": m, "ef_construction": ef_construction},
+        },
+    }
+    stored = {"type": "keyword", "index": False, "doc_values": False}
+    return {
+        "settings": {
+            "index": {
+                "knn": True,
+                "number_of_shards": shards,
+                "auto_expand_replicas": "0-1",
+                "refresh_interval": "1s",
+            },
+        },
+        "mappings": {
+            "dynamic": "strict",
+            "properties": {
+                "user_id": {"type": "keyword"},
+                "version": {"type": "long"},
+                "event_time": {"type": "long"},
+                "updated_at": {"type": "long"},
+                "produced_at": {"type": "long"},
+                "model_version": {"type": "keyword"},
+                "recent_items": stored,
+                "purchased": stored,
+                "blend_weight": {"type": "float", "index": False},
+                **{name: vector for name in VECTOR_FIELDS},
+                "life": {"type": "long"},
+                "kp": {"type": "integer"},
+                "tomb": {"type": "long"},
+                "deleted": {"type": "boolean"},
+            },
+        },
+    }
+
+
+def vector_list(values: npt.NDArray[np.float32]) -> list[float]:
+    out: list[float] = values.astype(np.float64).tolist()
+    return out
+
+
+def outcome(user_id: str, item: Mapping[str, Any]) -> WriteOutcome:
+    res = next(iter(item.values()))
+    status = int(res.get("status", 500))
+    if status in (200, 201):
+        return WriteOutcome(user_id, "applied")
+    if status == 409:
+        return WriteOutcome(user_id, "stale")
+    err = res.get("error", {})
+    reason = f"{status} {err.get('type', '')}: {err.get('reason', '')}" if err else str(status)
+    return WriteOutcome(user_id, "failed", reason[:300])
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def record_from_source(src: Mapping[str, Any]) -> UserRecord:
+    short = np.asarray(src["short"], dtype=np.float32)
+    long = np.asarray(src["long"], dtype=np.float32)
+    if not (np.isfinite(short).all() and np.isfinite(long).all()):  # pragma: no cover
+        raise VectorIndexError(f"stored vectors of {src.get('user_id')!r} are not finite")
+    return UserRecord(
+        user_id=str(src["user_id"]),
+        version=int(src["version"]),
+        short=short,
+        long=long,
+        event_time=_opt_int(src.get("event_time")),
+        updated_at=_opt_int(src.get("updated_at")),
+        model_version=src.get("model_version"),
+        recent_items=tuple(src.get("recent_items", ())),
+        purchased=tuple(src.get("purchased", ())),
+        produced_at=_opt_int(src.get("produced_at")),
+    )
