@@ -442,7 +442,7 @@ class OpenSearchStore:
     def health(self) -> str | None:
         """The cluster's status (``green``/``yellow``/``red``), or ``None`` if unreachable."""
         try:
-            return str(self.client.cluster.health(params={"timeout": "2s"})["status"])
+            return str(self.client.cluster.health(params={"request_timeout": 2})["status"])
         except OpenSearchException:
             return None
 
