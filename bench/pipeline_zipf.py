@@ -225,10 +225,11 @@ def cost_breakdown(
         "short_encodes": int(d('interest_reencoded_users_total{horizon="short"}')),
     }
     if "worker_loop_process" in cpu:
+        # the stages are wall times: on a loaded machine they include waiting for a core,
+        # and the residual is then meaningless (None)
         sync = stages["apply"] + stages["submit"] + stages["records"]
-        out["cpu_us_per_event"]["consume_faust_other"] = round(
-            (cpu["worker_loop_process"] - sync) * per, 1
-        )
+        rest = (cpu["worker_loop_process"] - sync) * per
+        out["cpu_us_per_event"]["consume_faust_other"] = round(rest, 1) if rest >= 0 else None
     return out
 
 
