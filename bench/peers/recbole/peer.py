@@ -193,6 +193,9 @@ def run_model(args: argparse.Namespace, model_name: str) -> dict[str, Any]:
         "test": observed_examples(test_data),
     }
     check = compare(expected, observed)
+    log.info("%s split check: equal=%s; %s", model_name, check["equal"], "; ".join(
+        f"{s} {check[s]['observed']}/{check[s]['expected']}" for s in ("train", "valid", "test")
+    ))  # fmt: skip
     info = {
         "model": model_name,
         "params": {k: config[k] for k in MODEL_PARAMS[model_name]},
