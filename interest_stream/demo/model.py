@@ -101,12 +101,18 @@ def _full_service(
     return Service("train-full", args, settings, logs)
 
 
+def _duration(seconds: float) -> str:
+    """``45 s`` or ``5 min``."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def _summary(folder: Path) -> str:
-    """``best epoch N, validation NDCG@10 x`` from a checkpoint's metrics, when known."""
+    """``N epochs, validation NDCG@10 x`` from a checkpoint's metrics, when known."""
     m = read_metrics(folder)
     parts = []
-    if m.get("best_epoch"):
-        parts.append(f"{m['best_epoch']} epochs")
+    epochs = m.get("best_epoch")
+    if epochs:
+        parts.append(f"{epochs} epoch{'' if epochs == 1 else 's'}")
     val = m.get("best_val_blend_ndcg@10")
     if isinstance(val, int | float):
         parts.append(f"validation NDCG@10 {val:.3f}")
@@ -186,8 +192,8 @@ class DemoModels:
         self.full = _full_service(self.events, out, self.settings, self.logs, extra).start()
         self.state, self._since = "training", time.monotonic()
         self.opts.say(
-            f"[model] training the full model in the background (niced, at most "
-            f"{self.opts.full_train_seconds / 60:.0f} min; log: {self.full.log_path}); "
+            f"[model] training the full model in the background (niced, a budget of "
+            f"{_duration(self.opts.full_train_seconds)}; log: {self.full.log_path}); "
             "it replaces the quick one live when it is done"
         )
 

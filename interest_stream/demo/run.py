@@ -37,6 +37,8 @@ LIVE_EVERY_S = 2.0
 CALM_LIVE_EVERY_S = 30.0
 #: Bound on the wait for the full model in ``--duration`` mode, beyond its budget.
 FULL_MODEL_GRACE_S = 600.0
+#: Grace of the worker's stop (drain, then Faust's shutdown): slow on a loaded machine.
+WORKER_STOP_S = 90.0
 
 
 def _metric(text: str, name: str) -> float | None:
@@ -288,7 +290,7 @@ def run_demo(settings: Settings, opts: DemoOptions) -> dict[str, Any]:
                 logs=logs,
             )
             summary["api"] = run.api_url
-            stack.callback(run.worker.stop)
+            stack.callback(run.worker.stop, WORKER_STOP_S)
             stack.callback(run.api.stop)
             models.watch(run.api_url, run.worker_url)
             _serve_demo(run, settings, df, opts, models, summary)
