@@ -17,7 +17,7 @@ from typing import Any
 
 from interest_stream.core.checkpoint import read_metrics
 
-__all__ = ["DEFAULT_FLAGS", "METRICS", "our_methods", "run_ours"]
+__all__ = ["DEFAULT_FLAGS", "METRICS", "epochs_of", "our_methods", "run_ours"]
 
 DEFAULT_FLAGS = {
     "taobao": "--identity-dim 16 --revisit-dim 128 --lr 5e-3",
@@ -56,7 +56,7 @@ def _run_json(cmd: list[str], log_file: Path) -> tuple[dict[str, Any], float]:
     raise RuntimeError(f"no JSON from {shlex.join(cmd)} (log: {log_file})")
 
 
-def _epochs(model_dir: Path) -> int | None:
+def epochs_of(model_dir: Path) -> int | None:
     phases = read_metrics(model_dir).get("phases") or {}
     total = 0
     for phase in phases.values() if isinstance(phases, dict) else []:
@@ -111,7 +111,7 @@ def run_ours(
         "train_seconds": float(trained.get("seconds", train_wall)),
         "train_wall_seconds": train_wall,
         "evaluate_wall_seconds": eval_wall,
-        "epochs": _epochs(model_dir),
+        "epochs": epochs_of(model_dir),
         "best_epoch": trained.get("best_epoch"),
         "methods": our_methods(report),
         "protocol": report.get("protocol"),

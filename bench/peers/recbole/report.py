@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-__all__ = ["LoadSampler", "machine", "markdown_table"]
+__all__ = ["LoadSampler", "collect", "machine", "markdown_table"]
 
 COLUMNS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10")
 OUR_METHODS = ("blend", "short", "long", "repeat_last")
@@ -122,3 +124,46 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"over the run; {run['started_utc']} – {run.get('finished_utc', '?')}"
     )
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def collect(out_dir: Path) -> dict[str, Any]:
+    """Rebuild a run's results from its folder (also a run that was stopped before its end).
+
+    Reads ``peers-<name>.json`` (written after each RecBole model), ``ours-evaluate-<name>.json``,
+    the JSON line of ``ours-train-<name>.log`` and ``data/<name>/roles.tsv``.
+    """
+    from bench.peers.recbole.ours import epochs_of, our_methods
+    from bench.peers.recbole.splitcheck import read_roles
+
+    saved = out_dir / "peers.json"
+    if saved.exists():
+        return dict(json.loads(saved.read_text()))
+    datasets: dict[str, Any] = {}
+    for roles in sorted(out_dir.glob("data/*/roles.tsv")):
+        name = roles.parent.name
+        result: dict[str, Any] = {"export": {"users": len({r[1] for r in read_roles(roles)})}}
+        peers = out_dir / f"peers-{name}.json"
+        if peers.exists():
+            result["peers"] = json.loads(peers.read_text())
+        report = out_dir / f"ours-evaluate-{name}.json"
+        train_log = out_dir / f"ours-train-{name}.log"
+        if report.exists() and train_log.exists():
+            lines = [x for x in train_log.read_text().splitlines() if x.startswith("{")]
+            trained = json.loads(lines[-1]) if lines else {}
+            result["ours"] = {
+                "methods": our_methods(json.loads(report.read_text())),
+                "train_seconds": trained.get("seconds"),
+                "epochs": epochs_of(out_dir / f"model-{name}"),
+            }
+        datasets[name] = result
+    return {
+        "run": {"budget_minutes": float("nan"), "seed": "?", "threads": "?",
+                "started_utc": "?", "machine": machine()},
+        "datasets": datasets,
+    }  # fmt: skip
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(markdown_table(collect(Path(sys.argv[1]))))
