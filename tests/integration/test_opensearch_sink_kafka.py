@@ -188,7 +188,7 @@ def test_sink_sigkill_mid_load_then_restart_is_exact(
     sink_settings: tuple[Settings, OpenSearchStore], tmp_path: Path
 ) -> None:
     settings, store = sink_settings
-    log = _topic_log(12, users=1000, n=10000)
+    log = _topic_log(12, users=800, n=6000)
     _produce(settings, log)
     total = _lag(settings)
     proc = _sink_proc(settings, tmp_path, "sink-a")
