@@ -45,14 +45,21 @@ def _run_json(cmd: list[str], log_file: Path) -> tuple[dict[str, Any], float]:
         fh.write(out.stdout)
     if out.returncode != 0:
         raise RuntimeError(f"exit {out.returncode}: {shlex.join(cmd)} (log: {log_file})")
-    for line in reversed(out.stdout.strip().splitlines()):
+    text = out.stdout.strip()
+    try:  # --json may print one indented object (evaluate) or one line (train)
+        whole = json.loads(text)
+        if isinstance(whole, dict):
+            return whole, seconds
+    except ValueError:
+        pass
+    for line in reversed(text.splitlines()):
         if line.startswith("{"):
-            parsed = json.loads(line)
+            try:
+                parsed = json.loads(line)
+            except ValueError:
+                continue
             if isinstance(parsed, dict):
                 return parsed, seconds
-    text = out.stdout.strip()
-    if text.startswith("{"):
-        return dict(json.loads(text)), seconds
     raise RuntimeError(f"no JSON from {shlex.join(cmd)} (log: {log_file})")
 
 

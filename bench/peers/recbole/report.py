@@ -136,8 +136,7 @@ def collect(out_dir: Path) -> dict[str, Any]:
     from bench.peers.recbole.splitcheck import read_roles
 
     saved = out_dir / "peers.json"
-    if saved.exists():
-        return dict(json.loads(saved.read_text()))
+    run = json.loads(saved.read_text())["run"] if saved.exists() else None
     datasets: dict[str, Any] = {}
     for roles in sorted(out_dir.glob("data/*/roles.tsv")):
         name = roles.parent.name
@@ -156,11 +155,9 @@ def collect(out_dir: Path) -> dict[str, Any]:
                 "epochs": epochs_of(out_dir / f"model-{name}"),
             }
         datasets[name] = result
-    return {
-        "run": {"budget_minutes": float("nan"), "seed": "?", "threads": "?",
-                "started_utc": "?", "machine": machine()},
-        "datasets": datasets,
-    }  # fmt: skip
+    run = run or {"budget_minutes": float("nan"), "seed": "?", "threads": "?",
+                  "started_utc": "?", "machine": machine()}  # fmt: skip
+    return {"run": run, "datasets": datasets}
 
 
 if __name__ == "__main__":
