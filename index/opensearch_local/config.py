@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from interest_stream.core.jvm import MIN_JAVA_VERSION
 from interest_stream.index.errors import VectorIndexError
 
 __all__ = [
@@ -40,7 +41,6 @@ DEFAULT_OPENSEARCH_VERSION = "2.19.1"
 """OpenSearch version (``org.opensearch.distribution.integ-test-zip:opensearch``)."""
 DEFAULT_KNN_VERSION = "2.19.1.0"
 """k-NN plugin version (``org.opensearch.plugin:opensearch-knn``), matching the engine."""
-MIN_JAVA_VERSION = 17
 """OpenSearch 2.x runs on Java 11+; the project already needs 17 for Kafka."""
 DEFAULT_RUN_AS = "interest-os"
 """Unprivileged system user the nodes run as when started by root (created if missing)."""

@@ -19,9 +19,9 @@ import zipfile
 from collections import deque
 from pathlib import Path
 
+from interest_stream.core import jvm
 from interest_stream.index.opensearch_local.config import (
     ENV_HOME,
-    MIN_JAVA_VERSION,
     ClusterConfig,
     OpenSearchInstallError,
     OpenSearchLocalError,
@@ -47,48 +47,18 @@ _PAINLESS_POLICY = """grant {
 """
 
 
-def _java_executable() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home:
-        candidate = Path(java_home) / "bin" / "java"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("java")
-    if not found:
-        raise OpenSearchLocalError(
-            f"Java not found: set JAVA_HOME or put `java` (version {MIN_JAVA_VERSION}+) on PATH"
-        )
-    return found
-
-
 def parse_java_version(text: str) -> int:
-    """Return the feature version from ``java -version`` output (``1.8`` -> 8).
+    """The feature version in ``java -version`` output (``1.8`` -> 8).
 
     Raises:
         OpenSearchLocalError: No version string in ``text``.
     """
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
-    if not match:
-        raise OpenSearchLocalError(f"cannot read the Java version from: {text.strip()[:200]!r}")
-    major = int(match.group(1))
-    if major == 1 and match.group(2):
-        major = int(match.group(2))
-    return major
+    return jvm.parse_java_version(text, OpenSearchLocalError)
 
 
 def check_java(error: type[OpenSearchLocalError]) -> Path:
-    """Return ``JAVA_HOME`` of a Java 17+ (resolved), or raise ``error`` saying what is wrong."""
-    try:
-        java = _java_executable()
-        proc = subprocess.run(
-            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
-        )
-        version = parse_java_version(proc.stderr + proc.stdout)
-    except (OpenSearchLocalError, OSError, subprocess.SubprocessError) as exc:
-        raise error(f"cannot run Java: {exc}") from exc
-    if version < MIN_JAVA_VERSION:
-        raise error(f"{java} is Java {version}; need Java {MIN_JAVA_VERSION}+ (set JAVA_HOME)")
-    return Path(java).resolve().parent.parent
+    """``JAVA_HOME`` of a Java 17+ (resolved), or raise ``error`` saying what is wrong."""
+    return Path(jvm.check_java(error, "OpenSearch")).resolve().parent.parent
 
 
 def is_installed(cfg: ClusterConfig) -> bool:

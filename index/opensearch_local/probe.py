@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import socket
 import urllib.error
 import urllib.request
 from typing import Any
 
+from interest_stream.core import jvm
 from interest_stream.index.opensearch_local.config import OpenSearchStartError
 
 __all__ = ["cluster_health", "port_in_use"]
@@ -19,15 +18,7 @@ logger = logging.getLogger(__name__)
 
 def port_in_use(host: str, port: int) -> bool:
     """Return whether something listens on ``host:port`` (bind test, as the JVM does)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return True
-            raise OpenSearchStartError(f"cannot listen on {host}:{port}: {exc}") from exc
-    return False
+    return jvm.port_in_use(host, port, OpenSearchStartError)
 
 
 def cluster_health(url: str, timeout: float) -> dict[str, Any] | None:

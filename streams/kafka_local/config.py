@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.jvm import MIN_JAVA_VERSION
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
@@ -36,7 +37,6 @@ __all__ = [
 DEFAULT_KAFKA_VERSION = "4.0.2"
 """Kafka version installed and run by default (``org.apache.kafka:kafka_2.13``)."""
 
-MIN_JAVA_VERSION = 17
 """Kafka 4.0 brokers need Java 17 or newer."""
 
 ENV_HOME = "INTEREST_KAFKA_HOME"

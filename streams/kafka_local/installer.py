@@ -16,13 +16,12 @@ import time
 from collections import deque
 from pathlib import Path
 
+from interest_stream.core import jvm
 from interest_stream.streams.kafka_local.config import (
     ENV_HOME,
-    MIN_JAVA_VERSION,
     BrokerConfig,
     KafkaInstallError,
     KafkaLocalError,
-    KafkaStartError,
     locked,
     resource_text,
 )
@@ -34,57 +33,18 @@ logger = logging.getLogger(__name__)
 _MARKER = ".installed.json"
 
 
-def _java_executable() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home:
-        candidate = Path(java_home) / "bin" / "java"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("java")
-    if not found:
-        raise KafkaStartError(
-            f"Java not found: set JAVA_HOME or put `java` (version {MIN_JAVA_VERSION}+) on PATH"
-        )
-    return found
-
-
 def parse_java_version(text: str) -> int:
-    """Return the feature version from ``java -version`` output (``1.8`` -> 8).
-
-    Args:
-        text: Output of ``java -version`` (it prints to stderr).
-
-    Returns:
-        The Java feature version, e.g. 17.
+    """The feature version in ``java -version`` output (``1.8`` -> 8).
 
     Raises:
         KafkaLocalError: No version string in ``text``.
     """
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
-    if not match:
-        raise KafkaLocalError(f"cannot read the Java version from: {text.strip()[:200]!r}")
-    major = int(match.group(1))
-    if major == 1 and match.group(2):
-        major = int(match.group(2))
-    return major
+    return jvm.parse_java_version(text, KafkaLocalError)
 
 
 def check_java(error: type[KafkaLocalError]) -> str:
-    """Return the java executable, checked to be version 17 or newer."""
-    try:
-        java = _java_executable()
-        proc = subprocess.run(
-            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
-        )
-        version = parse_java_version(proc.stderr + proc.stdout)
-    except (KafkaLocalError, OSError, subprocess.SubprocessError) as exc:
-        raise error(f"cannot run Java: {exc}") from exc
-    if version < MIN_JAVA_VERSION:
-        raise error(
-            f"{java} is Java {version}; Kafka 4 needs Java {MIN_JAVA_VERSION}+ "
-            "(set JAVA_HOME to a newer JDK)"
-        )
-    return java
+    """The java executable, checked to be version 17 or newer (raises ``error`` if not)."""
+    return jvm.check_java(error, "Kafka 4")
 
 
 def is_installed(cfg: BrokerConfig) -> bool:

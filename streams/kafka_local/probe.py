@@ -9,12 +9,12 @@ kafka-python's connection logs for a probe that needs a real client (TLS, SASL).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import socket
 import struct
 from collections.abc import Iterator
 
+from interest_stream.core import jvm
 from interest_stream.streams.kafka_local.config import KafkaStartError
 
 __all__ = ["broker_answers", "listening", "metadata_ok", "port_in_use", "quiet_kafka_logs"]
@@ -24,15 +24,7 @@ logger = logging.getLogger(__name__)
 
 def port_in_use(host: str, port: int) -> bool:
     """Return whether something listens on ``host:port`` (bind test, as the JVM does)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return True
-            raise KafkaStartError(f"cannot listen on {host}:{port}: {exc}") from exc
-    return False
+    return jvm.port_in_use(host, port, KafkaStartError)
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
