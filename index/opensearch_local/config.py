@@ -7,17 +7,14 @@ found). Layout and decisions: docs/DESIGN.md, "Local OpenSearch".
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from interest_stream.core.jvm import MIN_JAVA_VERSION
+from interest_stream.core.jvm import MIN_JAVA_VERSION, locked
 from interest_stream.index.errors import VectorIndexError
 
 __all__ = [
@@ -254,18 +251,6 @@ class ClusterStatus:
             "data_dir": str(self.data_dir),
             "version": self.version,
         }
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (created if missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def resource_text(name: str) -> str:

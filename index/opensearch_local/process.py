@@ -18,6 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
+from interest_stream.core import jvm
 from interest_stream.index.opensearch_local.config import (
     ClusterConfig,
     ClusterStatus,
@@ -72,23 +73,8 @@ def _log_excerpt(cfg: ClusterConfig, i: int, lines: int = 30) -> str:
 
 
 def _alive(pid: int) -> bool:
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        if child.poll() is None:
-            return True
-        _CHILDREN.pop(pid, None)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    """Return whether ``pid`` runs (reaping it if it is our exited child)."""
+    return jvm.pid_alive(pid, _CHILDREN)
 
 
 def _is_our_node(cfg: ClusterConfig, i: int, pid: int) -> bool:

@@ -6,17 +6,29 @@ OpenSearch start says ``OpenSearchStartError`` for the same cause.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import re
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from interest_stream.core.errors import InterestStreamError
 
-__all__ = ["MIN_JAVA_VERSION", "check_java", "find_java", "parse_java_version", "port_in_use"]
+__all__ = [
+    "MIN_JAVA_VERSION",
+    "check_java",
+    "find_java",
+    "locked",
+    "parse_java_version",
+    "pid_alive",
+    "port_in_use",
+]
 
 #: The oldest Java both Kafka 4 and OpenSearch 2 run on.
 MIN_JAVA_VERSION = 17
@@ -97,3 +109,41 @@ def port_in_use(host: str, port: int, error: type[InterestStreamError]) -> bool:
                 return True
             raise error(f"cannot listen on {host}:{port}: {exc}") from exc
     return False
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def pid_alive(pid: int, children: dict[int, subprocess.Popen[Any]]) -> bool:
+    """Whether ``pid`` runs: a zombie counts as gone; our own exited child is reaped and dropped.
+
+    Args:
+        pid: The process id.
+        children: The caller's table of ``Popen`` objects it started, by pid.
+    """
+    child = children.get(pid)
+    if child is not None:
+        if child.poll() is None:
+            return True
+        children.pop(pid, None)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]

@@ -7,18 +7,16 @@ errors of the helper, and two small utilities shared by its modules.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from interest_stream.core.errors import InterestStreamError
-from interest_stream.core.jvm import MIN_JAVA_VERSION
+from interest_stream.core.jvm import MIN_JAVA_VERSION, locked
 
 __all__ = [
     "DEFAULT_KAFKA_VERSION",
@@ -215,18 +213,6 @@ class BrokerStatus:
             "controller_port": self.controller_port,
             "started_at": self.started_at,
         }
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (created if missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def resource_text(name: str) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from interest_stream.core import jvm
 from interest_stream.core.kafka import free_port
 from interest_stream.streams.kafka_local.config import (
     BrokerConfig,
@@ -136,23 +137,7 @@ def _proc_cmdline(pid: int) -> list[str] | None:
 
 def _alive(pid: int) -> bool:
     """Return whether ``pid`` runs (reaping it if it is our exited child)."""
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        if child.poll() is None:
-            return True
-        _CHILDREN.pop(pid, None)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    return jvm.pid_alive(pid, _CHILDREN)
 
 
 def _is_our_broker(cfg: BrokerConfig, pid: int) -> bool:
