@@ -62,6 +62,7 @@ def _train_defaults() -> dict[str, Any]:
                 "long_horizon_hours",
                 "blend_alpha",
                 "next_item_rate",
+                "short_window_minutes",
             )
         },
         "dim": e.dim,
@@ -188,6 +189,13 @@ _D = _train_defaults()
     help="Learning-rate multiplier of the scalar gains (TrainConfig default: 1).",
 )
 @click.option("--short-max-len", default=_D["short_max_len"], help="Short path window cap.")
+@click.option(
+    "--short-window-minutes",
+    default=_D["short_window_minutes"],
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Short window: events within this many minutes of the newest (stored in the "
+    "checkpoint; evaluate uses the checkpoint's value).",
+)
 @click.option("--layers-short", default=_D["n_layers_short"], help="Short path layers.")
 @click.option("--max-minutes", default=None, type=float, help="Wall-clock budget.")
 @click.option(
@@ -267,6 +275,7 @@ def _train_config(o: dict[str, Any]) -> Any:
         select_alpha=not o["no_select_alpha"],
         sample_half_life_days=o["sample_half_life_days"],
         next_item_rate=o["next_item_rate"],
+        short_window_minutes=o["short_window_minutes"],
         scalar_lr_mult=o["scalar_lr_mult"],
         max_train_seconds=None if max_minutes is None else 60 * max_minutes,
         revisit_gain=o["revisit_gain"],
