@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
-import subprocess
 import time
 import zipfile
-from collections import deque
 from pathlib import Path
 
 from interest_stream.core import jvm
@@ -25,7 +22,6 @@ from interest_stream.index.opensearch_local.config import (
     ClusterConfig,
     OpenSearchInstallError,
     OpenSearchLocalError,
-    locked,
     resource_text,
 )
 
@@ -63,13 +59,9 @@ def check_java(error: type[OpenSearchLocalError]) -> Path:
 
 def is_installed(cfg: ClusterConfig) -> bool:
     """Whether ``cfg.home`` holds a complete install of ``cfg.version`` / ``cfg.knn_version``."""
-    try:
-        marker = json.loads((cfg.home / _MARKER).read_text("utf-8"))
-    except (OSError, ValueError):
-        return False
+    marker = jvm.read_marker(cfg.home / _MARKER)
     return (
-        isinstance(marker, dict)
-        and marker.get("version") == cfg.version
+        marker.get("version") == cfg.version
         and marker.get("knn_version") == cfg.knn_version
         and (cfg.dist_dir / "bin" / "opensearch").is_file()
     )
@@ -105,68 +97,51 @@ def install(cfg: ClusterConfig | None = None, progress: bool = False) -> Path:
             artifact does not look as expected.
     """
     cfg = cfg or ClusterConfig()
-    if is_installed(cfg):
-        return cfg.dist_dir
-    cfg.home.mkdir(parents=True, exist_ok=True)
-    with locked(cfg.home / ".install.lock"):
-        if is_installed(cfg):
-            return cfg.dist_dir
-        check_java(OpenSearchInstallError)
-        staging = cfg.home / f"staging-{os.getpid()}"
+    jvm.install_once(cfg.home, lambda: is_installed(cfg), lambda: _install(cfg, progress))
+    return cfg.dist_dir
+
+
+def _install(cfg: ClusterConfig, progress: bool) -> None:
+    check_java(OpenSearchInstallError)
+    staging = cfg.home / f"staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    started = time.monotonic()
+    try:
+        artifacts = _download(cfg, staging / "artifacts", progress)
+        dist = _assemble(cfg, artifacts, staging / "dist")
+        shutil.rmtree(cfg.dist_dir, ignore_errors=True)
+        dist.rename(cfg.dist_dir)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        started = time.monotonic()
-        try:
-            artifacts = _download(cfg, staging / "artifacts", progress)
-            dist = _assemble(cfg, artifacts, staging / "dist")
-            shutil.rmtree(cfg.dist_dir, ignore_errors=True)
-            dist.rename(cfg.dist_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        _world_readable(cfg.home)
-        marker = {
-            "version": cfg.version,
-            "knn_version": cfg.knn_version,
-            "installed_at": time.time(),
-        }
-        (cfg.home / _MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-        logger.info(
-            "installed OpenSearch %s + k-NN %s in %s (%.1fs)",
-            cfg.version,
-            cfg.knn_version,
-            cfg.dist_dir,
-            time.monotonic() - started,
-        )
-        return cfg.dist_dir
+    _world_readable(cfg.home)
+    marker = {
+        "version": cfg.version,
+        "knn_version": cfg.knn_version,
+        "installed_at": time.time(),
+    }
+    (cfg.home / _MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+    logger.info(
+        "installed OpenSearch %s + k-NN %s in %s (%.1fs)",
+        cfg.version,
+        cfg.knn_version,
+        cfg.dist_dir,
+        time.monotonic() - started,
+    )
 
 
 def _download(cfg: ClusterConfig, out: Path, progress: bool) -> Path:
-    mvn = shutil.which("mvn")
-    if not mvn:
-        raise OpenSearchInstallError(
-            "Maven (`mvn`) not found on PATH: install Maven 3.6+ to download OpenSearch "
-            f"{cfg.version}, or point {ENV_HOME} at an existing install"
-        )
     pom = cfg.home / "pom.xml"
     pom.write_text(resource_text("pom.xml"), encoding="utf-8")
-    cmd = [
-        mvn,
-        "-B",
-        *([] if progress else ["-q"]),
-        "-f",
-        str(pom),
-        f"-Dopensearch.version={cfg.version}",
-        f"-Dknn.version={cfg.knn_version}",
-        "dependency:copy-dependencies",
-        f"-DoutputDirectory={out}",
-        "-DincludeScope=runtime",
-    ]
     logger.info("downloading OpenSearch %s and k-NN %s (mvn)", cfg.version, cfg.knn_version)
-    rc, tail = _run_logged(cmd, cfg.home / "install.log", progress)
-    if rc != 0:
-        raise OpenSearchInstallError(
-            f"mvn could not download OpenSearch {cfg.version} (exit {rc}); is Maven Central "
-            f"reachable? Full output in {cfg.home / 'install.log'}; last lines:\n" + "\n".join(tail)
-        )
+    jvm.copy_dependencies(
+        pom,
+        {"opensearch.version": cfg.version, "knn.version": cfg.knn_version},
+        out,
+        what=f"OpenSearch {cfg.version} and k-NN {cfg.knn_version}",
+        env_home=ENV_HOME,
+        error=OpenSearchInstallError,
+        progress=progress,
+    )
     return out
 
 
@@ -230,27 +205,3 @@ def _world_readable(top: Path) -> None:
             path = Path(dirpath) / name
             if not path.is_symlink():
                 path.chmod(0o755 if path.stat().st_mode & 0o100 else 0o644)
-
-
-def _run_logged(cmd: list[str], log_path: Path, verbose: bool) -> tuple[int, list[str]]:
-    """Run ``cmd``, copy its output to ``log_path`` and the logger; return (rc, tail)."""
-    tail: deque[str] = deque(maxlen=30)
-    level = logging.INFO if verbose else logging.DEBUG
-    with log_path.open("w", encoding="utf-8") as log_fh:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log_fh.write(line)
-            text = re.sub(r"\x1b\[[0-9;]*m", "", line.rstrip("\n"))
-            if text:
-                tail.append(text)
-                logger.log(level, "mvn: %s", text)
-        rc = proc.wait()
-    return rc, list(tail)

@@ -10,13 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
-import subprocess
 import time
-from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from interest_stream.core import jvm
 from interest_stream.index.opensearch_local.config import (
@@ -44,15 +41,7 @@ logger = logging.getLogger(__name__)
 
 _LOCK = ".cluster.lock"
 _MAIN_CLASS = "org.opensearch.bootstrap.OpenSearch"
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _tail(path: Path, lines: int) -> list[str]:
-    try:
-        with path.open("r", encoding="utf-8", errors="replace") as fh:
-            return [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
-    except OSError:
-        return []
+_CHILDREN = jvm.Children("OpenSearch", OpenSearchLocalError)
 
 
 def _log_file(cfg: ClusterConfig, i: int) -> Path:
@@ -64,22 +53,14 @@ def _out_file(cfg: ClusterConfig, i: int) -> Path:
 
 
 def _log_excerpt(cfg: ClusterConfig, i: int, lines: int = 30) -> str:
-    parts: list[str] = []
-    for path in (_log_file(cfg, i), _out_file(cfg, i)):
-        tail = _tail(path, lines)
-        if tail:
-            parts += [f"--- last {len(tail)} lines of {path} ---", *tail]
-    return "\n".join(parts) if parts else f"(no log in {cfg.node_dir(i) / 'logs'})"
-
-
-def _alive(pid: int) -> bool:
-    """Return whether ``pid`` runs (reaping it if it is our exited child)."""
-    return jvm.pid_alive(pid, _CHILDREN)
+    return jvm.log_excerpt(
+        (_log_file(cfg, i), _out_file(cfg, i)), lines, f"(no log in {cfg.node_dir(i) / 'logs'})"
+    )
 
 
 def _is_our_node(cfg: ClusterConfig, i: int, pid: int) -> bool:
     """Whether ``pid`` is a live OpenSearch started with node ``i``'s config folder."""
-    if not _alive(pid):
+    if not _CHILDREN.alive(pid):
         return False
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -112,37 +93,6 @@ def _running_nodes(cfg: ClusterConfig, state: dict[str, Any] | None) -> dict[int
         if _is_our_node(cfg, i, pid):
             out[i] = entry
     return out
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _wait_dead(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-    _CHILDREN.pop(pid, None)
-    return True
-
-
-def _terminate(pid: int, timeout: float) -> None:
-    """SIGTERM the node's process group; SIGKILL it after ``timeout`` seconds."""
-    _signal_group(pid, signal.SIGTERM)
-    if _wait_dead(pid, timeout):
-        return
-    logger.warning("OpenSearch pid %d still runs %.0fs after SIGTERM; killing it", pid, timeout)
-    _signal_group(pid, signal.SIGKILL)
-    if not _wait_dead(pid, 10.0):
-        raise OpenSearchLocalError(f"OpenSearch pid {pid} survived SIGKILL")
 
 
 def _make_status(cfg: ClusterConfig, state: dict[str, Any] | None) -> ClusterStatus:
@@ -253,7 +203,7 @@ def _launch_all(cfg: ClusterConfig, java_home: Path, user: RunAs, timeout: float
     except BaseException:
         for entry in state["nodes"]:
             with contextlib.suppress(OpenSearchLocalError):
-                _terminate(int(entry["pid"]), 10.0)
+                _CHILDREN.terminate(int(entry["pid"]), 10.0)
         cfg.state_file.unlink(missing_ok=True)
         raise
     logger.info(
@@ -276,20 +226,9 @@ def _launch_node(cfg: ClusterConfig, i: int, java_home: Path, user: RunAs) -> in
         cfg.http_ports[i],
         cfg.node_dir(i),
     )
-    out_fh: IO[bytes]
-    with _out_file(cfg, i).open("ab") as out_fh:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out_fh,
-            stderr=subprocess.STDOUT,
-            cwd=cfg.node_dir(i),
-            env=node_environment(cfg, i, java_home),
-            start_new_session=True,
-            close_fds=True,
-        )
-    _CHILDREN[proc.pid] = proc
-    return proc.pid
+    return _CHILDREN.launch(
+        cmd, _out_file(cfg, i), cfg.node_dir(i), node_environment(cfg, i, java_home)
+    )
 
 
 def _wait_healthy(cfg: ClusterConfig, nodes: dict[int, dict[str, Any]], timeout: float) -> None:
@@ -298,9 +237,8 @@ def _wait_healthy(cfg: ClusterConfig, nodes: dict[int, dict[str, Any]], timeout:
     url = f"http://{cfg.host}:{nodes[min(nodes)]['http_port']}"
     while True:
         for i, entry in nodes.items():
-            if not _alive(int(entry["pid"])):
-                child = _CHILDREN.pop(int(entry["pid"]), None)
-                code = f" with exit code {child.returncode}" if child is not None else ""
+            if not _CHILDREN.alive(int(entry["pid"])):
+                code = _CHILDREN.exit_note(int(entry["pid"]))
                 raise OpenSearchStartError(
                     f"OpenSearch node {cfg.node_name(i)} (pid {entry['pid']}) exited{code} "
                     f"before the cluster was healthy\n" + _log_excerpt(cfg, i)
@@ -333,7 +271,7 @@ def stop(cfg: ClusterConfig | None = None, timeout: float = 60.0) -> bool:
         running = _running_nodes(cfg, _read_state(cfg))
         for i, entry in sorted(running.items()):
             logger.info("stopping OpenSearch node %s (pid %s)", cfg.node_name(i), entry["pid"])
-            _terminate(int(entry["pid"]), timeout)
+            _CHILDREN.terminate(int(entry["pid"]), timeout)
         cfg.state_file.unlink(missing_ok=True)
         return bool(running)
 
@@ -348,6 +286,6 @@ def kill_node(cfg: ClusterConfig, i: int) -> int | None:
     if entry is None:
         return None
     pid = int(entry["pid"])
-    _signal_group(pid, signal.SIGKILL)
-    _wait_dead(pid, 10.0)
+    jvm.signal_group(pid, signal.SIGKILL)
+    _CHILDREN.wait_dead(pid, 10.0)
     return pid

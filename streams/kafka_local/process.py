@@ -11,15 +11,12 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import time
-from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from interest_stream.core import jvm
 from interest_stream.core.kafka import free_port
@@ -51,29 +48,13 @@ _STORAGE_TOOL = "kafka.tools.StorageTool"
 
 # Broker processes started by this interpreter, so that they can be reaped
 # (no zombies) and waited on without polling.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _tail(path: Path, lines: int) -> list[str]:
-    """Return the last ``lines`` lines of a text file (empty if missing)."""
-    try:
-        with path.open("r", encoding="utf-8", errors="replace") as fh:
-            return [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
-    except OSError:
-        return []
+_CHILDREN = jvm.Children("Kafka broker", KafkaLocalError)
 
 
 def _log_excerpt(cfg: BrokerConfig, lines: int) -> str:
-    parts: list[str] = []
-    log_tail = _tail(cfg.log_file, lines)
-    if log_tail:
-        parts.append(f"--- last {len(log_tail)} lines of {cfg.log_file} ---")
-        parts.extend(log_tail)
-    out_tail = _tail(cfg.out_file, lines)
-    if out_tail:
-        parts.append(f"--- last {len(out_tail)} lines of {cfg.out_file} ---")
-        parts.extend(out_tail)
-    return "\n".join(parts) if parts else f"(no broker log in {cfg.logs_dir})"
+    return jvm.log_excerpt(
+        (cfg.log_file, cfg.out_file), lines, f"(no broker log in {cfg.logs_dir})"
+    )
 
 
 def _format_storage(cfg: BrokerConfig, java: str) -> None:
@@ -135,14 +116,9 @@ def _proc_cmdline(pid: int) -> list[str] | None:
     return out.split() or None
 
 
-def _alive(pid: int) -> bool:
-    """Return whether ``pid`` runs (reaping it if it is our exited child)."""
-    return jvm.pid_alive(pid, _CHILDREN)
-
-
 def _is_our_broker(cfg: BrokerConfig, pid: int) -> bool:
     """Return whether ``pid`` is a live broker launched with this data dir's properties."""
-    if not _alive(pid):
+    if not _CHILDREN.alive(pid):
         return False
     cmdline = _proc_cmdline(pid)
     if cmdline is None:
@@ -180,44 +156,6 @@ def _running_state(cfg: BrokerConfig) -> dict[str, Any] | None:
     return None
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _wait_dead(pid: int, timeout: float) -> bool:
-    child = _CHILDREN.get(pid)
-    if child is not None:
-        try:
-            child.wait(timeout=max(timeout, 0.0))
-        except subprocess.TimeoutExpired:
-            return False
-        _CHILDREN.pop(pid, None)
-        return True
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def _terminate(pid: int, timeout: float) -> None:
-    """SIGTERM the broker's process group; SIGKILL it after ``timeout`` seconds."""
-    _signal_group(pid, signal.SIGTERM)
-    if _wait_dead(pid, timeout):
-        return
-    logger.warning("Kafka broker pid %d still runs %.0fs after SIGTERM; killing it", pid, timeout)
-    _signal_group(pid, signal.SIGKILL)
-    if not _wait_dead(pid, 10.0):
-        raise KafkaLocalError(f"Kafka broker pid {pid} survived SIGKILL")
-
-
 def _make_status(cfg: BrokerConfig, state: Mapping[str, Any] | None, probe: bool) -> BrokerStatus:
     bootstrap = str(state["bootstrap"]) if state else cfg.bootstrap
     return BrokerStatus(
@@ -228,7 +166,7 @@ def _make_status(cfg: BrokerConfig, state: Mapping[str, Any] | None, probe: bool
         version=str(state.get("version", cfg.version)) if state else cfg.version,
         data_dir=cfg.data_dir,
         log_file=cfg.log_file,
-        log_tail=_tail(cfg.log_file, 20),
+        log_tail=jvm.tail(cfg.log_file, 20),
         controller_port=int(state["controller_port"]) if state else None,
         started_at=float(state["started_at"]) if state else None,
     )
@@ -335,20 +273,9 @@ def _launch(cfg: BrokerConfig, java: str, controller_port: int, timeout: float) 
         "starting Kafka %s broker at %s (data in %s)", cfg.version, cfg.bootstrap, cfg.data_dir
     )
     started = time.monotonic()
-    out_fh: IO[bytes]
-    with cfg.out_file.open("ab") as out_fh:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out_fh,
-            stderr=subprocess.STDOUT,
-            cwd=cfg.data_dir,
-            start_new_session=True,
-            close_fds=True,
-        )
-    _CHILDREN[proc.pid] = proc
+    pid = _CHILDREN.launch(cmd, cfg.out_file, cfg.data_dir)
     state: dict[str, Any] = {
-        "pid": proc.pid,
+        "pid": pid,
         "host": cfg.host,
         "port": cfg.port,
         "controller_port": controller_port,
@@ -363,12 +290,12 @@ def _launch(cfg: BrokerConfig, java: str, controller_port: int, timeout: float) 
         _wait_answering(cfg, state, timeout)
     except BaseException:
         with contextlib.suppress(KafkaLocalError):
-            _terminate(proc.pid, 5.0)
+            _CHILDREN.terminate(pid, 5.0)
         _clear_state(cfg)
         raise
     logger.info(
         "Kafka broker pid %d answering at %s after %.1fs",
-        proc.pid,
+        pid,
         cfg.bootstrap,
         time.monotonic() - started,
     )
@@ -381,9 +308,8 @@ def _wait_answering(cfg: BrokerConfig, state: Mapping[str, Any], timeout: float)
     bootstrap = str(state["bootstrap"])
     deadline = time.monotonic() + timeout
     while True:
-        if not _alive(pid):
-            child = _CHILDREN.pop(pid, None)
-            code = f" with exit code {child.returncode}" if child is not None else ""
+        if not _CHILDREN.alive(pid):
+            code = _CHILDREN.exit_note(pid)
             raise KafkaStartError(
                 f"the Kafka broker (pid {pid}) exited{code} before answering at {bootstrap}\n"
                 + _log_excerpt(cfg, 40)
@@ -425,7 +351,7 @@ def stop(cfg: BrokerConfig | None = None, timeout: float = 30.0) -> bool:
         pid = int(state["pid"])
         logger.info("stopping Kafka broker pid %d (%s)", pid, state["bootstrap"])
         started = time.monotonic()
-        _terminate(pid, timeout)
+        _CHILDREN.terminate(pid, timeout)
         _clear_state(cfg)
         logger.info("Kafka broker pid %d stopped in %.1fs", pid, time.monotonic() - started)
         return True
