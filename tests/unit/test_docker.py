@@ -5,7 +5,8 @@ Compose does) and checked against the code: every command parses with the real
 click CLI, every ``INTEREST_*`` variable is a setting with a valid value, the
 Kafka listeners agree with the clients' bootstrap and the published ports, volumes
 and paths line up (the model the worker/API load is the one ``train`` writes), and
-the Dockerfiles copy what exists and install extras that exist.
+the Dockerfiles copy what exists and install extras that exist. The `opensearch`
+profile's cluster, sink and the API's switch to it are checked the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import yaml
 
 from interest_stream.cli import main as cli
 from interest_stream.core.settings import ENV_PREFIX, Settings
+from interest_stream.index.opensearch_local.config import DEFAULT_OPENSEARCH_VERSION
 from interest_stream.streams.kafka_local.broker import DEFAULT_KAFKA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,11 +43,15 @@ def _interpolate(node: Any) -> Any:
     return node
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
+def _load() -> dict[str, Any]:
     data = yaml.safe_load((DOCKER / "compose.yml").read_text())
     assert isinstance(data, dict)
     return _interpolate(data)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return _load()
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +82,18 @@ def test_services_and_images(services: dict[str, Any]) -> None:
     assert {"kafka", "topics", "worker", "api", "train", "replay"} <= set(services)
     assert services["kafka"]["image"] == f"apache/kafka:{DEFAULT_KAFKA_VERSION}"
     apps = _app_services(services)
-    assert set(apps) == {"topics", "worker", "api", "train", "replay"}
+    assert set(apps) == {"topics", "worker", "api", "opensearch-sink", "train", "replay"}
     for name, svc in apps.items():
         build = svc["build"]
         assert (DOCKER / build["context"] / build["dockerfile"]).is_file(), name
     # one-shot jobs run only on request
     assert services["train"]["profiles"] == ["train"]
     assert services["replay"]["profiles"] == ["replay"]
+    # the cluster mode's services run only in their profile; the default stack is unchanged
+    assert {n for n, s in services.items() if s.get("profiles") == ["opensearch"]} == {
+        "opensearch",
+        "opensearch-sink",
+    }
 
 
 def test_commands_parse_with_the_real_cli(services: dict[str, Any]) -> None:
@@ -187,6 +198,56 @@ def test_volumes_paths_and_dependencies(services: dict[str, Any], compose: dict[
         cond = services[name]["depends_on"]["topics"]["condition"]
         assert cond == "service_completed_successfully", name
     assert services["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_opensearch_profile(services: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    node = services["opensearch"]
+    # the engine the local CLI installs, one node, no security plugin, k-NN (in the image)
+    assert node["image"] == f"opensearchproject/opensearch:{DEFAULT_OPENSEARCH_VERSION}"
+    env = _env(node)
+    assert env["discovery.type"] == "single-node"
+    assert env["DISABLE_SECURITY_PLUGIN"] == "true"
+    # 2.12+ demands an admin password unless the demo security config is skipped
+    assert env["DISABLE_INSTALL_DEMO_CONFIG"] == "true"
+    assert "plugins.security.disabled" not in env and "knn" not in " ".join(env).lower()
+    heap = re.findall(r"-Xm[sx](\d+)([mg])", env["OPENSEARCH_JAVA_OPTS"])
+    assert len(heap) == 2 and heap[0] == heap[1], "fixed heap (-Xms = -Xmx)"
+    assert node["volumes"] == ["opensearch-data:/usr/share/opensearch/data"]
+    # healthy = the cluster answers yellow or green over plain HTTP (no TLS, no auth)
+    health = node["healthcheck"]
+    probe = " ".join(health["test"])
+    assert health["test"][0] == "CMD-SHELL" and "http://localhost:9200/_cluster/health" in probe
+    assert "wait_for_status=yellow" in probe and "curl -fsS" in probe  # -f: HTTP errors fail
+    assert health["retries"] >= 3 and health["start_period"]
+    # published on loopback where the CLI's default URL points
+    (mapping,) = node["ports"]
+    bind, host_port, container_port = mapping.split(":")
+    assert f"http://{bind}:{host_port}" == Settings.model_fields["opensearch_url"].default
+    inside = f"http://{node['hostname']}:{container_port}"
+
+    sink = services["opensearch-sink"]
+    assert sink["command"] == ["opensearch", "sink"]
+    assert _env(sink)["INTEREST_OPENSEARCH_URL"] == inside
+    assert sink["depends_on"]["opensearch"]["condition"] == "service_healthy"
+    assert sink["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert _mounts(sink)["/models"] == ("models", True)
+    assert _env(sink)["INTEREST_MODEL_DIR"] == _env(services["api"])["INTEREST_MODEL_DIR"]
+
+    # the API: faiss unless INTEREST_USER_STORE=opensearch, then the same cluster
+    api_env = _env(services["api"])
+    assert api_env["INTEREST_USER_STORE"] == os.environ.get("INTEREST_USER_STORE", "faiss")
+    monkeypatch.setenv("INTEREST_USER_STORE", "opensearch")
+    switched = _env(_load()["services"]["api"])
+    assert switched["INTEREST_USER_STORE"] == "opensearch"
+    for key in [f"{ENV_PREFIX}{n.upper()}" for n in Settings.model_fields]:
+        if key != "INTEREST_USER_STORE":
+            monkeypatch.delenv(key, raising=False)
+    for key, value in switched.items():
+        monkeypatch.setenv(key, value)
+    s = Settings()
+    assert s.user_store == "opensearch" and s.opensearch_url == inside
+    monkeypatch.setenv("INTEREST_USER_STORE", "")
+    assert _env(_load()["services"]["api"])["INTEREST_USER_STORE"] == "faiss"
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
