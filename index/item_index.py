@@ -219,6 +219,12 @@ class ItemIndex:
             return None if cat is None else str(cat)
         return None if m is None else str(m)
 
+    def title(self, item_id: str) -> str | None:
+        """The item's title from ``item_meta.json`` (``None`` when unknown)."""
+        m = self._meta.get(item_id)
+        title = m.get("title") if isinstance(m, Mapping) else None
+        return None if title is None else str(title)
+
     def search(
         self, query: Any, k: int, *, exclude: Collection[str] | None = None
     ) -> list[tuple[str, float]]:

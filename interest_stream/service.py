@@ -22,6 +22,7 @@ from faust.types import EventT
 
 from interest_stream.core.records import tombstone
 from interest_stream.core.settings import Settings
+from interest_stream.streams.explain import Explainer
 from interest_stream.streams.positions import is_reserved_key
 from interest_stream.streams.reencode import Encoder, Reencoder
 from interest_stream.streams.window import BehaviorWindow, StateCodecError
@@ -204,12 +205,16 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
         registry=worker.metrics.registry,
     )
 
+    explainer = Explainer(lambda: reencoder.model)
+    worker.explainer = explainer
+
     async def on_batch(windows: Mapping[str, BehaviorWindow]) -> None:
         await reencoder.submit(windows, worker.produced_at)
 
     async def on_forget(users: Mapping[str, int]) -> None:
         for user in users:
             reencoder.forget(user)
+            explainer.forget(user)
         forgotten.note(users)
         producer = app.producer
         futures = [await producer.send(out_topic, *tombstone(u), None, None, None) for u in users]

@@ -64,6 +64,18 @@ def _child_extend(histories: list[list[Interaction]], states: list[Any]) -> tupl
     return out
 
 
+def _child_variants(
+    short: list[Interaction],
+    short_drops: list[list[int]],
+    long: list[Interaction],
+    long_drops: list[list[int]],
+) -> tuple[np.ndarray, np.ndarray]:
+    out: tuple[np.ndarray, np.ndarray] = _MODEL.encode_variants(
+        short, short_drops, long, long_drops
+    )
+    return out
+
+
 class ProcessEncoder:
     """An :class:`~streams.reencode.Encoder` whose model lives in a child process.
 
@@ -131,6 +143,21 @@ class ProcessEncoder:
             return np.empty((0, self.dim), dtype=np.float32), []
         vectors, new = self._submit(_child_extend, [list(h) for h in histories], list(states))
         return np.asarray(vectors), list(new)
+
+    def encode_variants(
+        self,
+        short: Sequence[Interaction],
+        short_drops: Sequence[Sequence[int]],
+        long: Sequence[Interaction],
+        long_drops: Sequence[Sequence[int]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`InterestModel.encode_variants` in the child: one window and index
+        lists cross the pipe, not one copy of the window per variant."""
+        s, lo = self._submit(
+            _child_variants, list(short), [list(d) for d in short_drops], list(long),
+            [list(d) for d in long_drops],
+        )  # fmt: skip
+        return np.asarray(s), np.asarray(lo)
 
     def encode_short(self, histories: Sequence[Sequence[Interaction]]) -> np.ndarray:
         """Short-term vectors, float32 ``[B, dim]`` (computed in the child)."""

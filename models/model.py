@@ -52,6 +52,7 @@ from interest_stream.models.incremental import (
     revisit_from_sums,
     state_vector,
 )
+from interest_stream.models.occlusion import exact_long_occlusion, occludable
 
 __all__ = ["InterestModel", "blend", "library_versions", "select_device"]
 
@@ -339,6 +340,44 @@ class InterestModel:
                 out[:, d + rd] = float(enc.get_buffer("trend_gain"))
         return out, got
 
+    def encode_variants(
+        self,
+        short: Sequence[Interaction],
+        short_drops: Sequence[Sequence[int]],
+        long: Sequence[Interaction],
+        long_drops: Sequence[Sequence[int]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors of one user's windows with events removed (occlusion, one batch per path).
+
+        Args:
+            short: The short window, oldest first.
+            short_drops: Per variant, the indices into ``short`` to remove.
+            long: The long history, oldest first.
+            long_drops: Per variant, the indices into ``long`` to remove.
+
+        Returns:
+            ``(float32 [len(short_drops), dim], float32 [len(long_drops), dim])``.
+        """
+        long_out = np.empty((len(long_drops), self.dim), dtype=np.float32)
+        singles = [r for r, d in enumerate(long_drops) if len(d) == 1]
+        if singles and occludable(self.encoder, long):
+            # exact and ~20x cheaper than one forward per variant (models/occlusion.py)
+            with torch.inference_mode():
+                vecs = exact_long_occlusion(
+                    self.encoder,
+                    long,
+                    [long_drops[r][0] for r in singles],
+                    self.item_index,
+                    self._item_table(),
+                )
+            long_out[singles] = vecs[1:].cpu().numpy()
+        else:
+            singles = []
+        rest = sorted(set(range(len(long_drops))) - set(singles))
+        if rest:
+            long_out[rest] = self.encode_long(_without(long, [long_drops[r] for r in rest]))
+        return self.encode_short(_without(short, short_drops)), long_out
+
     def short_window(self, history: Sequence[Interaction]) -> list[Interaction]:
         """The short window this model was trained with (cap and minutes from training)."""
         return short_window(history, self.short_window_events, self.short_window_minutes)
@@ -346,6 +385,17 @@ class InterestModel:
     def blend(self, short: np.ndarray, long: np.ndarray, alpha: float | None = None) -> np.ndarray:
         """:func:`blend` with this checkpoint's trained ``blend_alpha`` by default."""
         return blend(short, long, self.blend_alpha if alpha is None else alpha)
+
+
+def _without(
+    history: Sequence[Interaction], drops: Sequence[Sequence[int]]
+) -> list[list[Interaction]]:
+    """One copy of ``history`` per drop set, without the events at those indices."""
+    out = []
+    for drop in drops:
+        gone = set(drop)
+        out.append([e for i, e in enumerate(history) if i not in gone])
+    return out
 
 
 def build_encoder(cfg: dict[str, Any]) -> InterestEncoder:

@@ -2,6 +2,8 @@
 
 * ``GET /windows/{user_id}/`` -- the window (404 when unknown or on a partition
   this worker does not hold; 500 when the stored bytes are corrupt);
+* ``POST /explain/`` -- which of the user's events drive the scores of given
+  target vectors (occlusion, :mod:`.explain`; 404 as above, 503 without a model);
 * ``GET /assignment/`` -- partitions held, standbys, rebalancing;
 * ``GET /healthz/`` -- pid, app state, partitions held;
 * ``GET /metrics`` -- Prometheus text (:class:`~interest_stream.streams.metrics.WorkerMetrics`).
@@ -9,13 +11,16 @@
 
 from __future__ import annotations
 
+import json
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import faust
+import numpy as np
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from interest_stream.streams.explain import DEFAULT_LONG_EVENTS, ExplainError
 from interest_stream.streams.window import StateCodecError
 
 if TYPE_CHECKING:
@@ -44,6 +49,11 @@ def add_views(app: faust.App, worker: WindowWorker) -> None:
                 status=404,
             )
         return view.json(window.to_dict())
+
+    @app.page("/explain/")
+    class ExplainView(View):
+        async def post(self, request: Request) -> Response:
+            return await _explain(self, request, worker)
 
     @app.page("/assignment/")
     async def assignment_view(view: View, request: Request) -> Response:
@@ -82,4 +92,52 @@ def add_views(app: faust.App, worker: WindowWorker) -> None:
         # aiohttp wants the charset apart from the content type
         return view.bytes(worker.metrics.render(), content_type=_METRICS_CONTENT_TYPE)
 
-    del window_view, assignment_view, health_view, metrics_view
+    del window_view, ExplainView, assignment_view, health_view, metrics_view
+
+
+def _not_found(view: View, user_id: str) -> Response:
+    return view.json(
+        {
+            "error": "not found",
+            "detail": f"user {user_id!r} has no window on a partition of this worker",
+        },
+        status=404,
+    )
+
+
+async def _explain(view: View, request: Request, worker: WindowWorker) -> Response:
+    """``POST /explain/`` with ``{"user_id", "targets": [[...]], "horizon", "weight",
+    "long_events", "top"}`` (docs/CONTRACTS.md, section 6)."""
+    explainer = worker.explainer
+    if explainer is None:
+        return view.json({"error": "no model", "detail": "the worker has no model"}, status=503)
+    try:
+        body: Any = json.loads(await view.read_request_content(request))
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        long_events = int(body.get("long_events", DEFAULT_LONG_EVENTS))
+        top = int(body.get("top", 5))
+        if not (1 <= long_events <= 100_000 and 0 <= top <= 1000):
+            raise ValueError("long_events must be >= 1 and top within 0..1000")
+        user_id = body["user_id"]
+        if not isinstance(user_id, str) or not user_id:
+            raise ValueError("user_id must be a non-empty string")
+        targets = np.asarray(body["targets"], dtype=np.float32)
+        horizon = str(body.get("horizon", "blend"))
+        weight = float(body.get("weight", 0.5))
+    except (ValueError, KeyError, TypeError) as exc:
+        return view.json({"error": "bad request", "detail": str(exc)}, status=400)
+    try:
+        window = worker.read_window(user_id)
+    except StateCodecError as exc:
+        return view.json({"error": "corrupt state", "detail": str(exc)}, status=500)
+    if window is None or not window.times:
+        return _not_found(view, user_id)
+    try:
+        answer = await explainer.explain(
+            window.view(), targets, horizon=horizon, weight=weight,
+            long_events=long_events, top=top,
+        )  # fmt: skip
+    except ExplainError as exc:
+        return view.json({"error": "bad request", "detail": str(exc)}, status=400)
+    return view.json(answer)

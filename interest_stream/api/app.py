@@ -26,6 +26,7 @@ from interest_stream import __version__
 from interest_stream.api.consumer import OutputConsumer
 from interest_stream.api.dashboard import LiveHistory, dashboard_router
 from interest_stream.api.errors import install_error_handlers
+from interest_stream.api.explain import WorkerDirectory, worker_urls
 from interest_stream.api.forget import ForgetHook, KafkaPublisher, Publisher, worker_forget_hook
 from interest_stream.api.metrics import ApiMetrics
 from interest_stream.api.middleware import BodyLimitMiddleware, TimingMiddleware
@@ -133,6 +134,9 @@ def create_app(
         if forget_hooks is not None
         else [worker_forget_hook(settings)],
         offload_search=offload_search,
+        workers=WorkerDirectory(
+            worker_urls(settings), float(setting(settings, "explain_timeout_s", 5.0))
+        ),
     )
     return _make_app(state)
 
@@ -171,6 +175,7 @@ def _make_app(state: ApiState) -> FastAPI:
             if state.consumer is not None:
                 await anyio.to_thread.run_sync(state.consumer.stop)
             state.publisher.close()
+            await state.workers.aclose()
             for hook in state.forget_hooks:
                 close = getattr(hook, "close", None)
                 if callable(close):

@@ -2,6 +2,7 @@
 
 # No ``from __future__ import annotations``: FastAPI evaluates the route signatures,
 # which use names local to :func:`items_router` (k's bound).
+import asyncio
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -10,6 +11,8 @@ from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
 from interest_stream.api.errors import ApiError
+from interest_stream.api.explain import info
+from interest_stream.api.routes_users import blend_weight
 from interest_stream.api.schemas import AudienceOut, AudienceRequest, SimilarOut
 from interest_stream.api.state import ApiState, require_items
 
@@ -31,7 +34,12 @@ def items_router(state: ApiState) -> APIRouter:
         hits = await state.search(items.similar, item_id, k)
         return {"item_id": item_id, "items": [{"item_id": i, "score": s} for i, s in hits]}
 
-    @router.post("/v1/audience", response_model=AudienceOut, tags=["audience"])
+    @router.post(
+        "/v1/audience",
+        response_model=AudienceOut,
+        response_model_exclude_unset=True,
+        tags=["audience"],
+    )
     async def audience(body: AudienceRequest) -> dict[str, Any]:
         """Users whose interest is nearest an item of the catalogue or an item/ad vector."""
         if body.k > max_k:
@@ -57,11 +65,35 @@ def items_router(state: ApiState) -> APIRouter:
             return {"users": []}
         # always in the pool: a search over up to millions of users (FAISS releases the GIL)
         found, scores = await anyio.to_thread.run_sync(users.search, query, body.k, body.horizon)
-        return {
-            "users": [
-                {"user_id": u, "score": float(s)}
-                for u, s in zip(found[0], scores[0].tolist(), strict=False)
-            ]
-        }
+        out = [
+            {"user_id": u, "score": float(s)}
+            for u, s in zip(found[0], scores[0].tolist(), strict=False)
+        ]
+        if body.explain and out:
+            await _explain_users(state, out, query, body)
+        return {"users": out}
 
     return router
+
+
+async def _explain_users(
+    state: ApiState, users: list[dict[str, Any]], query: np.ndarray, body: AudienceRequest
+) -> None:
+    """Add to each user the events that put them in the audience (asked concurrently)."""
+    target = np.asarray(query, dtype=np.float32)[None, :]
+    weight = blend_weight(state)
+
+    async def one(user: dict[str, Any]) -> None:
+        try:
+            ans = await state.workers.explain(
+                user["user_id"], target, horizon=body.horizon, weight=weight,
+                top=body.explain_events,
+            )  # fmt: skip
+        except ApiError as exc:
+            if exc.status == 404:  # forgotten or moved since the search: nothing to say
+                return
+            raise
+        user["because"] = ans["results"][0]
+        user["explain"] = info(ans)
+
+    await asyncio.gather(*(one(u) for u in users))

@@ -1,22 +1,48 @@
-"""The user routes: ``GET /v1/users/{user_id}/interest`` and ``.../recommendations``."""
+"""The user routes: ``GET /v1/users/{user_id}/interest`` and ``.../recommendations``.
+
+With ``explain=true`` both ask the worker holding the user why (:mod:`.explain`).
+"""
 
 # No ``from __future__ import annotations``: FastAPI evaluates the route signatures,
 # which use names local to :func:`users_router` (k's bound).
 from collections.abc import Sequence
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
+from interest_stream.api.dashboard import CATEGORY_POOL, top_categories
 from interest_stream.api.errors import ApiError
+from interest_stream.api.explain import category_targets, info
 from interest_stream.api.state import ApiState, require_items
 from interest_stream.core.records import Horizon, InterestOut, RecommendationsOut
 
-__all__ = ["EXCLUDE_TOKENS", "UserId", "users_router"]
+__all__ = ["EXCLUDE_TOKENS", "ExplainEvents", "UserId", "blend_weight", "users_router"]
 
 EXCLUDE_TOKENS = ("none", "recent", "purchased", "seen")
 
 UserId = Annotated[str, PathParam(min_length=1, max_length=128, description="The user id.")]
+Explain = Annotated[
+    bool,
+    Query(
+        description="Also say which of the user's events drive each result (asks the "
+        "worker holding the user; 503 explain_unavailable without one).",
+    ),
+]
+ExplainEvents = Annotated[
+    int, Query(ge=1, le=20, description="With explain=true: events listed per result.")
+]
+#: Top items explained per vector by ``/interest?explain=true``.
+INTEREST_TOP_ITEMS = 5
+
+
+def blend_weight(state: ApiState) -> float:
+    """The short vector's weight in ``blend`` (the user index's, as the ranking uses)."""
+    weight = getattr(state.users, "blend_weight", None)
+    if weight is None:
+        weight = state.items.blend_alpha if state.items is not None else 0.5
+    return float(weight)
 
 
 def _exclusions(spec: str | None, recent: Sequence[str], purchased: Sequence[str]) -> set[str]:
@@ -45,14 +71,31 @@ def users_router(state: ApiState) -> APIRouter:
     max_k = state.settings.max_k
     KParam = Annotated[int, Query(ge=1, le=max_k, description=f"Results, 1..{max_k}.")]
 
-    @router.get("/v1/users/{user_id:path}/interest", response_model=InterestOut, tags=["users"])
-    async def user_interest(user_id: UserId) -> dict[str, Any]:
-        """The user's current interest record (404 if unknown)."""
-        return state.users.get(user_id).to_dict()
+    @router.get(
+        "/v1/users/{user_id:path}/interest",
+        response_model=InterestOut,
+        response_model_exclude_unset=True,
+        tags=["users"],
+    )
+    async def user_interest(
+        user_id: UserId, explain: Explain = False, explain_events: ExplainEvents = 3
+    ) -> dict[str, Any]:
+        """The user's current interest record (404 if unknown); with ``explain=true`` also
+        the top items and categories of the short and long vectors and the events behind
+        each."""
+        rec = state.users.get(user_id)
+        out = rec.to_dict()
+        if explain:
+            out["explain"] = {
+                h: await _explain_vector(state, user_id, h, vec, explain_events)
+                for h, vec in (("short", rec.short), ("long", rec.long))
+            }
+        return out
 
     @router.get(
         "/v1/users/{user_id:path}/recommendations",
         response_model=RecommendationsOut,
+        response_model_exclude_unset=True,
         tags=["users"],
     )
     async def recommendations(
@@ -67,8 +110,11 @@ def users_router(state: ApiState) -> APIRouter:
                 "Records without those lists exclude nothing.",
             ),
         ] = None,
+        explain: Explain = False,
+        explain_events: ExplainEvents = 3,
     ) -> dict[str, Any]:
-        """Items nearest the user's interest vector, best first."""
+        """Items nearest the user's interest vector, best first (with ``explain=true``:
+        per item, the user's events that contributed most to its score)."""
         items = require_items(state)
         if exclude and exclude.strip().lower() != "none":
             rec = state.users.get(user_id)
@@ -78,10 +124,54 @@ def users_router(state: ApiState) -> APIRouter:
             skip = set()
         vec = state.users.vector(user_id, horizon)
         hits = await state.search(lambda: items.search(vec, k, exclude=skip))
-        return {
+        out: dict[str, Any] = {
             "user_id": user_id,
             "horizon": horizon,
             "items": [{"item_id": i, "score": s} for i, s in hits],
         }
+        if explain and hits:
+            targets = np.stack([items.vector(i) for i, _ in hits])
+            ans = await state.workers.explain(
+                user_id, targets, horizon=horizon, weight=blend_weight(state), top=explain_events
+            )
+            for item, res in zip(out["items"], ans["results"], strict=True):
+                item["because"] = res
+            out["explain"] = info(ans)
+        return out
 
     return router
+
+
+async def _explain_vector(
+    state: ApiState, user_id: str, horizon: str, vec: np.ndarray, top: int
+) -> dict[str, Any]:
+    """Top items and categories of one of the user's vectors, each with its events."""
+    items = require_items(state)
+    hits = await state.search(items.search, vec, CATEGORY_POOL)
+    shown = hits[:INTEREST_TOP_ITEMS]
+    cats = top_categories(hits, items) or []
+    vectors = np.stack([items.vector(i) for i, _ in hits]) if hits else np.zeros((0, 1))
+    targets = list(vectors[: len(shown)])
+    if cats:
+        wanted = [c["category"] for c in cats]
+        targets.extend(
+            category_targets(hits, vectors, [items.category(i) for i, _ in hits], wanted)
+        )
+    if not targets:
+        return {"items": [], "categories": [], "explain": None}
+    ans = await state.workers.explain(
+        user_id, np.stack(targets), horizon=horizon, weight=blend_weight(state), top=top
+    )
+    res = ans["results"]
+    return {
+        "items": [
+            {"item_id": i, "score": s, "category": items.category(i), "title": items.title(i),
+             "because": r}
+            for (i, s), r in zip(shown, res, strict=False)
+        ],
+        "categories": [
+            {"category": c["category"], "share": c["share"], "because": r}
+            for c, r in zip(cats, res[len(shown) :], strict=True)
+        ],
+        "explain": info(ans),
+    }  # fmt: skip

@@ -60,6 +60,12 @@ class AudienceRequest(BaseModel):
     )
     k: int = Field(10, ge=1, description="Users to return (at most INTEREST_MAX_K).")
     horizon: Horizon = Field("blend", description="Which user vector to match.")
+    explain: bool = Field(
+        False,
+        description="Also say, per user returned, which of the user's events put them in "
+        "the audience (asks the workers; 503 explain_unavailable without one).",
+    )
+    explain_events: int = Field(3, ge=1, le=20, description="With explain: events per user.")
 
     @model_validator(mode="after")
     def _one_of(self) -> AudienceRequest:

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from interest_stream.api.consumer import OutputConsumer
 from interest_stream.api.errors import ApiError
+from interest_stream.api.explain import WorkerDirectory
 from interest_stream.api.forget import ForgetHook, Publisher
 from interest_stream.api.metrics import ApiMetrics
 from interest_stream.core.settings import Settings
@@ -36,6 +37,7 @@ class ApiState:
         publisher: Writes tombstones for DELETE.
         forget_hooks: Called after a user was forgotten (worker-side deletion hook).
         offload_search: Run item searches in the thread pool (see ``create_app``).
+        workers: Where ``explain=true`` questions go (``INTEREST_WORKER_URLS``).
         started_at: Creation time (epoch seconds).
     """
 
@@ -47,6 +49,7 @@ class ApiState:
     publisher: Publisher
     forget_hooks: list[ForgetHook] = field(default_factory=list)
     offload_search: bool = False
+    workers: WorkerDirectory = field(default_factory=lambda: WorkerDirectory([]))
     started_at: float = field(default_factory=time.time)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:

@@ -218,6 +218,14 @@ class Settings(BaseSettings):
     index_threads: int = Field(
         1, ge=1, le=256, description="FAISS threads per search (1 is best for many small queries)."
     )
+    worker_urls: str = Field(
+        "",
+        description="Comma-separated web addresses of the workers (e.g. http://127.0.0.1:6066), "
+        "for explanations (`explain=true`); empty = explanations answer 503.",
+    )
+    explain_timeout_s: float = Field(
+        5.0, gt=0, le=120, description="Seconds the API waits for a worker's explanation."
+    )
 
     # --- user store ------------------------------------------------------------
     user_store: Literal["faiss", "opensearch"] = Field(

@@ -104,6 +104,9 @@ def _demo_settings(settings: Settings, ns: str, work: Path, model_dir: Path) -> 
             "dlq_topic": f"{ns}.events.dlq",
             "output_topic": f"{ns}.user-interest",
             "state_dir": work / "state" / ns,
+            # the API asks the worker for explanations (explain=true)
+            "worker_urls": settings.worker_urls
+            or f"http://127.0.0.1:{settings.worker_web_port}",
         }
     )
 

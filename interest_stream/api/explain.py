@@ -1,0 +1,206 @@
+"""``explain=true``: the API asks the worker that holds the user's window why.
+
+The API holds vectors and the latest 20 events of each user, not the windows (up to 200
+events) nor the encoder, so the worker computes the explanation (occlusion,
+``POST /explain/`` of :mod:`interest_stream.streams.views`). :class:`WorkerDirectory`
+finds that worker: the user's partition is the producers' (Kafka's murmur2 partitioner
+on the user id), the partition's worker comes from each worker's ``/assignment/``
+(``INTEREST_WORKER_URLS``), cached and refreshed on a miss; a miss after a refresh asks
+every worker. Design: docs/DESIGN.md ("Explanations").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+from kafka.partitioner.default import murmur2
+
+from interest_stream.api.errors import ApiError
+from interest_stream.core.settings import Settings
+
+__all__ = ["WorkerDirectory", "partition_of", "worker_urls"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds an assignment map is trusted before it is read again.
+ASSIGNMENT_TTL_S = 30.0
+
+
+def partition_of(user_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives the key ``user_id``."""
+    return int(murmur2(user_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def worker_urls(settings: Settings) -> list[str]:
+    """The workers' web addresses from ``INTEREST_WORKER_URLS`` (no trailing slash)."""
+    raw = str(getattr(settings, "worker_urls", "") or "")
+    return [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
+
+
+class WorkerDirectory:
+    """Sends explanation questions to the worker holding each user.
+
+    Args:
+        urls: The workers' web addresses.
+        timeout_s: Seconds per worker request.
+    """
+
+    def __init__(self, urls: Sequence[str], timeout_s: float = 5.0) -> None:
+        self.urls = list(urls)
+        self.timeout_s = timeout_s
+        self._client: httpx.AsyncClient | None = None
+        self._owner: dict[int, str] = {}
+        self._partitions: int | None = None
+        self._read_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def client(self) -> httpx.AsyncClient:
+        """The shared HTTP client (made on first use, in the serving event loop)."""
+        if self._client is None:
+            limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+            self._client = httpx.AsyncClient(timeout=self.timeout_s, limits=limits)
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def refresh(self) -> None:
+        """Read every worker's ``/assignment/`` (unreachable workers are skipped)."""
+        async with self._lock:
+            owner: dict[int, str] = {}
+            count = None
+
+            async def one(url: str) -> None:
+                nonlocal count
+                try:
+                    r = await self.client().get(f"{url}/assignment/")
+                    body = r.json() if r.status_code == 200 else None
+                except (httpx.HTTPError, ValueError):
+                    return
+                if not isinstance(body, dict):
+                    return
+                count = int(body.get("partition_count") or 0) or count
+                for p in body.get("partitions") or []:
+                    owner[int(p)] = url
+
+            await asyncio.gather(*(one(u) for u in self.urls))
+            self._owner, self._partitions = owner, count
+            self._read_at = time.monotonic()
+
+    async def _owner_of(self, user_id: str) -> str | None:
+        if not self._owner or time.monotonic() - self._read_at > ASSIGNMENT_TTL_S:
+            await self.refresh()
+        if not self._partitions:
+            return None
+        return self._owner.get(partition_of(user_id, self._partitions))
+
+    async def explain(
+        self,
+        user_id: str,
+        targets: np.ndarray,
+        *,
+        horizon: str,
+        weight: float,
+        top: int,
+        long_events: int | None = None,
+    ) -> dict[str, Any]:
+        """The worker's explanation of ``user_id`` for ``targets`` (``[T, dim]``).
+
+        Raises:
+            ApiError: 503 ``explain_unavailable`` (no worker configured or reachable),
+                404 ``unknown_user`` (no worker holds a window of the user).
+        """
+        if not self.urls:
+            raise ApiError(
+                503,
+                "explain_unavailable",
+                "explanations need the workers' addresses: set INTEREST_WORKER_URLS",
+            )
+        body: dict[str, Any] = {
+            "user_id": user_id, "targets": np.asarray(targets, dtype=np.float32).tolist(),
+            "horizon": horizon, "weight": weight, "top": top,
+        }  # fmt: skip
+        if long_events is not None:
+            body["long_events"] = long_events
+        owner = await self._owner_of(user_id)
+        reached: set[str] = set()
+        if owner is not None:
+            got = await self._ask(owner, body, reached)
+            if got is not None:
+                return got
+        await self.refresh()  # moved, rebalanced, or a worker came back: ask everyone
+        first = await self._owner_of(user_id)
+        order = ([first] if first else []) + [u for u in self.urls if u != first]
+        for url in order:
+            if url == owner:
+                continue
+            got = await self._ask(url, body, reached)
+            if got is not None:
+                return got
+        if reached:
+            raise ApiError(404, "unknown_user", f"unknown user {user_id!r}")
+        raise ApiError(
+            503,
+            "explain_unavailable",
+            f"no worker answered for explanations ({', '.join(self.urls)})",
+        )
+
+    async def _ask(
+        self, url: str, body: dict[str, Any], reached: set[str]
+    ) -> dict[str, Any] | None:
+        """One worker's answer (None on 404, 503 or no connection)."""
+        try:
+            r = await self.client().post(f"{url}/explain/", json=body)
+        except httpx.HTTPError as exc:
+            log.warning("worker %s did not answer an explanation: %r", url, exc)
+            return None
+        if r.status_code == 200:
+            answer: dict[str, Any] = r.json()
+            return answer
+        if r.status_code == 404:
+            reached.add(url)
+            return None
+        if r.status_code == 400:
+            raise ApiError(422, "invalid_request", f"explain: {r.json().get('detail')}")
+        log.warning("worker %s answered an explanation with %d", url, r.status_code)
+        return None
+
+
+def info(answer: dict[str, Any]) -> dict[str, Any]:
+    """The ``explain`` block of an answer (what the explanation was computed from)."""
+    keys = ("version", "model_version", "history_events", "occluded", "older_events")
+    return {"method": "occlusion", **{k: answer[k] for k in keys}}
+
+
+def rank_weights(n: int) -> np.ndarray:
+    """DCG weights ``1 / log2(rank + 2)`` of ranked hits (as the dashboard's categories)."""
+    return np.asarray(1.0 / np.log2(np.arange(n) + 2.0), dtype=np.float64)
+
+
+def category_targets(
+    hits: Sequence[tuple[str, float]],
+    vectors: np.ndarray,
+    categories: Sequence[str | None],
+    wanted: Sequence[str],
+) -> np.ndarray:
+    """One target per wanted category: the rank-weighted mean vector of its hits.
+
+    The inner product is linear, so a user's score for it is the rank-weighted mean of
+    the user's scores for the category's items among ``hits``.
+    """
+    w = rank_weights(len(hits))
+    out = np.zeros((len(wanted), vectors.shape[1]), dtype=np.float32)
+    for r, cat in enumerate(wanted):
+        sel = np.asarray([c == cat for c in categories], dtype=bool)
+        ws = w * sel
+        out[r] = (ws[:, None] * vectors).sum(0) / max(ws.sum(), 1e-12)
+    return out

@@ -1,0 +1,129 @@
+"""Exact single-event occlusion of a one-layer long path, without one forward per variant.
+
+The long path embeds each event on its own (no positions), lets event ``i`` attend to
+events ``<= i`` and pools the hidden states with per-event weights. Removing event ``j``
+therefore leaves the hidden states before ``j`` unchanged, and for each later event
+only removes one key from its softmax: ``ctx_i = (N_i - e_ij v_j) / (D_i - e_ij)`` per
+head (``N``, ``D`` the unnormalised sums, float64). Only those later events' output
+blocks are recomputed; the pooled sums lose ``j``'s term and get the changed terms.
+Design and measurements: docs/DESIGN.md ("Explanations").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from interest_stream.core.events import Interaction
+from interest_stream.models.config import N_SPECIAL_ITEMS, OOV_INDEX, type_index
+from interest_stream.models.encoder import InterestEncoder
+
+__all__ = ["exact_long_occlusion", "occludable"]
+
+
+def occludable(enc: InterestEncoder, history: Sequence[Interaction]) -> bool:
+    """Whether :func:`exact_long_occlusion` applies: a one-layer long path and a history
+    of 2..``long_max_len`` events (removing the only event is the empty window)."""
+    return enc.cfg.n_layers_long == 1 and 1 < len(history) <= enc.cfg.long_max_len
+
+
+def exact_long_occlusion(
+    enc: InterestEncoder,
+    history: Sequence[Interaction],
+    drops: Sequence[int],
+    item_index: dict[str, int],
+    table: Tensor,
+) -> Tensor:
+    """Long vectors of ``history`` and of ``history`` without each single event of ``drops``.
+
+    Args:
+        enc: The encoder (eval mode, under ``torch.inference_mode``; :func:`occludable`).
+        history: One user's long history, oldest first.
+        drops: Indices into ``history``; each is removed on its own.
+        item_index: Item id -> vocabulary row (``InterestModel.item_index``).
+        table: ``enc.item_table()``.
+
+    Returns:
+        float32 ``[1 + len(drops), out_dim]``: row 0 the whole history, row ``1 + r`` the
+        history without event ``drops[r]`` (equal to ``encode_long`` of it up to float
+        rounding).
+    """
+    dev = table.device
+    n = len(history)
+    get = item_index.get
+    items = torch.tensor(
+        [get(e[0], OOV_INDEX - N_SPECIAL_ITEMS) + N_SPECIAL_ITEMS for e in history],
+        dtype=torch.long,
+        device=dev,
+    )
+    types = torch.tensor([type_index(e[1]) for e in history], dtype=torch.long, device=dev)
+    ts = torch.tensor([e[2] / 1000.0 for e in history], dtype=torch.float64, device=dev)
+    bert = enc.long_bert
+    x = bert.embeddings(
+        inputs_embeds=enc.long_in(table[items])[None],
+        token_type_ids=types[None],
+        position_ids=torch.zeros(1, n, dtype=torch.long, device=dev),
+    )[0]  # [n, d]
+    layer: Any = bert.encoder.layer[0]  # a transformers BertLayer (untyped)
+    sa: Any = layer.attention.self
+    h, dh = int(sa.num_attention_heads), int(sa.attention_head_size)
+    q = sa.query(x).view(n, h, dh).transpose(0, 1).double()
+    k = sa.key(x).view(n, h, dh).transpose(0, 1).double()
+    v = sa.value(x).view(n, h, dh).transpose(0, 1).double()  # [h, n, dh]
+    ar = torch.arange(n, device=dev)
+    causal = ar[None, :] <= ar[:, None]  # [query, key]
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(dh)
+    s = s.masked_fill(~causal[None], float("-inf"))
+    e = torch.exp(s - s.amax(-1, keepdim=True))  # [h, n, n], 0 above the diagonal
+    big_d = e.sum(-1)  # [h, n]
+    big_n = e @ v  # [h, n, dh]
+
+    def block(ctx: Tensor, xq: Tensor) -> Tensor:
+        att = layer.attention.output(ctx.to(xq.dtype), xq)
+        out: Tensor = layer.output(layer.intermediate(att), att)
+        return out
+
+    ctx_full = (big_n / big_d[..., None]).transpose(0, 1).reshape(n, h * dh)
+    hidden = block(ctx_full, x).double()  # [n, d]
+    drop = torch.tensor(list(drops), dtype=torch.long, device=dev)
+    # every (later event i, removed event j) pair: i's softmax without key j
+    pj, pi = torch.nonzero(drop[:, None] < ar[None, :], as_tuple=True)  # row of drop, i
+    jj = drop[pj]
+    e_ij = e[:, pi, jj]  # [h, P]
+    ctx = (big_n[:, pi] - e_ij[..., None] * v[:, jj]) / (big_d[:, pi] - e_ij)[..., None]
+    changed = block(ctx.transpose(0, 1).reshape(-1, h * dh), x[pi]).double() - hidden[pi]
+
+    logw = enc.long_type_logw[types].double()
+    hl = enc.cfg.long_half_life_hours
+    if hl is not None:  # the reference time factors out of the ratio: the newest event
+        logw = logw - math.log(2.0) / (3600.0 * hl) * (ts.max() - ts)
+    w = torch.exp(logw - logw.max())
+    emb = table[items].double()
+    s_w = w.sum() - torch.cat([w.new_zeros(1), w[drop]])  # [1 + D]
+    s_h = (w[:, None] * hidden).sum(0).expand(1 + len(drop), -1).clone()
+    s_h[1:] -= w[drop, None] * hidden[drop]
+    s_h[1:].index_add_(0, pj, w[pi, None] * changed)
+    s_e = (w[:, None] * emb).sum(0).expand(1 + len(drop), -1).clone()
+    s_e[1:] -= w[drop, None] * emb[drop]
+    dtype = table.dtype
+    vec = enc.long_out((s_h / s_w[:, None]).to(dtype)) + enc.long_copy_gain * (
+        s_e / s_w[:, None]
+    ).to(dtype)
+    parts = [vec.float()]
+    rd = enc.cfg.revisit_dim
+    if rd:
+        rate_r = math.log(2.0) / (3600.0 * enc.cfg.revisit_half_life_hours)
+        wr = enc.get_buffer("revisit_type_w")[types].double() * torch.exp(-rate_r * (ts.max() - ts))
+        codes = enc.get_buffer("revisit_codes")[items].double()
+        tot = wr.sum() - torch.cat([wr.new_zeros(1), wr[drop]])
+        r = (wr[:, None] * codes).sum(0).expand(1 + len(drop), -1).clone()
+        r[1:] -= wr[drop, None] * codes[drop]
+        gain = enc.get_buffer("revisit_gain")
+        parts.append((gain * (r / tot.clamp_min(1e-12)[:, None])).float())
+    if enc.cfg.trend:
+        parts.append(enc.get_buffer("trend_gain").float().expand(1 + len(drop), 1))
+    return torch.cat(parts, dim=1)

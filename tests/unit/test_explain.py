@@ -1,0 +1,171 @@
+"""Occlusion explanations (streams/explain.py, models/occlusion.py) on a tiny trained model.
+
+Contributions must be the score deltas of real re-encodes of the window without each
+event, the exact long-path shortcut must equal ``encode_long`` of the shortened
+history, the prior is the empty window's score, and the event whose removal changes the
+score most comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from model_helpers import random_histories, synthetic_events, tiny_encoder_config, tiny_train_config
+
+from interest_stream import models
+from interest_stream.core.events import Event, Interaction
+from interest_stream.core.vectors import blend
+from interest_stream.models import InterestModel
+from interest_stream.streams.explain import (
+    Explainer,
+    ExplainError,
+    VectorScorer,
+    encode_units,
+    explain_window,
+    occlusion_units,
+)
+from interest_stream.streams.window import BehaviorWindow, WindowConfig
+
+TOL = 2e-4
+
+
+@pytest.fixture(
+    scope="module",
+    params=[{"revisit_dim": 8, "trend": True, "long_half_life_hours": 0.5}, {"n_layers_long": 2}],
+    ids=["one-layer-revisit-trend", "two-layer"],
+)
+def model(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> InterestModel:
+    enc = tiny_encoder_config(**request.param)
+    cfg = tiny_train_config(encoder=enc, revisit_gain=0.5 if enc.revisit_dim else None)
+    root = tmp_path_factory.mktemp("explain") / "model"
+    models.train(synthetic_events(seed=5), root, cfg, progress=False)
+    return InterestModel.load(root, device="cpu")
+
+
+def _history(model: InterestModel, n: int, seed: int) -> list[Interaction]:
+    items = [*model.item_ids[:30], "never-seen"]
+    return random_histories(1, n, items, seed=seed, span_ms=2 * 3_600_000)[0]
+
+
+def _without(h: list[Interaction], drop: set[int]) -> list[Interaction]:
+    return [e for i, e in enumerate(h) if i not in drop]
+
+
+def test_exact_long_occlusion_equals_reencodes(model: InterestModel) -> None:
+    h = _history(model, 40, seed=11)
+    drops = [[i] for i in range(len(h))] + [[], list(range(10)), list(range(len(h)))]
+    _, fast = model.encode_variants([], [], h, drops)
+    slow = model.encode_long([_without(h, set(d)) for d in drops])
+    np.testing.assert_allclose(fast, slow, atol=TOL)
+
+
+@pytest.mark.parametrize("horizon", ["short", "long", "blend"])
+def test_contributions_are_score_deltas_of_real_reencodes(
+    model: InterestModel, horizon: str
+) -> None:
+    h = _history(model, 48, seed=12)
+    start = len(h) - len(model.short_window(h))
+    units, first = occlusion_units(len(h), start, horizon, long_events=15)
+    variants = encode_units(model, h, start, units, horizon)
+    rng = np.random.default_rng(7)
+    targets = model.item_vectors()[rng.choice(len(model.item_ids), 4, replace=False)]
+    weight = 0.6
+    res = explain_window(variants, VectorScorer(horizon, weight), targets, top=len(units))
+
+    def score(short_h: list[Interaction], long_h: list[Interaction]) -> np.ndarray:
+        s = model.encode_short([short_h])
+        lo = model.encode_long([long_h])
+        user = {"short": s, "long": lo, "blend": blend(s, lo, weight)}[horizon]
+        return (user.astype(np.float64) @ targets.T.astype(np.float64))[0]
+
+    full = score(h[start:], h)
+    prior = score([], [])
+    for t in range(len(targets)):
+        assert res[t]["score"] == pytest.approx(full[t], abs=TOL)
+        assert res[t]["prior"] == pytest.approx(prior[t], abs=TOL)
+        deltas = [e["delta"] for e in res[t]["events"]]
+        assert deltas == sorted(deltas, reverse=True)  # largest contribution first
+        z = sum(abs(e["delta"]) for e in res[t]["events"]) + abs(res[t]["prior"])
+        assert sum(abs(e["share"]) for e in res[t]["events"]) + abs(
+            res[t]["prior_share"]
+        ) == pytest.approx(1.0, abs=1e-6)
+        assert res[t]["prior_share"] == pytest.approx(res[t]["prior"] / z, rel=1e-6)
+    # every unit's delta is the score change of a real re-encode without it
+    for t in range(len(targets)):
+        for e, unit in zip(res[t]["events"], _units_in_order(res[t], units, h), strict=True):
+            drop = set(unit.indices)
+            short_h = [x for i, x in enumerate(h) if i >= start and i not in drop]
+            again = score(short_h, _without(h, drop))
+            assert e["delta"] == pytest.approx(full[t] - again[t], abs=TOL)
+    if horizon == "short":
+        assert all(not u.group for u in units) and len(units) == len(h) - start
+    else:
+        assert first == min(start, len(h) - 15)
+        assert units[-1].group and units[-1].indices == tuple(range(first))
+
+
+def _units_in_order(res: dict, units: list, h: list[Interaction]) -> list:
+    """The unit behind each listed event (events are matched by their index fields)."""
+    out = []
+    for e in res["events"]:
+        if e.get("group"):
+            out.append(next(u for u in units if u.group))
+            continue
+        out.append(
+            next(
+                u
+                for u in units
+                if not u.group
+                and h[u.indices[0]][0] == e["item_id"]
+                and h[u.indices[0]][2] == e["ts"]
+                and h[u.indices[0]][1] == e["event_type"]
+            )
+        )
+    return out
+
+
+def test_the_event_that_moves_the_score_most_comes_first(model: InterestModel) -> None:
+    """A window of one repeated item plus noise: that item's events lead its explanation."""
+    rng = np.random.default_rng(3)
+    items = model.item_ids[:30]
+    favourite = items[4]
+    base = 1_700_000_000_000
+    h = []
+    for i in range(20):
+        item = favourite if i % 5 == 0 else items[int(rng.integers(5, 30))]
+        h.append(Interaction(item, "purchase" if item == favourite else "view", base + i * 60_000))
+    start = len(h) - len(model.short_window(h))
+    units, _ = occlusion_units(len(h), start, "short", 50)
+    variants = encode_units(model, h, start, units, "short")
+    target = model.item_vectors()[model.item_index[favourite]][None, :]
+    res = explain_window(variants, VectorScorer("short"), target, top=len(units))[0]
+    scores = (
+        model.item_vectors()[[model.item_index[favourite]]]
+        @ model.encode_short([_without(h[start:], {j}) for j in range(len(h) - start)]).T
+    )
+    biggest = int(np.argmin(scores[0]))  # removing this event lowers the score most
+    top = res["events"][0]
+    assert (top["item_id"], top["ts"]) == (h[start + biggest][0], h[start + biggest][2])
+    print(f"\ntop event {top['item_id']} ({top['event_type']}), share {top['share']:.3f}")
+
+
+def test_explainer_caches_and_checks_targets(model: InterestModel) -> None:
+    cfg = WindowConfig()
+    w = BehaviorWindow("u1", cfg)
+    for i, e in enumerate(_history(model, 30, seed=4)):
+        w.apply(Event("u1", e[0], e[1], e[2]), "events.view", 0, i)
+    ex = Explainer(lambda: model)
+    targets = model.item_vectors()[:3]
+    a = asyncio.run(ex.explain(w, targets, horizon="blend", top=3))
+    b = asyncio.run(ex.explain(w, targets, horizon="blend", top=3))
+    assert (ex.misses, ex.hits) == (1, 1)
+    assert a == b and a["history_events"] == 30 and len(a["results"]) == 3
+    with pytest.raises(ExplainError):
+        asyncio.run(ex.explain(w, targets[:, :3], horizon="blend"))
+    with pytest.raises(ExplainError):
+        asyncio.run(ex.explain(w, targets, horizon="sideways"))
+    ex.close()
