@@ -260,6 +260,69 @@
     ol.hidden = !cats;
   }
 
+  // ------------------------------------------------------------------ explanations
+  const pct = (x) => (x * 100).toFixed(0) + "%";
+
+  function becauseText(b) {
+    if (!b) return "because of: (no explanation: the user is not held by any worker)";
+    const parts = b.events.filter((e) => e.delta > 0).map((e) => e.group
+      ? e.events + " older events (" + pct(e.share) + ")"
+      : e.event_type + " of " + e.item_id + " at " + when(e.ts).split(" (")[0] + " (" + pct(e.share) + ")");
+    return "because of " + (parts.length ? parts.join(", ") : "no single event") +
+      "; prior " + pct(b.prior_share);
+  }
+
+  function fillBecause(id, rows, label) {
+    const frag = document.createDocumentFragment();
+    rows.forEach((r) => {
+      const li = document.createElement("li");
+      const head = document.createElement("span");
+      head.className = "id";
+      head.textContent = label(r) + " · " + r.score.toFixed(3);
+      const why = document.createElement("p");
+      why.className = "because";
+      why.textContent = becauseText(r.because);
+      li.append(head, why);
+      frag.appendChild(li);
+    });
+    $(id).replaceChildren(frag);
+  }
+
+  async function loadRecs(user) {
+    const r = await getJSON("/v1/users/" + encodeURIComponent(user) +
+      "/recommendations?k=5&explain=true&explain_events=3");
+    if (user !== currentUser) return;
+    if (r.status === 200 && r.body) {
+      fillBecause("recs", r.body.items, (it) => it.item_id);
+      $("recs-status").textContent = "";
+    } else {
+      $("recs").replaceChildren();
+      const detail = r.body && r.body.detail ? ": " + String(r.body.detail) : "";
+      $("recs-status").textContent = "No explanation (" + r.status + detail + ")";
+    }
+  }
+
+  async function loadAudience(item) {
+    $("audience-status").textContent = "Loading…";
+    try {
+      const resp = await fetch("/v1/audience", { method: "POST", cache: "no-cache",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ item_id: item, k: 5, explain: true, explain_events: 3 }) });
+      let body = null;
+      try { body = await resp.json(); } catch (e) { body = null; }
+      if (resp.status === 200 && body) {
+        fillBecause("audience", body.users, (u) => u.user_id);
+        $("audience-status").textContent = body.users.length ? "" : "No users yet.";
+      } else {
+        $("audience").replaceChildren();
+        const detail = body && body.detail ? ": " + String(body.detail) : "";
+        $("audience-status").textContent = "Error " + resp.status + detail;
+      }
+    } catch (e) {
+      $("audience-status").textContent = "API unreachable";
+    }
+  }
+
   function renderTimes(u) {
     text("u-event-time", when(u.event_time));
     text("u-updated", when(u.updated_at));
@@ -293,6 +356,7 @@
         if (shown !== shownVersion) {
           render(r.body);
           shownVersion = shown;
+          loadRecs(user).catch(() => { $("recs-status").textContent = "API unreachable"; });
         } else {
           renderTimes(r.body); // "… s ago" keeps counting while the user is unchanged
         }
@@ -326,6 +390,11 @@
       ev.preventDefault();
       const user = $("user-id").value.trim();
       if (user) select(user);
+    });
+    $("audience-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const item = $("audience-item").value.trim();
+      if (item) loadAudience(item);
     });
     const m = /^#user=(.+)$/.exec(location.hash);
     if (m) {
