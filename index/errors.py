@@ -13,6 +13,7 @@ __all__ = [
     "IndexNotBuilt",
     "MissingIndexDependency",
     "SnapshotError",
+    "StoreUnavailable",
     "UnknownId",
     "VectorIndexError",
 ]
@@ -60,3 +61,7 @@ class SnapshotError(VectorIndexError):
 
 class MissingIndexDependency(VectorIndexError, ImportError):
     """A library needed by a backend is not installed; the message names the extra."""
+
+
+class StoreUnavailable(VectorIndexError):
+    """A remote user store (OpenSearch) did not answer, or answered only in part."""

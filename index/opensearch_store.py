@@ -25,7 +25,7 @@ from opensearchpy.exceptions import ConflictError, NotFoundError, OpenSearchExce
 
 from interest_stream.core.records import UserRecord
 from interest_stream.core.vectors import blend
-from interest_stream.index.errors import DimensionMismatch, VectorIndexError
+from interest_stream.index.errors import DimensionMismatch, StoreUnavailable
 from interest_stream.index.opensearch_mapping import (
     VECTOR_FIELDS,
     Engine,
@@ -51,10 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _META_FIELDS = ("life", "kp", "tomb", "deleted")
-
-
-class StoreUnavailable(VectorIndexError):
-    """OpenSearch did not answer or refused a request that must be retried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +104,14 @@ class OpenSearchStore:
         shards: int = 1,
         ef_search: int = 400,
         timeout_s: float = 30.0,
+        max_retries: int = 0,
         client: OpenSearch | None = None,
     ) -> None:
-        """Connect lazily to ``urls`` (comma-separated or a list); nothing is created yet."""
+        """Connect lazily to ``urls`` (comma-separated or a list); nothing is created yet.
+
+        ``timeout_s`` bounds one HTTP request; ``max_retries`` re-sends a request that
+        failed to connect or timed out to the next URL (readers: idempotent requests).
+        """
         if not 0.0 <= blend_weight <= 1.0:
             raise ValueError(f"blend_weight must be within 0..1, got {blend_weight}")
         hosts = [u.strip() for u in urls.split(",")] if isinstance(urls, str) else list(urls)
@@ -120,7 +121,11 @@ class OpenSearchStore:
         self.shards = shards
         self.ef_search = ef_search
         self.client = client or OpenSearch(
-            hosts=hosts, timeout=timeout_s, max_retries=0, http_compress=False
+            hosts=hosts,
+            timeout=timeout_s,
+            max_retries=max_retries,
+            retry_on_timeout=max_retries > 0,
+            http_compress=False,
         )
         self.dim: int | None = None
 
@@ -408,7 +413,8 @@ class OpenSearchStore:
         """The ``k`` users whose ``horizon`` vector has the largest inner product with ``vector``.
 
         Raises:
-            StoreUnavailable: OpenSearch did not answer.
+            StoreUnavailable: OpenSearch did not answer, or a shard failed (no copy
+                answered: the hits would be a partial audience).
         """
         if horizon not in VECTOR_FIELDS:
             raise ValueError(f"horizon must be one of {VECTOR_FIELDS}, got {horizon!r}")
@@ -427,6 +433,11 @@ class OpenSearchStore:
             resp = self.client.search(index=self.index, body=body)
         except OpenSearchException as exc:
             raise StoreUnavailable(f"k-NN search failed: {exc}") from exc
+        failed = int(resp.get("_shards", {}).get("failed", 0))
+        if failed:
+            raise StoreUnavailable(
+                f"k-NN search: {failed} shard(s) failed, the audience is partial"
+            )
         return [(h["_id"], ip_from_score(float(h["_score"]))) for h in resp["hits"]["hits"]]
 
     def count(self) -> int:

@@ -28,7 +28,10 @@ __all__ = ["OpenSearchUsers"]
 class OpenSearchUsers:
     """Users read from OpenSearch, with the methods the API calls on a ``UserIndex``."""
 
-    def __init__(self, store: OpenSearchStore, *, count_ttl_s: float = 1.0) -> None:
+    #: Every call is a request to the cluster: the API runs them off its event loop.
+    remote = True
+
+    def __init__(self, store: OpenSearchStore, *, count_ttl_s: float = 5.0) -> None:
         """Wrap ``store``; the dimension is the index's (read when first needed)."""
         self.store = store
         self.model_version: str | None = None
@@ -51,12 +54,21 @@ class OpenSearchUsers:
     def blend_weight(self, value: float) -> None:
         self.store.blend_weight = value
 
+    def refresh_count(self) -> int:
+        """Ask the cluster how many users it holds (a request; the API's watch thread calls it)."""
+        n = self.store.count()
+        self._count = (time.monotonic(), n)
+        return n
+
     def count(self) -> int:
-        """Users held (as of the last refresh; cached for ``count_ttl_s``)."""
+        """Users held as of the last :meth:`refresh_count` (asked here only if too old).
+
+        In the API the cluster watch refreshes it every second from its thread, so a
+        route reading it does not wait for the cluster.
+        """
         at, n = self._count
         if time.monotonic() - at >= self.count_ttl_s:
-            n = self.store.count()
-            self._count = (time.monotonic(), n)
+            n = self.refresh_count()
         return n
 
     def __len__(self) -> int:

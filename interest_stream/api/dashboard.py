@@ -220,7 +220,7 @@ def dashboard_router(state: ApiState, history: LiveHistory | None = None) -> API
         k: Annotated[int, Query(ge=1, le=MAX_TOP, description="Top items per horizon.")] = 10,
     ) -> Response:
         """One user for the explorer: record metadata, recent items, short/long top items."""
-        return _explore(state, request, user_id, k)
+        return await state.users_call(_explore, state, request, user_id, k)
 
     return router
 

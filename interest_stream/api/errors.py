@@ -3,7 +3,8 @@
 ``error`` is a short machine-readable code (``unknown_user``, ``invalid_request``,
 ``model_not_loaded`` ...), ``detail`` a sentence for people. FastAPI's own
 validation errors and Starlette's HTTP exceptions (404 route, 405) get the same
-shape; an unexpected exception is logged and answered with a JSON 500.
+shape; a remote user store that does not answer is a 503 ``store_unavailable``; an
+unexpected exception is logged and answered with a JSON 500.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from interest_stream.core.errors import InterestStreamError
-from interest_stream.index.errors import DimensionMismatch, UnknownId
+from interest_stream.index.errors import DimensionMismatch, StoreUnavailable, UnknownId
 
 __all__ = [
     "ApiError",
@@ -129,6 +130,11 @@ async def _dimension(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("dimension_mismatch", str(exc)), status_code=409)
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("user store unavailable on %s: %s", request.url.path, exc)
+    return JSONResponse(error_body("store_unavailable", str(exc)), status_code=503)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(
@@ -144,4 +150,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(UnknownId, _unknown_id)
     app.add_exception_handler(DimensionMismatch, _dimension)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -1,5 +1,8 @@
 """The API with ``INTEREST_USER_STORE=opensearch``: users read from the cluster, none in memory.
 
+Every call to the cluster runs off the event loop (``ApiState.users_call``, the thread
+pool), bounded by :data:`READ_TIMEOUT_S` and :data:`READ_RETRIES`.
+
 :func:`opensearch_users` builds the user store the routes call
 (:class:`~interest_stream.index.opensearch_users.OpenSearchUsers`: real-time GET by id,
 k-NN audience); :class:`ClusterWatch` stands where the output-topic consumer stands in
@@ -24,9 +27,15 @@ if TYPE_CHECKING:
     from interest_stream.api.consumer import OutputConsumer
     from interest_stream.index.user_index import UserIndex
 
-__all__ = ["ClusterWatch", "opensearch_parts", "opensearch_users"]
+__all__ = ["READ_RETRIES", "READ_TIMEOUT_S", "ClusterWatch", "opensearch_parts", "opensearch_users"]
 
 logger = logging.getLogger(__name__)
+
+#: Bound of one request of the API to the cluster (a GET by id, a k-NN audience) ...
+READ_TIMEOUT_S = 5.0
+#: ... and how often a request that could not connect or timed out is sent again, to
+#: the next of INTEREST_OPENSEARCH_URL's nodes (a killed node refuses at once).
+READ_RETRIES = 2
 
 
 def opensearch_users(settings: Settings, items: ItemIndex | None) -> OpenSearchUsers:
@@ -35,6 +44,8 @@ def opensearch_users(settings: Settings, items: ItemIndex | None) -> OpenSearchU
         settings.opensearch_url,
         settings.opensearch_index,
         blend_weight=items.blend_alpha if items is not None else 0.5,
+        timeout_s=READ_TIMEOUT_S,
+        max_retries=READ_RETRIES,
     )
     users = OpenSearchUsers(store)
     users.model_version = None if items is None else items.model_version
@@ -81,6 +92,10 @@ class ClusterWatch:
             self.error, has_index = str(exc), False
         ok = self.health in ("yellow", "green") and has_index
         if ok:
+            try:  # the count /v1/stats and /metrics read, asked here, off the event loop
+                self.users.refresh_count()
+            except StoreUnavailable as exc:
+                logger.debug("user count: %s", exc)
             self.status, self.error = "ready", None
             self._ready.set()
         else:

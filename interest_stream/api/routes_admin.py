@@ -59,7 +59,8 @@ def admin_router(state: ApiState) -> APIRouter:
         worker deletes its state on the forget command sent by the default hook.
         A failed hook answers 503 (the call is idempotent: retry it).
         """
-        held = user_id in state.users  # before the tombstone: our consumer may apply it first
+        # before the tombstone: our consumer may apply it first (a request in opensearch mode)
+        held = await state.users_call(state.users.__contains__, user_id)
         try:
             await anyio.to_thread.run_sync(state.publisher.tombstone, user_id)
         except PublishError as exc:

@@ -68,6 +68,16 @@ class ApiState:
             return await anyio.to_thread.run_sync(fn, *args)
         return fn(*args)
 
+    async def users_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn(*args)`` on the user store: in the thread pool when it is remote.
+
+        A remote store (OpenSearch, ``users.remote``) answers over the network; the
+        in-process one is called directly.
+        """
+        if getattr(self.users, "remote", False):
+            return await anyio.to_thread.run_sync(fn, *args)
+        return fn(*args)
+
 
 def get_state(app: FastAPI) -> ApiState:
     """The :class:`ApiState` of an app made by ``create_app``."""
