@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 ENDPOINTS = {
     "interest": "/v1/users/{user}/interest",
     "recommendations": "/v1/users/{user}/recommendations?k=10",
+    # the pure vector ranking beside the default (the re-ranker when the checkpoint has one)
+    "recommendations_vector": "/v1/users/{user}/recommendations?k=10&rank=vector",
+    # with the events behind each item (asks the worker; `bench explain`)
+    "recommendations_explain": "/v1/users/{user}/recommendations?k=10&explain=true",
     "mixed": "",  # see MIX
 }
 
@@ -118,6 +122,21 @@ def _summary(lat_s: Sequence[float], errors: int, seconds: float) -> dict[str, A
 
 
 # --------------------------------------------------------------------------- server
+def _recent_events(items: Any, n_users: int) -> Any:
+    """Per user, 20 ``recent`` events over 8 catalogue items (re-visits, mixed types), so
+    that the re-ranker's own-touch features are exercised as with real records."""
+    ids = [items.reranker[1].ids[r] for r in range(min(len(items.reranker[1].ids), 50_000))]
+    types = ("view", "view", "view", "click", "cart", "fav", "purchase")
+    rng = random.Random(5)
+
+    def one(j: int) -> tuple[tuple[str, str, int], ...]:
+        own = rng.sample(ids, 8)
+        t0 = 1_700_000_000_000 - 20 * 60_000
+        return tuple((rng.choice(own), rng.choice(types), t0 + 60_000 * k) for k in range(20))
+
+    return one
+
+
 def _serve(args: argparse.Namespace) -> None:
     """Child process: build the indexes and serve them with uvicorn."""
     import uvicorn
@@ -146,11 +165,12 @@ def _serve(args: argparse.Namespace) -> None:
     long, _ = synthetic_users(args.users, dim, n_queries=1, seed=2)
     users = UserIndex(dim, config=FaissConfig(), blend_weight=items.blend_alpha,
                       model_version=items.model_version)  # fmt: skip
+    recent = _recent_events(items, args.users) if items.reranker is not None else None
     for s in range(0, args.users, 10_000):
         e = min(args.users, s + 10_000)
         users.upsert_many([
             UserRecord(f"u{j}", 1, short[j], long[j], 1_700_000_000_000, 1_700_000_000_000,
-                       items.model_version)
+                       items.model_version, recent=() if recent is None else recent(j))
             for j in range(s, e)
         ])  # fmt: skip
     settings = load_settings(api_host="127.0.0.1", api_port=args.port, max_k=1000)

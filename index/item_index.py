@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from interest_stream.core.checkpoint import load_item_meta, load_item_vectors
+from interest_stream.core.rerank import Reranker, RerankItems, load_reranker
 from interest_stream.index.base import VectorIndex, Vectors, as_matrix, create_index
 from interest_stream.index.errors import DimensionMismatch, UnknownId
 from interest_stream.index.faiss_backend import FaissConfig
@@ -132,12 +133,17 @@ class ItemIndex:
         self.source = source
         self.config: dict[str, Any] = {}
         self._meta: dict[str, Any] = dict(meta or {})
+        # the checkpoint's re-ranker and its item data (rerank.json), if it has one
+        self.reranker: tuple[Reranker, RerankItems] | None = None
 
     @classmethod
     def from_checkpoint(
         cls, folder: Path | str, *, backend: str = "faiss", config: FaissConfig | None = None
     ) -> ItemIndex:
         """Build the item index of a model checkpoint folder.
+
+        The checkpoint's re-ranker (``rerank.json``), when present, is loaded too
+        (:attr:`reranker`).
 
         Raises:
             CheckpointError: Missing or inconsistent files.
@@ -155,9 +161,11 @@ class ItemIndex:
             backend=backend, config=config, source=path,
         )  # fmt: skip
         out.config = cfg
+        out.reranker = load_reranker(path, (ids, vecs))
         logger.info(
-            "item index: %d items, dim %d, model %s from %s",
+            "item index: %d items, dim %d, model %s from %s%s",
             out.count(), out.dim, out.model_version, path,
+            " (with a re-ranker)" if out.reranker is not None else "",
         )  # fmt: skip
         return out
 

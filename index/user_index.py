@@ -10,7 +10,9 @@ are applied), so replaying the compacted topic is idempotent.
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from array import array
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from interest_stream.core.events import EVENT_TYPES
 from interest_stream.core.records import HORIZONS, Horizon, UserRecord
 from interest_stream.core.vectors import blend
 from interest_stream.index._rebuild import Rebuilds
@@ -45,6 +48,35 @@ __all__ = ["HORIZONS", "Horizon", "UpsertResult", "UserIndex", "UserRecord"]
 logger = logging.getLogger(__name__)
 
 
+_TYPE_CODE = {t: k for k, t in enumerate(EVENT_TYPES)}
+
+
+@dataclass(slots=True)
+class _Recent:
+    """A record's ``recent`` events, compact: ids, one byte of type, int64 times."""
+
+    items: tuple[str, ...]
+    types: bytes  # index into EVENT_TYPES, 255 = another type (kept by name in ``other``)
+    ts: array[int]
+    other: tuple[str, ...] = ()
+
+    @classmethod
+    def pack(cls, events: Sequence[tuple[str, str, int]]) -> _Recent | None:
+        if not events:
+            return None
+        codes = bytes(_TYPE_CODE.get(t, 255) for _i, t, _ts in events)
+        other = tuple(t for _i, t, _ts in events if t not in _TYPE_CODE)
+        ts = array("q", (int(e[2]) for e in events))
+        return cls(tuple(sys.intern(e[0]) for e in events), codes, ts, other)
+
+    def unpack(self) -> tuple[tuple[str, str, int], ...]:
+        others = iter(self.other)
+        return tuple(
+            (i, EVENT_TYPES[c] if c != 255 else next(others), int(t))
+            for i, c, t in zip(self.items, self.types, self.ts, strict=True)
+        )
+
+
 @dataclass(slots=True)
 class _Meta:
     version: int
@@ -53,14 +85,23 @@ class _Meta:
     model_version: str | None
     recent_items: tuple[str, ...]
     purchased: tuple[str, ...]
+    recent: _Recent | None = None
 
     def to_json(self) -> list[Any]:
-        return [self.version, self.event_time, self.updated_at, self.model_version,
-                list(self.recent_items), list(self.purchased)]  # fmt: skip
+        row: list[Any] = [self.version, self.event_time, self.updated_at, self.model_version,
+               list(self.recent_items), list(self.purchased)]  # fmt: skip
+        if self.recent is not None:
+            row.append([list(e) for e in self.recent.unpack()])
+        return row
 
     @classmethod
     def from_json(cls, row: Sequence[Any]) -> _Meta:
-        return cls(int(row[0]), row[1], row[2], row[3], tuple(row[4]), tuple(row[5]))
+        recent = (
+            _Recent.pack([(str(e[0]), str(e[1]), int(e[2])) for e in row[6]])
+            if len(row) > 6
+            else None
+        )
+        return cls(int(row[0]), row[1], row[2], row[3], tuple(row[4]), tuple(row[5]), recent)
 
 
 @dataclass
@@ -193,7 +234,8 @@ class UserIndex:
             short: Short-term vector ``[dim]``.
             long: Long-term vector ``[dim]``.
             record: The rest of the output record: ``event_time``, ``updated_at``,
-                ``model_version``, and optionally ``recent_items`` / ``purchased``.
+                ``model_version``, and optionally ``recent_items`` / ``purchased`` /
+                ``recent`` (``(item_id, event_type, ts)`` events, oldest first).
 
         Raises:
             DimensionMismatch: Vectors of another dimension than the index.
@@ -211,6 +253,9 @@ class UserIndex:
                     rec.get("model_version"),
                     tuple(rec.get("recent_items") or ()),
                     tuple(rec.get("purchased") or ()),
+                    recent=tuple(
+                        (str(e[0]), str(e[1]), int(e[2])) for e in rec.get("recent") or ()
+                    ),
                 )
             ]
         )
@@ -255,7 +300,7 @@ class UserIndex:
                         continue
                     self._meta[rec.user_id] = _Meta(
                         rec.version, rec.event_time, rec.updated_at, rec.model_version,
-                        tuple(rec.recent_items), tuple(rec.purchased),
+                        tuple(rec.recent_items), tuple(rec.purchased), _Recent.pack(rec.recent),
                     )  # fmt: skip
                     rows.append(j)
                 if rows:
@@ -328,6 +373,7 @@ class UserIndex:
                 self._sets["short"].get(user_id), self._sets["long"].get(user_id),
                 meta.event_time, meta.updated_at, meta.model_version,
                 meta.recent_items, meta.purchased,
+                recent=() if meta.recent is None else meta.recent.unpack(),
             )  # fmt: skip
 
     def vector(self, user_id: str, horizon: str = "blend") -> npt.NDArray[np.float32]:

@@ -48,6 +48,7 @@ from interest_stream.core.records import (
     Horizon,
     InterestOut,
     MalformedRecord,
+    Ranking,
     RecommendationsOut,
     ScoredItem,
     ScoredUser,
@@ -426,14 +427,36 @@ class InterestClient(_Closing):
         *,
         horizon: Horizon = "blend",
         exclude: Sequence[str] | None = None,
+        rank: Ranking | None = None,
     ) -> list[ScoredItem]:
-        """Items nearest the user's interest, best first.
+        """Items recommended to the user, best first.
 
         Args:
             user_id: The user.
             k: Items to return.
             horizon: ``short``, ``long`` or ``blend``.
             exclude: Any of ``recent``, ``purchased``, ``seen``.
+            rank: ``rerank`` or ``vector`` (default: the server's; ``rerank`` with
+                ``horizon="blend"`` when the checkpoint has a re-ranker). The answer's
+                ranking is in :meth:`recommendations_out`.
+
+        Raises:
+            NotFound: Unknown user. ServiceUnavailable: no model loaded.
+        """
+        return self.recommendations_out(
+            user_id, k, horizon=horizon, exclude=exclude, rank=rank
+        ).items
+
+    def recommendations_out(
+        self,
+        user_id: str,
+        k: int = 10,
+        *,
+        horizon: Horizon = "blend",
+        exclude: Sequence[str] | None = None,
+        rank: Ranking | None = None,
+    ) -> RecommendationsOut:
+        """The whole ``/recommendations`` answer (items and the ``ranking`` used).
 
         Raises:
             NotFound: Unknown user. ServiceUnavailable: no model loaded.
@@ -441,10 +464,11 @@ class InterestClient(_Closing):
         params: dict[str, Any] = {"k": k, "horizon": horizon}
         if exclude:
             params["exclude"] = ",".join(exclude)
-        out = self._request(
+        if rank is not None:
+            params["rank"] = rank
+        return self._request(
             "GET", f"/v1/users/{_seg(user_id)}/recommendations", RecommendationsOut, params=params
         )
-        return out.items
 
     def similar(self, item_id: str, k: int = 10) -> list[ScoredItem]:
         """Items nearest an item (itself excluded), best first.

@@ -205,6 +205,11 @@ _D = _train_defaults()
     help="temporal: train before --cutoff-quantile; loo: train on each user's events but "
     "the last two, validate on the second-last (see docs/DESIGN.md).",
 )
+@click.option(
+    "--no-rerank",
+    is_flag=True,
+    help="Do not fit the repeat-aware re-ranker (fit on the validation split by default).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bars or logs.")
 def train_cmd(**opts: Any) -> None:
@@ -280,6 +285,7 @@ def _train_config(o: dict[str, Any]) -> Any:
         max_train_seconds=None if max_minutes is None else 60 * max_minutes,
         revisit_gain=o["revisit_gain"],
         protocol=o["protocol"],
+        rerank=not o["no_rerank"],
     )
 
 

@@ -330,6 +330,8 @@ class TrainConfig:
             :mod:`interest_stream.models.loo`: train on each user's events but the last two,
             validate on the second-last; ``cutoff_quantile`` ignored, ``val_fraction`` only
             switches validation on (> 0) or off, no refit).
+        rerank: With validation, fit the repeat-aware re-ranker on the validation split
+            (:mod:`interest_stream.models.rerank_fit`) and ship it in the checkpoint.
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -372,6 +374,7 @@ class TrainConfig:
     max_train_seconds: float | None = None
     revisit_gain: float | None = None
     protocol: str = "temporal"
+    rerank: bool = True
 
     def __post_init__(self) -> None:
         """Coerce enum strings and check ranges, naming the offending field."""

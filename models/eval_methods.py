@@ -14,11 +14,12 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from interest_stream.core.events import Interaction
 from interest_stream.models.config import TaskKind
 from interest_stream.models.metrics import METRIC_NAMES, bootstrap_ci, paired_ratio_ci, rank_metrics
 from interest_stream.models.split import EvalSplit
@@ -26,18 +27,25 @@ from interest_stream.models.split import EvalSplit
 __all__ = [
     "BASELINE_METHODS",
     "MODEL_METHODS",
+    "RERANK_METHOD",
     "ScoreFn",
+    "add_rerank",
+    "candidate_vectors",
     "dot_scores",
     "machine_info",
     "model_vectors",
     "summarise",
     "task_results",
+    "user_vectors",
 ]
 
 log = logging.getLogger(__name__)
 
 MODEL_METHODS = ("short", "long", "blend")
 """The model's vectors, in report order."""
+RERANK_METHOD = "rerank"
+"""The two-stage ranking (vector candidates + own recent items, re-ranked), when the
+checkpoint has a re-ranker: the API's default ranking."""
 BASELINE_METHODS = ("popularity", "recent_popularity", "item_knn", "repeat_last")
 """The baselines (:class:`~interest_stream.models.baselines.Baselines`), in report order."""
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -58,6 +66,39 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "loadavg": list(load),
     }
+
+
+def user_vectors(
+    model: Any, histories: Sequence[Sequence[Interaction]], alpha: float
+) -> dict[str, np.ndarray]:
+    """Short, long and blended (``alpha``) vectors of histories, as the worker builds them.
+
+    Args:
+        model: An :class:`~interest_stream.models.model.InterestModel`.
+        histories: Per user, every event before the ranking time (oldest first).
+        alpha: Blend weight of the short vector.
+
+    Returns:
+        ``{"short", "long", "blend"}`` -> float32 ``[U, dim]``.
+    """
+    long_cap = int(model.config.get("train", {}).get("long_history_events", 200))
+    s = model.encode_short([model.short_window(h) for h in histories])
+    lo = model.encode_long([h[-long_cap:] for h in histories])
+    return {"short": s, "long": lo, "blend": model.blend(s, lo, alpha)}
+
+
+def candidate_vectors(model: Any, candidates: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Item vectors of a ranking universe: float32 ``[C, dim]`` (zero rows for items the
+    checkpoint does not know) and bool ``[C]`` ``known``."""
+    items = model.item_vectors()
+    cand = np.zeros((len(candidates), model.dim), dtype=np.float32)
+    known = np.zeros(len(candidates), dtype=bool)
+    for col, item in enumerate(candidates):
+        row = model.item_index.get(item)
+        if row is not None:
+            cand[col] = items[row]
+            known[col] = True
+    return cand, known
 
 
 def model_vectors(
@@ -82,23 +123,11 @@ def model_vectors(
 
     t0 = time.perf_counter()
     model = InterestModel.load(model_dir, device=device)
-    long_cap = int(model.config.get("train", {}).get("long_history_events", 200))
-    shorts = [model.short_window(h) for h in split.histories]
-    longs = [h[-long_cap:] for h in split.histories]
     t1 = time.perf_counter()
-    s = model.encode_short(shorts)
-    lo = model.encode_long(longs)
-    t2 = time.perf_counter()
     used_alpha = model.blend_alpha if alpha is None else alpha
-    vecs = {"short": s, "long": lo, "blend": model.blend(s, lo, used_alpha)}
-    items = model.item_vectors()
-    cand = np.zeros((len(split.candidates), model.dim), dtype=np.float32)
-    known = np.zeros(len(split.candidates), dtype=bool)
-    for col, item in enumerate(split.candidates):
-        row = model.item_index.get(item)
-        if row is not None:
-            cand[col] = items[row]
-            known[col] = True
+    vecs = user_vectors(model, split.histories, used_alpha)
+    t2 = time.perf_counter()
+    cand, known = candidate_vectors(model, split.candidates)
     missing = int((~known).sum())
     if missing:
         log.warning("%d candidate items are not in the model's vocabulary", missing)
@@ -135,6 +164,36 @@ def dot_scores(v: np.ndarray, cand: np.ndarray, known: np.ndarray | None = None)
         return res
 
     return f
+
+
+def add_rerank(
+    fns: dict[str, ScoreFn],
+    split: EvalSplit,
+    model_dir: str | os.PathLike[str],
+    vecs: dict[str, np.ndarray],
+    cand: np.ndarray,
+    known: np.ndarray,
+) -> dict[str, Any] | None:
+    """Add the ``rerank`` method (after ``blend``) when the checkpoint has a re-ranker.
+
+    Returns:
+        The re-ranker's description for the report (``None``: the checkpoint has none).
+    """
+    from interest_stream.core.rerank import load_reranker
+    from interest_stream.models.rerank_fit import rerank_score_fn
+
+    loaded = load_reranker(model_dir)
+    if loaded is None:
+        return None
+    rr, items = loaded
+    ordered = {m: f for m, f in fns.items() if m in MODEL_METHODS}
+    ordered[RERANK_METHOD] = rerank_score_fn(split, vecs, cand, known, rr, items)
+    ordered.update({m: f for m, f in fns.items() if m not in MODEL_METHODS})
+    fns.clear()
+    fns.update(ordered)
+    return {"features": list(rr.feature_names), "n_candidates": rr.n_candidates,
+            "weights": dict(zip(rr.feature_names, rr.weights.tolist(), strict=True)),
+            "info": {k: v for k, v in rr.info.items() if k != "grid"}}  # fmt: skip
 
 
 def summarise(
@@ -177,12 +236,19 @@ def task_results(
     summary = summarise(per_user, n_bootstrap, seed)
     baselines = [m for m in methods if m in BASELINE_METHODS]
     best = max(baselines, key=lambda m: summary[m]["ndcg@10"]["mean"])
-    ratios = {}
-    for m in MODEL_METHODS:
+    ratios, vs_repeat = {}, {}
+    for m in (*MODEL_METHODS, RERANK_METHOD):
+        if m not in per_user:
+            continue
         r, lo, hi = paired_ratio_ci(
             per_user[m]["ndcg@10"], per_user[best]["ndcg@10"], n_bootstrap, seed
         )
         ratios[m] = {"ratio": r, "ci95": [lo, hi]}
+        if "repeat_last" in per_user:
+            r, lo, hi = paired_ratio_ci(
+                per_user[m]["ndcg@10"], per_user["repeat_last"]["ndcg@10"], n_bootstrap, seed
+            )
+            vs_repeat[m] = {"ratio": r, "ci95": [lo, hi]}
     log.info(
         "%s task: %d users; blend NDCG@10 %.4f, best baseline %s %.4f (ratio %.2f)",
         task.value,
@@ -200,4 +266,5 @@ def task_results(
         "methods": summary,
         "best_baseline": best,
         "ndcg@10_ratio_vs_best_baseline": ratios,
+        **({"ndcg@10_ratio_vs_repeat_last": vs_repeat} if vs_repeat else {}),
     }

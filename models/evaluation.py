@@ -35,7 +35,9 @@ from interest_stream.models.config import TaskKind
 from interest_stream.models.errors import DataError, ModelError
 from interest_stream.models.eval_methods import (
     MODEL_METHODS,
+    RERANK_METHOD,
     ScoreFn,
+    add_rerank,
     dot_scores,
     machine_info,
     model_vectors,
@@ -168,6 +170,7 @@ def evaluate(
     fns: dict[str, ScoreFn] = {m: dot_scores(vecs[m], cand) for m in MODEL_METHODS}
     fns.update(popularity=base.popularity, recent_popularity=base.recent_popularity)
     fns.update(item_knn=base.item_knn, repeat_last=base.repeat_last)
+    rerank = add_rerank(fns, split, model_dir, vecs, cand, info["known"])
     results = {t.value: task_results(split, t, fns, n_bootstrap, seed) for t in task_list}
     for res in results.values():
         _add_aliases(res)
@@ -187,6 +190,8 @@ def evaluate(
         "split": t_split - t0, **timing, "baselines_setup": t_base - t_split, "total": t_end - t0,
     }  # fmt: skip
     report = _report(dataset, model_dir, cfg, info, protocol, split, base, results, cold, seconds)
+    report["default_ranking"] = RERANK_METHOD if rerank is not None else "blend"
+    report["rerank"] = rerank
     if out_dir is not None:
         write_report(report, out_dir, name)
     return report

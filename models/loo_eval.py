@@ -27,7 +27,9 @@ from interest_stream.models.config import TaskKind
 from interest_stream.models.errors import ModelError
 from interest_stream.models.eval_methods import (
     MODEL_METHODS,
+    RERANK_METHOD,
     ScoreFn,
+    add_rerank,
     dot_scores,
     machine_info,
     model_vectors,
@@ -134,6 +136,7 @@ def evaluate_loo(
     fns: dict[str, ScoreFn] = {m: dot_scores(vecs[m], cand, known) for m in MODEL_METHODS}
     fns.update(popularity=base.popularity, recent_popularity=base.recent_popularity)
     fns.update(item_knn=base.item_knn, repeat_last=base.repeat_last)
+    rerank = add_rerank(fns, split, model_dir, vecs, cand, known)
     results = {"all": task_results(split, TaskKind.ALL, fns, n_bootstrap, seed)}
     t_end = time.perf_counter()
     tgt_known = sum(bool(known[t[0]]) for t in split.targets[TaskKind.ALL] if len(t))
@@ -147,6 +150,8 @@ def evaluate_loo(
         "split": stats,
         "recent_popularity_events": base.recent_events,
         "tasks": results,
+        "default_ranking": RERANK_METHOD if rerank is not None else "blend",
+        "rerank": rerank,
         "cold_start": None,
         "model_training": _training_info(cfg, model_dir),
         "candidates_missing_from_model": info["candidates_missing_from_model"],

@@ -45,10 +45,20 @@ def markdown_report(report: dict[str, Any]) -> str:
         ratio = res.get("ndcg@10_ratio_vs_best_baseline", {}).get("blend", {})
         r = ratio.get("ratio", float("nan"))
         lo, hi = ratio.get("ci95", [float("nan"), float("nan")])
-        lines.append(
+        head = (
             f"**{proto.get('name', 'temporal')}, {task} events** ({res['users']} users); "
             f"blend NDCG@10 / best baseline ({best}) = {r:.2f}x [95% CI {lo:.2f}, {hi:.2f}]"
         )
+        rr = res.get("ndcg@10_ratio_vs_best_baseline", {}).get("rerank")
+        if rr is not None:
+            head += f"; rerank: {rr['ratio']:.2f}x [{rr['ci95'][0]:.2f}, {rr['ci95'][1]:.2f}]"
+            rep = res.get("ndcg@10_ratio_vs_repeat_last", {}).get("rerank")
+            if rep is not None and best != "repeat_last":
+                head += (
+                    f", vs repeat_last {rep['ratio']:.2f}x "
+                    f"[{rep['ci95'][0]:.2f}, {rep['ci95'][1]:.2f}]"
+                )
+        lines.append(head)
         lines.append("")
         heads = [m.replace("recall", "Recall").replace("ndcg", "NDCG").replace("mrr", "MRR")
                  for m in _MD_METRICS]  # fmt: skip
@@ -106,6 +116,7 @@ def write_report(
         "short": "#9ecae1",
         "long": "#4292c6",
         "blend": "#08519c",
+        "rerank": "#31a354",
         "popularity": "#bdbdbd",
         "recent_popularity": "#969696",
         "item_knn": "#fd8d3c",

@@ -20,14 +20,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
+from interest_stream.core.rerank import (
+    RERANK_FILE,
+    RERANK_ITEMS_FILE,
+    Reranker,
+    RerankItems,
+    item_stats,
+    write_reranker,
+)
+from interest_stream.models import rerank_fit
 from interest_stream.models.config import N_SPECIAL_ITEMS, TrainConfig
 from interest_stream.models.errors import DataError
+from interest_stream.models.eval_methods import candidate_vectors, user_vectors
 from interest_stream.models.fit import fit
 from interest_stream.models.loo import loo_fingerprint, loo_frame, loo_split
-from interest_stream.models.model import save_checkpoint, select_device
+from interest_stream.models.model import InterestModel, save_checkpoint, select_device
+from interest_stream.models.rerank_fit import (
+    HIDE_RATE,
+    fit_reranker,
+    split_candidates,
+)
 from interest_stream.models.selection import (
     ALPHA_GRID,
     REVISIT_GAIN_GRID,
@@ -90,6 +106,7 @@ class _Fitted:
     trend_gain: float = 0.0
     trend_days: float | None = None  # without validation the trend stays off
     val_cutoff: int | None = None
+    rerank: Reranker | None = None  # fit on the validation split (before any refit)
 
 
 @dataclass
@@ -153,6 +170,9 @@ def _fit_validated(
         out.phases["channel_selection"] = channels
         if cfg.select_alpha:
             out.selected_alpha = float(channels["alpha"])
+    if cfg.rerank:
+        out.rerank = _fit_rerank(out, cfg, vocab, val_split, device)
+        out.phases["rerank"] = out.rerank.info
     if period.refit:
         second = fit(
             period.train_df, vocab, cfg, device, out.best_epoch, None, progress, "refit", deadline
@@ -160,6 +180,39 @@ def _fit_validated(
         out.phases["refit"] = {"history": second.history, "epochs": out.best_epoch}
         out.enc = second.encoder
     return out
+
+
+def _fit_rerank(
+    fitted: _Fitted, cfg: TrainConfig, vocab: Vocab, val_split: EvalSplit, device: torch.device
+) -> Reranker:
+    """The re-ranker, fit on the validation split with the encoder fit before it.
+
+    The encoder has not seen the validation targets (temporal: fit before the validation
+    period; loo: the valid role is never trained on), so its vector scores there are what
+    serving sees; the channels get the settings chosen on validation, with the trend's
+    window ending at the validation split's cutoff (as in the selection).
+    """
+    _set_channels(fitted, cfg, val_split.train, vocab, val_split.cutoff_ts)
+    alpha = cfg.blend_alpha if fitted.selected_alpha is None else fitted.selected_alpha
+    train_cfg = {**cfg.to_dict(), "blend_alpha": alpha}
+    model = InterestModel(fitted.enc, vocab.item_ids, {"train": train_cfg}, device)
+    vecs = user_vectors(model, val_split.histories, alpha)
+    cand, known = candidate_vectors(model, val_split.candidates)
+    stats = _rerank_stats(val_split.train, vocab, val_split.cutoff_ts)
+    items = RerankItems(vocab.item_ids, model.item_vectors(), stats)
+    n_top = max(rerank_fit.N_CANDIDATES_GRID)
+    data = split_candidates(
+        val_split, vecs, cand, known, items, n_top, hide_rate=HIDE_RATE, seed=cfg.seed
+    )
+    rr: Reranker = fit_reranker(data, seed=cfg.seed)
+    rr.info.update(fit_on="validation split", hide_rate=HIDE_RATE, val_split=val_split.stats)
+    return rr
+
+
+def _rerank_stats(df: pd.DataFrame, vocab: Vocab, end_ts: int) -> np.ndarray:
+    """The re-ranker's item statistics (``rerank_items.npy``) of a training period."""
+    rows = df["item_id"].astype(str).map(vocab.item_index).fillna(-1).to_numpy(dtype=np.int64)
+    return item_stats(rows, df["ts"].to_numpy(dtype=np.int64), len(vocab.item_ids), end_ts)
 
 
 def _fit_phases(
@@ -222,7 +275,13 @@ def _config(
             alpha=fitted.selected_alpha, selected_on="validation", grid=list(ALPHA_GRID)
         )
     trend = {"days": fitted.trend_days, "gain": fitted.trend_gain}
+    rr = fitted.rerank
+    rerank = None
+    if rr is not None:
+        rerank = {"file": RERANK_FILE, "features": list(rr.feature_names),
+                  "n_candidates": rr.n_candidates, "l2": rr.info.get("l2")}  # fmt: skip
     return {
+        "rerank": rerank,
         "train": train_dict,
         "blend_alpha_selection": alpha_info,
         "revisit_gain": fitted.revisit_gain if cfg.encoder.revisit_dim > 0 else None,
@@ -353,6 +412,12 @@ def train(
         "train_seconds": seconds,
     }
     config = _config(cfg, fitted, vocab, split_info, device)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if fitted.rerank is not None:  # before config.json: a watcher reloads on its version
+        write_reranker(out_dir, fitted.rerank, _rerank_stats(train_df, vocab, cutoff))
+    else:
+        for stale in (RERANK_FILE, RERANK_ITEMS_FILE):
+            (Path(out_dir) / stale).unlink(missing_ok=True)
     version = save_checkpoint(
         out_dir, fitted.enc, vocab.item_ids, config, metrics, _item_meta(vocab)
     )

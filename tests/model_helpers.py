@@ -36,7 +36,8 @@ def tiny_encoder_config(**overrides: Any) -> EncoderConfig:
 
 
 def tiny_train_config(**overrides: Any) -> TrainConfig:
-    """A training config for tests: tiny model, two epochs, no validation, one thread."""
+    """A training config for tests: tiny model, two epochs, no validation, one thread,
+    no re-ranker."""
     base: dict[str, Any] = {
         "encoder": tiny_encoder_config(),
         "epochs": 2,
@@ -47,6 +48,7 @@ def tiny_train_config(**overrides: Any) -> TrainConfig:
         "threads": 1,
         "device": "cpu",
         "long_within_session_rate": 0.05,
+        "rerank": False,  # the re-ranker's own tests turn it on (tests/unit/test_rerank.py)
     }
     base.update(overrides)
     return TrainConfig(**base)

@@ -15,8 +15,9 @@ from fastapi import Path as PathParam
 from interest_stream.api.dashboard import CATEGORY_POOL, top_categories
 from interest_stream.api.errors import ApiError
 from interest_stream.api.explain import category_targets, info
+from interest_stream.api.ranking import choose_ranking, rerank
 from interest_stream.api.state import ApiState, require_items
-from interest_stream.core.records import Horizon, InterestOut, RecommendationsOut
+from interest_stream.core.records import Horizon, InterestOut, Ranking, RecommendationsOut
 
 __all__ = ["EXCLUDE_TOKENS", "ExplainEvents", "UserId", "blend_weight", "users_router"]
 
@@ -110,23 +111,46 @@ def users_router(state: ApiState) -> APIRouter:
                 "Records without those lists exclude nothing.",
             ),
         ] = None,
+        rank: Annotated[
+            Ranking | None,
+            Query(
+                description="'rerank': the two-stage ranking (candidates of the blend and "
+                "the user's recent items, re-scored by the checkpoint's learned re-ranker); "
+                "'vector': the horizon's vector alone. Default: 'rerank' for horizon=blend "
+                "when the checkpoint has a re-ranker and the record its recent events, "
+                "else 'vector'. The answer's 'ranking' says which was used.",
+            ),
+        ] = None,
         explain: Explain = False,
         explain_events: ExplainEvents = 3,
     ) -> dict[str, Any]:
         """Items nearest the user's interest vector, best first (with ``explain=true``:
         per item, the user's events that contributed most to its score)."""
         items = require_items(state)
-        if exclude and exclude.strip().lower() != "none":
+        if rank == "rerank" and horizon != "blend":
+            raise ApiError(422, "invalid_request", "query.rank: rerank needs horizon=blend")
+        rec = None
+        if (exclude and exclude.strip().lower() != "none") or (
+            rank != "vector" and horizon == "blend" and items.reranker is not None
+        ):
             rec = await state.users_call(state.users.get, user_id)
-            skip = _exclusions(exclude, rec.recent_items, rec.purchased)
-        else:
+        skip = _exclusions(exclude, rec.recent_items, rec.purchased) if rec else set()
+        if rec is None:
             _exclusions(exclude, (), ())
-            skip = set()
-        vec = await state.users_call(state.users.vector, user_id, horizon)
-        hits = await state.search(lambda: items.search(vec, k, exclude=skip))
+        ranking: Ranking = "vector"
+        if rec is not None and horizon == "blend":
+            ranking = choose_ranking(items, rank, rec)
+        if ranking == "rerank" and rec is not None:
+            user = rec
+            weight = blend_weight(state)
+            hits = await state.search(lambda: rerank(items, user, weight, k, skip))
+        else:
+            vec = await state.users_call(state.users.vector, user_id, horizon)
+            hits = await state.search(lambda: items.search(vec, k, exclude=skip))
         out: dict[str, Any] = {
             "user_id": user_id,
             "horizon": horizon,
+            "ranking": ranking,
             "items": [{"item_id": i, "score": s} for i, s in hits],
         }
         if explain and hits:

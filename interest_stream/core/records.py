@@ -36,6 +36,7 @@ __all__ = [
     "HORIZONS",
     "MAX_ID_CHARS",
     "PURCHASED_IN_RECORD",
+    "RANKINGS",
     "RECENT_IN_RECORD",
     "AudienceOut",
     "BatchPlan",
@@ -49,6 +50,7 @@ __all__ = [
     "HorizonExplain",
     "InterestOut",
     "MalformedRecord",
+    "Ranking",
     "RecommendationsOut",
     "ScoredItem",
     "ScoredUser",
@@ -68,6 +70,9 @@ __all__ = [
 Horizon = Literal["short", "long", "blend"]
 """Which user vector: short-term, long-term, or their blend."""
 HORIZONS: Final[tuple[str, ...]] = get_args(Horizon)
+Ranking = Literal["rerank", "vector"]
+"""How ``/recommendations`` ranked: the learned re-ranker or the vector alone."""
+RANKINGS: Final[tuple[str, ...]] = get_args(Ranking)
 
 RECENT_IN_RECORD = 20
 """Latest events a record carries in ``recent``."""
@@ -104,6 +109,8 @@ class UserRecord:
         produced_at: Kafka time (epoch ms) of the newest source event behind
             these vectors, when the worker sent it; used to measure freshness
             and not stored in the index.
+        recent: The record's ``recent`` events ``(item_id, event_type, ts)``, oldest
+            first (empty when the record has none); the re-ranker's input.
     """
 
     user_id: str
@@ -116,6 +123,7 @@ class UserRecord:
     recent_items: tuple[str, ...] = ()
     purchased: tuple[str, ...] = ()
     produced_at: int | None = None
+    recent: tuple[tuple[str, str, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The output-record JSON object (the ``/interest`` answer)."""
@@ -268,6 +276,23 @@ def _recent_ids(obj: dict[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(sys.intern(e[0]) for e in v))
 
 
+def _recent_events(obj: dict[str, Any]) -> tuple[tuple[str, str, int], ...]:
+    """The ``recent`` field as ``(item_id, event_type, ts)`` tuples; empty when absent or
+    when an entry lacks a string type or an integer time (the ids are checked by
+    :func:`_recent_ids`)."""
+    v = obj.get("recent")
+    if not isinstance(v, list):
+        return ()
+    out = []
+    for e in v:
+        if not (isinstance(e, list) and len(e) >= 3 and isinstance(e[0], str)
+                and isinstance(e[1], str) and isinstance(e[2], int)
+                and not isinstance(e[2], bool)):  # fmt: skip
+            return ()
+        out.append((sys.intern(e[0]), sys.intern(e[1]), e[2]))
+    return tuple(out)
+
+
 def _key_text(key: bytes | None) -> str | None:
     if key is None:
         return None
@@ -332,6 +357,7 @@ def decode_record(
         recent_items=_id_list(obj, "recent_items") or _recent_ids(obj),
         purchased=_id_list(obj, "purchased"),
         produced_at=_opt_int(obj, "produced_at"),
+        recent=_recent_events(obj),
     )
 
 
@@ -469,6 +495,12 @@ class RecommendationsOut(BaseModel):
 
     user_id: str
     horizon: Horizon
+    ranking: Ranking = Field(
+        "vector",
+        description="'rerank': the two-stage ranking (the vectors' candidates and the "
+        "user's recent items, re-scored by the checkpoint's re-ranker; scores are its "
+        "scores); 'vector': inner product with the horizon's vector.",
+    )
     items: list[ScoredItem]
     explain: ExplainInfo | None = Field(None, description="Only with explain=true.")
 

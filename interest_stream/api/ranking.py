@@ -1,0 +1,54 @@
+"""``/recommendations``' two-stage ranking: the vectors' candidates re-scored by the re-ranker.
+
+The features and the scorer are :mod:`interest_stream.core.rerank`'s, the ones training and
+evaluation use; the inputs come from the user's record (short and long vectors, ``recent``
+events) and the checkpoint (item vectors, item statistics, re-ranker weights), which the item
+index loads together (:attr:`~interest_stream.index.item_index.ItemIndex.reranker`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from interest_stream.core.records import Ranking, UserRecord
+from interest_stream.core.vectors import blend
+from interest_stream.index.item_index import ItemIndex
+
+__all__ = ["choose_ranking", "rerank"]
+
+
+def choose_ranking(items: ItemIndex, rank: Ranking | None, rec: UserRecord) -> Ranking:
+    """The ranking a request gets.
+
+    ``rank=vector`` always gets the vector ranking; otherwise (default or ``rerank``) the
+    re-ranker is used when the loaded checkpoint has one and the user's record carries its
+    ``recent`` events (records without them, from older workers, get the vector ranking).
+    """
+    if rank == "vector" or items.reranker is None or not rec.recent:
+        return "vector"
+    return "rerank"
+
+
+def rerank(
+    items: ItemIndex, rec: UserRecord, weight: float, k: int, exclude: Collection[str]
+) -> list[tuple[str, float]]:
+    """The user's ``k`` best items by the checkpoint's re-ranker, best first.
+
+    Args:
+        items: The item index (with a re-ranker).
+        rec: The user's record (vectors and ``recent`` events).
+        weight: The short vector's weight in the blend (the checkpoint's alpha).
+        k: Items to return.
+        exclude: Item ids never returned.
+
+    Returns:
+        ``(item_id, score)`` pairs; an item can be one of the user's recent items that the
+        catalogue has no vector for.
+    """
+    assert items.reranker is not None
+    model, catalogue = items.reranker
+    vec = blend(rec.short, rec.long, weight)
+    n = min(items.count(), max(model.n_candidates, k + len(exclude)))
+    top = [i for i, _s in items.search(vec, n)]
+    ranked = model.rank(catalogue, rec.short, rec.long, vec, top, rec.recent, k, exclude)
+    return list(zip(ranked.items, ranked.scores.tolist(), strict=True))
