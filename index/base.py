@@ -110,6 +110,48 @@ def check_ids(ids: Sequence[str], n: int, *, what: str = "ids") -> list[str]:
     return out
 
 
+def check_batch(
+    ids: Sequence[str],
+    vectors: Any,
+    versions: Sequence[int] | None,
+    dim: int,
+    *,
+    unique: bool,
+) -> tuple[list[str], Vectors]:
+    """Validate a write batch: ``(ids, float32 [n, dim])``; ``unique`` refuses repeated ids."""
+    vecs = as_matrix(vectors, dim)
+    id_list = check_ids(ids, vecs.shape[0])
+    if unique and len(set(id_list)) != len(id_list):
+        raise ValueError("build() got duplicate ids")
+    if versions is not None and len(versions) != len(id_list):
+        raise ValueError(f"got {len(versions)} versions for {len(id_list)} ids")
+    return id_list, vecs
+
+
+def build_versions(ids: Sequence[str], versions: Sequence[int] | None) -> dict[str, int]:
+    """The version map of a fresh build (empty without versions)."""
+    if versions is None:
+        return {}
+    return {i: int(v) for i, v in zip(ids, versions, strict=True)}
+
+
+def accept_newer(
+    held: dict[str, int], ids: Sequence[str], versions: Sequence[int] | None
+) -> list[int]:
+    """Rows of a deduplicated batch to apply: all without versions, else those whose version
+    is not below the held one (``held`` is updated for them)."""
+    if versions is None:
+        return list(range(len(ids)))
+    rows: list[int] = []
+    for j, id_ in enumerate(ids):
+        prev = held.get(id_)
+        if prev is not None and versions[j] < prev:
+            continue
+        held[id_] = versions[j]
+        rows.append(j)
+    return rows
+
+
 def dedupe_batch(
     ids: list[str], vectors: Vectors, versions: Sequence[int] | None
 ) -> tuple[list[str], Vectors, list[int] | None]:

@@ -27,9 +27,10 @@ from interest_stream.index.base import (
     INDEX_META_FILE,
     VectorIndex,
     Vectors,
-    as_matrix,
+    accept_newer,
     atomic_folder,
-    check_ids,
+    build_versions,
+    check_batch,
     dedupe_batch,
     versions_array,
     versions_dict,
@@ -241,12 +242,7 @@ class FaissIndex(VectorIndex):
 
         Writes made by other threads while ``build`` runs are discarded.
         """
-        vecs = as_matrix(vectors, self._dim)
-        id_list = check_ids(ids, vecs.shape[0])
-        if len(set(id_list)) != len(id_list):
-            raise ValueError("build() got duplicate ids")
-        if versions is not None and len(versions) != len(id_list):
-            raise ValueError(f"got {len(versions)} versions for {len(id_list)} ids")
+        id_list, vecs = check_batch(ids, vectors, versions, self._dim, unique=True)
         labels = np.arange(len(id_list), dtype=np.int64)
         with self._rebuild_mutex:
             new = self._make_structure(vecs, labels)
@@ -255,32 +251,21 @@ class FaissIndex(VectorIndex):
                 self._label = {i: j for j, i in enumerate(id_list)}
                 self._ids = dict(enumerate(id_list))
                 self._next_label = len(id_list)
-                self._versions = (
-                    {}
-                    if versions is None
-                    else {i: int(v) for i, v in zip(id_list, versions, strict=True)}
-                )
+                self._versions = build_versions(id_list, versions)
                 self._rep.reset(self._s)
 
     def upsert(
         self, ids: Sequence[str], vectors: Any, versions: Sequence[int] | None = None
     ) -> int:
         """See :meth:`VectorIndex.upsert`."""
-        vecs = as_matrix(vectors, self._dim)
-        id_list = check_ids(ids, vecs.shape[0])
-        if versions is not None and len(versions) != len(id_list):
-            raise ValueError(f"got {len(versions)} versions for {len(id_list)} ids")
+        id_list, vecs = check_batch(ids, vectors, versions, self._dim, unique=False)
         id_list, vecs, vers = dedupe_batch(id_list, vecs, versions)
         apply_threads()
         with self._lock.write():
             rows: list[int] = []
             labels: list[int] = []
-            for j, id_ in enumerate(id_list):
-                if vers is not None:
-                    held = self._versions.get(id_)
-                    if held is not None and vers[j] < held:
-                        continue
-                    self._versions[id_] = vers[j]
+            for j in accept_newer(self._versions, id_list, vers):
+                id_ = id_list[j]
                 lab = self._label.get(id_)
                 if lab is None:
                     lab = self._next_label

@@ -21,9 +21,10 @@ from interest_stream.index.base import (
     INDEX_META_FILE,
     VectorIndex,
     Vectors,
-    as_matrix,
+    accept_newer,
     atomic_folder,
-    check_ids,
+    build_versions,
+    check_batch,
     dedupe_batch,
     versions_array,
     versions_dict,
@@ -56,41 +57,25 @@ class NumpyIndex(VectorIndex):
         self, ids: Sequence[str], vectors: Any, versions: Sequence[int] | None = None
     ) -> None:
         """See :meth:`VectorIndex.build`."""
-        vecs = as_matrix(vectors, self._dim)
-        id_list = check_ids(ids, vecs.shape[0])
-        if len(set(id_list)) != len(id_list):
-            raise ValueError("build() got duplicate ids")
-        if versions is not None and len(versions) != len(id_list):
-            raise ValueError(f"got {len(versions)} versions for {len(id_list)} ids")
+        id_list, vecs = check_batch(ids, vectors, versions, self._dim, unique=True)
         with self._lock.write():
             self._vecs = vecs.copy()
             self._n = len(id_list)
             self._ids = id_list
             self._row = {i: r for r, i in enumerate(id_list)}
-            self._versions = (
-                {}
-                if versions is None
-                else {i: int(v) for i, v in zip(id_list, versions, strict=True)}
-            )
+            self._versions = build_versions(id_list, versions)
 
     def upsert(
         self, ids: Sequence[str], vectors: Any, versions: Sequence[int] | None = None
     ) -> int:
         """See :meth:`VectorIndex.upsert`."""
-        vecs = as_matrix(vectors, self._dim)
-        id_list = check_ids(ids, vecs.shape[0])
-        if versions is not None and len(versions) != len(id_list):
-            raise ValueError(f"got {len(versions)} versions for {len(id_list)} ids")
+        id_list, vecs = check_batch(ids, vectors, versions, self._dim, unique=False)
         id_list, vecs, vers = dedupe_batch(id_list, vecs, versions)
         applied = 0
         with self._lock.write():
             new_rows: list[int] = []
-            for j, id_ in enumerate(id_list):
-                if vers is not None:
-                    held = self._versions.get(id_)
-                    if held is not None and vers[j] < held:
-                        continue
-                    self._versions[id_] = vers[j]
+            for j in accept_newer(self._versions, id_list, vers):
+                id_ = id_list[j]
                 row = self._row.get(id_)
                 if row is None:
                     new_rows.append(j)
