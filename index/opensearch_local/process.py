@@ -152,7 +152,8 @@ def start(
 ) -> ClusterStatus:
     """Start every node (installing first if needed) and wait for a yellow or green cluster.
 
-    Idempotent when the cluster of ``cfg.data_dir`` already runs with the same nodes.
+    Idempotent when the cluster of ``cfg.data_dir`` already runs with the same nodes; when
+    some of them run (another died or was killed), the others are started and rejoin.
 
     Raises:
         OpenSearchInstallError: The distribution cannot be installed.
@@ -166,13 +167,16 @@ def start(
         state = _read_state(cfg)
         running = _running_nodes(cfg, state)
         if running:
-            if sorted(running) != list(range(cfg.nodes)) or any(
+            if not set(running) <= set(range(cfg.nodes)) or any(
                 int(e["http_port"]) != cfg.http_ports[i] for i, e in running.items()
             ):
                 raise OpenSearchStartError(
                     f"the OpenSearch cluster of {cfg.data_dir} already runs with other nodes "
                     "or ports: stop it first"
                 )
+            assert state is not None
+            if len(running) < cfg.nodes:  # a node died or was killed: it rejoins
+                return _relaunch(cfg, state, running, timeout)
             _wait_healthy(cfg, running, timeout)
             return _make_status(cfg, state)
         _check_ports(cfg)
@@ -212,6 +216,35 @@ def _launch_all(cfg: ClusterConfig, java_home: Path, user: RunAs, timeout: float
         cfg.url,
         time.monotonic() - started,
     )
+    return _make_status(cfg, state)
+
+
+def _relaunch(
+    cfg: ClusterConfig, state: dict[str, Any], running: dict[int, dict[str, Any]], timeout: float
+) -> ClusterStatus:
+    """Start the nodes of a running cluster that are not running; wait until all have joined."""
+    missing = [i for i in range(cfg.nodes) if i not in running]
+    for i in missing:
+        for port in (cfg.http_ports[i], cfg.transport_ports[i]):
+            if port_in_use(cfg.host, port):
+                raise OpenSearchStartError(
+                    f"port {port} of node {cfg.node_name(i)} on {cfg.host} is in use by "
+                    "another process: stop it first"
+                )
+    java_home = check_java(OpenSearchStartError)
+    user = resolve_user(cfg.run_as)
+    nodes = dict(running)
+    for i in missing:
+        logger.info("node %s of %s is not running: starting it", cfg.node_name(i), cfg.data_dir)
+        nodes[i] = {
+            "index": i,
+            "pid": _launch_node(cfg, i, java_home, user),
+            "http_port": cfg.http_ports[i],
+            "transport_port": cfg.transport_ports[i],
+        }
+    state = {**state, "nodes": [nodes[i] for i in sorted(nodes)]}
+    _write_state(cfg, state)
+    _wait_healthy(cfg, nodes, timeout)
     return _make_status(cfg, state)
 
 
@@ -279,8 +312,8 @@ def stop(cfg: ClusterConfig | None = None, timeout: float = 60.0) -> bool:
 def kill_node(cfg: ClusterConfig, i: int) -> int | None:
     """SIGKILL node ``i`` (fault tests); return its pid, or ``None`` if it did not run.
 
-    The state file keeps the node: :func:`stop` skips it and a later :func:`start`
-    of the same nodes restarts the killed one only after a :func:`stop`.
+    The state file keeps the node: :func:`stop` skips it, :func:`start` of the same
+    nodes starts it again (it rejoins the cluster with its data).
     """
     entry = _running_nodes(cfg, _read_state(cfg)).get(i)
     if entry is None:
