@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from interest_stream.core.records import Ranking, UserRecord
+from interest_stream.core.rerank import RankedItems
 from interest_stream.core.vectors import blend
 from interest_stream.index.item_index import ItemIndex
 
@@ -31,7 +32,7 @@ def choose_ranking(items: ItemIndex, rank: Ranking | None, rec: UserRecord) -> R
 
 def rerank(
     items: ItemIndex, rec: UserRecord, weight: float, k: int, exclude: Collection[str]
-) -> list[tuple[str, float]]:
+) -> RankedItems:
     """The user's ``k`` best items by the checkpoint's re-ranker, best first.
 
     Args:
@@ -42,13 +43,13 @@ def rerank(
         exclude: Item ids never returned.
 
     Returns:
-        ``(item_id, score)`` pairs; an item can be one of the user's recent items that the
-        catalogue has no vector for.
+        Items, scores and the features they were scored on (``Reranker.contributions`` of
+        the features gives each score's per-feature terms); an item can be one of the
+        user's recent items that the catalogue has no vector for.
     """
     assert items.reranker is not None
     model, catalogue = items.reranker
     vec = blend(rec.short, rec.long, weight)
     n = min(items.count(), max(model.n_candidates, k + len(exclude)))
     top = [i for i, _s in items.search(vec, n)]
-    ranked = model.rank(catalogue, rec.short, rec.long, vec, top, rec.recent, k, exclude)
-    return list(zip(ranked.items, ranked.scores.tolist(), strict=True))
+    return model.rank(catalogue, rec.short, rec.long, vec, top, rec.recent, k, exclude)

@@ -143,7 +143,8 @@ def users_router(state: ApiState) -> APIRouter:
         if ranking == "rerank" and rec is not None:
             user = rec
             weight = blend_weight(state)
-            hits = await state.search(lambda: rerank(items, user, weight, k, skip))
+            ranked = await state.search(lambda: rerank(items, user, weight, k, skip))
+            hits = list(zip(ranked.items, ranked.scores.tolist(), strict=True))
         else:
             vec = await state.users_call(state.users.vector, user_id, horizon)
             hits = await state.search(lambda: items.search(vec, k, exclude=skip))
