@@ -1,4 +1,4 @@
-"""``interest-stream bench encoder|ingest|pipeline|index|api``: the benchmark verbs.
+"""``interest-stream bench encoder|ingest|pipeline|index|api|explain``: the benchmark verbs.
 
 Each benchmark prints its measured figures next to a baseline from the same run.
 The benchmark code is not installed with the package: each verb loads it lazily
@@ -171,6 +171,57 @@ def bench_index_cmd(users: int, dim: int, as_json: bool) -> None:
     emit(guard(as_json, run), as_json)
 
 
+@bench_group.command("serve")
+@click.option("--store", type=click.Choice(["faiss", "opensearch", "both"]), default="both",
+              help="Which user store(s) to measure, in the same run.")  # fmt: skip
+@click.option("--users", type=click.IntRange(min=1), default=100_000, help="Synthetic users.")
+@click.option("--dim", type=click.IntRange(min=2), default=192, help="Vector dimension.")
+@click.option("--rate", type=click.FloatRange(min=1), default=500.0,
+              help="GET interest requests/s (open loop).")  # fmt: skip
+@click.option("--seconds", type=click.FloatRange(min=1), default=15.0,
+              help="Length of the GET phase per store.")  # fmt: skip
+@click.option("--queries", type=click.IntRange(min=2), default=200,
+              help="Audience queries per store (recall@100 against exact search).")  # fmt: skip
+@click.option("--sinks", type=click.IntRange(min=1), default=1,
+              help="Sink processes writing the users into OpenSearch.")  # fmt: skip
+@click.option("--probes", type=click.IntRange(min=1), default=10,
+              help="Write->searchable probes per store.")  # fmt: skip
+@bootstrap_option
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the JSON here.")
+@json_option
+def bench_serve_cmd(
+    store: str,
+    users: int,
+    dim: int,
+    rate: float,
+    seconds: float,
+    queries: int,
+    sinks: int,
+    probes: int,
+    bootstrap: str | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """User store FAISS vs OpenSearch: API memory, upserts/s, GET and audience latency,
+    recall@100, write->searchable delay (needs a broker and, for opensearch, a cluster)."""
+
+    def run() -> dict[str, Any]:
+        bench_serve = load_bench("serve").bench_serve
+
+        s = cli_settings(kafka_bootstrap=bootstrap)
+        stores = ("faiss", "opensearch") if store == "both" else (store,)
+        res = bench_serve(
+            s, stores=stores, n_users=users, dim=dim, rate=rate, seconds=seconds,
+            queries=queries, sinks=sinks, probes=probes,
+        )  # fmt: skip
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(res, indent=2))
+        return dict(res)
+
+    emit(guard(as_json, run), as_json)
+
+
 @bench_group.command("api")
 @click.option("--users", type=int, default=100_000, help="Users in the index.")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
@@ -203,6 +254,64 @@ def bench_api_cmd(
         res = bench_api(
             n_users=users, model_dir=model_dir, rate=rate, duration=duration, endpoints=eps
         )
+        return dict(res)
+
+    emit(guard(as_json, run), as_json)
+
+
+@bench_group.command("explain")
+@_events_opt
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
+              help="Checkpoint to explain (and the worker's in the latency part).")  # fmt: skip
+@click.option("--users", type=click.IntRange(min=1), default=200,
+              help="Users sampled for the faithfulness test.")  # fmt: skip
+@click.option("--k", type=click.IntRange(min=1), default=10, help="Items explained per user.")
+@click.option("--seed", type=int, default=0, help="Seed of the samples and random removals.")
+@click.option("--rate", type=click.FloatRange(min=1), default=50.0,
+              help="Requests/s of each latency phase.")  # fmt: skip
+@click.option("--seconds", type=click.FloatRange(min=1), default=60.0,
+              help="Length of each latency phase.")  # fmt: skip
+@click.option("--event-rate", type=click.FloatRange(min=1), default=200.0,
+              help="Events/s replayed during the latency phases.")  # fmt: skip
+@click.option(
+    "--cache-users",
+    type=click.IntRange(min=0),
+    default=0,
+    help="The worker's INTEREST_EXPLAIN_CACHE_USERS (0 = every request encodes).",
+)
+@click.option("--skip-latency", is_flag=True, help="Only the faithfulness part (no broker).")
+@bootstrap_option
+@click.option("--charts", type=click.Path(path_type=Path), default=None,
+              help="Write the deletion-curve PNG and the JSON into this folder.")  # fmt: skip
+@json_option
+def bench_explain_cmd(
+    events_path: Path | None,
+    model_dir: Path,
+    users: int,
+    k: int,
+    seed: int,
+    rate: float,
+    seconds: float,
+    event_rate: float,
+    cache_users: int,
+    skip_latency: bool,
+    bootstrap: str | None,
+    charts: Path | None,
+    as_json: bool,
+) -> None:
+    """Explanations: occlusion's faithfulness (deletion test) and explain=true latency."""
+    from interest_stream.core.eventfile import read_events
+
+    def run() -> dict[str, Any]:
+        bench_explain = load_bench("explain").bench_explain
+
+        s = cli_settings(kafka_bootstrap=bootstrap)
+        res = bench_explain(
+            s, read_events(events_path or _default_events()), model_dir, users=users, k=k,
+            seed=seed, rate=rate, seconds=seconds, event_rate=event_rate,
+            cache_users=cache_users, skip_latency=skip_latency, charts=charts,
+            progress=not as_json,
+        )  # fmt: skip
         return dict(res)
 
     emit(guard(as_json, run), as_json)

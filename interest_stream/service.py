@@ -205,7 +205,11 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
         registry=worker.metrics.registry,
     )
 
-    explainer = Explainer(lambda: reencoder.model)
+    explainer = Explainer(
+        lambda: reencoder.model,
+        cache_users=s.explain_cache_users,
+        metrics=worker.metrics,
+    )
     worker.explainer = explainer
 
     async def on_batch(windows: Mapping[str, BehaviorWindow]) -> None:

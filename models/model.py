@@ -130,6 +130,7 @@ class InterestModel:
         self.device = device
         self._table: torch.Tensor | None = None
         self._scores: torch.Tensor | None = None
+        self._empty: np.ndarray | None = None
         train_cfg = config.get("train", {})
         self.short_window_events = int(train_cfg.get("short_window_events", 50))
         self.short_window_minutes = float(train_cfg.get("short_window_minutes", 30.0))
@@ -360,23 +361,39 @@ class InterestModel:
         """
         long_out = np.empty((len(long_drops), self.dim), dtype=np.float32)
         singles = [r for r, d in enumerate(long_drops) if len(d) == 1]
+        done: list[int] = []
         if singles and occludable(self.encoder, long):
             # exact and ~20x cheaper than one forward per variant (models/occlusion.py)
             with torch.inference_mode():
-                vecs = exact_long_occlusion(
-                    self.encoder,
-                    long,
-                    [long_drops[r][0] for r in singles],
-                    self.item_index,
-                    self._item_table(),
+                vecs = (
+                    exact_long_occlusion(
+                        self.encoder,
+                        long,
+                        [long_drops[r][0] for r in singles],
+                        self.item_index,
+                        self._item_table(),
+                    )
+                    .cpu()
+                    .numpy()
                 )
-            long_out[singles] = vecs[1:].cpu().numpy()
-        else:
-            singles = []
-        rest = sorted(set(range(len(long_drops))) - set(singles))
+            long_out[singles] = vecs[1:]
+            whole = [r for r, d in enumerate(long_drops) if not d]  # row 0 is the whole
+            long_out[whole] = vecs[0]
+            done = singles + whole
+        everything = [r for r, d in enumerate(long_drops) if long and len(d) == len(long)]
+        if everything:  # the empty window: the learned "no history" vector
+            long_out[everything] = self._empty_long()
+            done += everything
+        rest = sorted(set(range(len(long_drops))) - set(done))
         if rest:
             long_out[rest] = self.encode_long(_without(long, [long_drops[r] for r in rest]))
         return self.encode_short(_without(short, short_drops)), long_out
+
+    def _empty_long(self) -> np.ndarray:
+        """The long vector of the empty history (computed once per model)."""
+        if self._empty is None:
+            self._empty = self.encode_long([[]])[0]
+        return self._empty
 
     def short_window(self, history: Sequence[Interaction]) -> list[Interaction]:
         """The short window this model was trained with (cap and minutes from training)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -271,11 +272,14 @@ class Explainer:
     Args:
         model: Returns the encoder in use (the re-encoder's, swapped on hot reload).
         cache_users: Encoded variants kept (LRU; key: user, window version, model
-            version, horizon, long_events), so repeated questions cost a matrix product.
+            version, horizon, long_events), so repeated questions cost a matrix product;
+            0 = no cache.
+        metrics: The worker's metrics (``interest_worker_explain_*``), if any.
     """
 
     model: Any
     cache_users: int = CACHE_USERS
+    metrics: Any = None
     _cache: OrderedDict[str, _Cached] = field(default_factory=OrderedDict)
     _executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="explain")
@@ -314,10 +318,12 @@ class Explainer:
             )
         if not np.isfinite(t).all():
             raise ExplainError("targets must be finite")
+        t0 = time.perf_counter()
         user = window.user_id
         key = (window.version, model.model_version, horizon, long_events)
         hit = self._cache.get(user)
-        if hit is not None and hit.key == key:
+        cached = hit is not None and hit.key == key
+        if hit is not None and cached:
             self.hits += 1
             self._cache.move_to_end(user)
             variants = hit.variants
@@ -330,12 +336,16 @@ class Explainer:
             variants = await loop.run_in_executor(
                 self._executor, encode_units, model, history, start, units, horizon
             )
-            self._cache[user] = _Cached(key, variants)
-            self._cache.move_to_end(user)
-            while len(self._cache) > self.cache_users:
-                self._cache.popitem(last=False)
+            if self.cache_users > 0:
+                self._cache[user] = _Cached(key, variants)
+                self._cache.move_to_end(user)
+                while len(self._cache) > self.cache_users:
+                    self._cache.popitem(last=False)
         sc = scorer or VectorScorer(horizon, weight)
         results = explain_window(variants, sc, t, top)
+        if self.metrics is not None:
+            self.metrics.explains.labels("hit" if cached else "miss").inc()
+            self.metrics.explain_ms.observe((time.perf_counter() - t0) * 1000.0)
         return {
             "user_id": user,
             "version": window.version,

@@ -22,6 +22,18 @@ class WorkerMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._add_event_counters(self.registry)
         self._add_batch_metrics(self.registry)
+        self.explains = Counter(
+            "interest_worker_explain",
+            "Explanations answered, by whether the encoded variants were cached.",
+            ["cache"],
+            registry=self.registry,
+        )
+        self.explain_ms = Histogram(
+            "interest_worker_explain_ms",
+            "Time to answer one explanation (encode on a miss + scores), ms.",
+            buckets=(1, 2, 5, 10, 20, 30, 50, 75, 100, 200, 500, 1000, 5000),
+            registry=self.registry,
+        )
 
     def _add_event_counters(self, r: CollectorRegistry) -> None:
         self.consumed = Counter(

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 from typing import TYPE_CHECKING, Any
@@ -106,8 +108,9 @@ def _not_found(view: View, user_id: str) -> Response:
 
 
 async def _explain(view: View, request: Request, worker: WindowWorker) -> Response:
-    """``POST /explain/`` with ``{"user_id", "targets": [[...]], "horizon", "weight",
-    "long_events", "top"}`` (docs/CONTRACTS.md, section 6)."""
+    """``POST /explain/`` with ``{"user_id", "targets": [[...]] (or "targets_f32": base64
+    float32 and "n_targets"), "horizon", "weight", "long_events", "top"}``
+    (docs/CONTRACTS.md, section 6)."""
     explainer = worker.explainer
     if explainer is None:
         return view.json({"error": "no model", "detail": "the worker has no model"}, status=503)
@@ -122,10 +125,14 @@ async def _explain(view: View, request: Request, worker: WindowWorker) -> Respon
         user_id = body["user_id"]
         if not isinstance(user_id, str) or not user_id:
             raise ValueError("user_id must be a non-empty string")
-        targets = np.asarray(body["targets"], dtype=np.float32)
+        if "targets_f32" in body:  # base64 of little-endian float32, row-major
+            raw = np.frombuffer(base64.b64decode(body["targets_f32"], validate=True), "<f4")
+            targets = raw.reshape(int(body["n_targets"]), -1)
+        else:
+            targets = np.asarray(body["targets"], dtype=np.float32)
         horizon = str(body.get("horizon", "blend"))
         weight = float(body.get("weight", 0.5))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         return view.json({"error": "bad request", "detail": str(exc)}, status=400)
     try:
         window = worker.read_window(user_id)

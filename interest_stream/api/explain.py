@@ -12,6 +12,7 @@ every worker. Design: docs/DESIGN.md ("Explanations").
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Sequence
@@ -125,8 +126,10 @@ class WorkerDirectory:
                 "explain_unavailable",
                 "explanations need the workers' addresses: set INTEREST_WORKER_URLS",
             )
+        t = np.ascontiguousarray(targets, dtype="<f4")
         body: dict[str, Any] = {
-            "user_id": user_id, "targets": np.asarray(targets, dtype=np.float32).tolist(),
+            "user_id": user_id, "n_targets": int(t.shape[0]),
+            "targets_f32": base64.b64encode(t.tobytes()).decode("ascii"),
             "horizon": horizon, "weight": weight, "top": top,
         }  # fmt: skip
         if long_events is not None:
@@ -178,7 +181,7 @@ class WorkerDirectory:
 def info(answer: dict[str, Any]) -> dict[str, Any]:
     """The ``explain`` block of an answer (what the explanation was computed from)."""
     keys = ("version", "model_version", "history_events", "occluded", "older_events")
-    return {"method": "occlusion", **{k: answer[k] for k in keys}}
+    return {"method": "occlusion", "scorer": "vector", **{k: answer[k] for k in keys}}
 
 
 def rank_weights(n: int) -> np.ndarray:

@@ -466,6 +466,11 @@ class ExplainInfo(BaseModel):
     """What an explanation was computed from."""
 
     method: Literal["occlusion"] = "occlusion"
+    scorer: str = Field(
+        "vector",
+        description="The score explained: 'vector' = inner product of the horizon's vector "
+        "(also when the items were ranked by a re-ranker: its score is not explained yet).",
+    )
     version: int = Field(description="The window's version explained.")
     model_version: str
     history_events: int = Field(description="Events in the user's long history.")

@@ -190,6 +190,13 @@ class Settings(BaseSettings):
         description="Run the worker's model in a child process with its own GIL: auto = "
         "yes unless the model runs on a GPU.",
     )
+    explain_cache_users: int = Field(
+        2048,
+        ge=0,
+        le=10_000_000,
+        description="Users whose encoded occlusion variants the worker keeps for "
+        "explanations (LRU; a new event invalidates a user's); 0 = none.",
+    )
     allow_untested_faust: bool = Field(
         False,
         description="Start the worker on faust-streaming/aiokafka versions other than the "
