@@ -171,6 +171,43 @@ def bench_index_cmd(users: int, dim: int, as_json: bool) -> None:
     emit(guard(as_json, run), as_json)
 
 
+@bench_group.command("api")
+@click.option("--users", type=int, default=100_000, help="Users in the index.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint for the item catalogue (default: synthetic).")  # fmt: skip
+@click.option("--rate", type=float, default=500.0, help="Open-loop request rate.")
+@click.option("--duration", type=float, default=20.0, help="Seconds per phase.")
+@click.option("--endpoints", default="interest,recommendations",
+              help="Comma-separated: interest, recommendations, mixed (all routes in "
+              "production shares).")  # fmt: skip
+@json_option
+def bench_api_cmd(
+    users: int,
+    model_dir: Path | None,
+    rate: float,
+    duration: float,
+    endpoints: str,
+    as_json: bool,
+) -> None:
+    """API latency p50/p99 and throughput under a loopback load generator."""
+
+    def run() -> dict[str, Any]:
+        api_bench = load_bench("api")
+        known, bench_api = api_bench.ENDPOINTS, api_bench.bench_api
+
+        cli_settings()
+        eps = tuple(e.strip() for e in endpoints.split(",") if e.strip())
+        unknown = sorted(set(eps) - set(known))
+        if unknown or not eps:
+            raise ConfigError(f"--endpoints: unknown {unknown}, choose from {sorted(known)}")
+        res = bench_api(
+            n_users=users, model_dir=model_dir, rate=rate, duration=duration, endpoints=eps
+        )
+        return dict(res)
+
+    emit(guard(as_json, run), as_json)
+
+
 @bench_group.command("explain")
 @_events_opt
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
