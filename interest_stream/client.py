@@ -412,13 +412,21 @@ class InterestClient(_Closing):
             ) from exc
 
     # ------------------------------------------------------------------ endpoints
-    def interest(self, user_id: str) -> InterestOut:
+    def interest(self, user_id: str, *, explain: bool = False) -> InterestOut:
         """The user's current interest record.
 
+        Args:
+            user_id: The user.
+            explain: Also the top items and categories of both vectors and the events
+                behind each (``.explain``; asks the worker holding the user).
+
         Raises:
-            NotFound: Unknown user.
+            NotFound: Unknown user. ServiceUnavailable: no worker for ``explain``.
         """
-        return self._request("GET", f"/v1/users/{_seg(user_id)}/interest", InterestOut)
+        params = {"explain": "true"} if explain else None
+        return self._request(
+            "GET", f"/v1/users/{_seg(user_id)}/interest", InterestOut, params=params
+        )
 
     def recommendations(
         self,
@@ -428,6 +436,7 @@ class InterestClient(_Closing):
         horizon: Horizon = "blend",
         exclude: Sequence[str] | None = None,
         rank: Ranking | None = None,
+        explain: bool = False,
     ) -> list[ScoredItem]:
         """Items recommended to the user, best first.
 
@@ -439,12 +448,15 @@ class InterestClient(_Closing):
             rank: ``rerank`` or ``vector`` (default: the server's; ``rerank`` with
                 ``horizon="blend"`` when the checkpoint has a re-ranker). The answer's
                 ranking is in :meth:`recommendations_out`.
+            explain: Also each item's ``because`` (the user's events behind its score;
+                asks the worker holding the user).
 
         Raises:
-            NotFound: Unknown user. ServiceUnavailable: no model loaded.
+            NotFound: Unknown user. ServiceUnavailable: no model loaded (or no worker
+                for ``explain``).
         """
         return self.recommendations_out(
-            user_id, k, horizon=horizon, exclude=exclude, rank=rank
+            user_id, k, horizon=horizon, exclude=exclude, rank=rank, explain=explain
         ).items
 
     def recommendations_out(
@@ -455,6 +467,7 @@ class InterestClient(_Closing):
         horizon: Horizon = "blend",
         exclude: Sequence[str] | None = None,
         rank: Ranking | None = None,
+        explain: bool = False,
     ) -> RecommendationsOut:
         """The whole ``/recommendations`` answer (items and the ``ranking`` used).
 
@@ -466,6 +479,8 @@ class InterestClient(_Closing):
             params["exclude"] = ",".join(exclude)
         if rank is not None:
             params["rank"] = rank
+        if explain:
+            params["explain"] = "true"
         return self._request(
             "GET", f"/v1/users/{_seg(user_id)}/recommendations", RecommendationsOut, params=params
         )
@@ -486,8 +501,10 @@ class InterestClient(_Closing):
         vector: Sequence[float] | None = None,
         k: int = 10,
         horizon: Horizon = "blend",
+        explain: bool = False,
     ) -> list[ScoredUser]:
-        """Users whose interest is nearest an item of the catalogue or an item/ad vector.
+        """Users whose interest is nearest an item of the catalogue or an item/ad vector
+        (``explain``: each user's ``because``, the events that put them in the audience).
 
         Raises:
             ValueError: Not exactly one of ``item_id`` / ``vector``, or a non-finite value.
@@ -496,6 +513,8 @@ class InterestClient(_Closing):
         if (item_id is None) == (vector is None):
             raise ValueError("give exactly one of item_id and vector")
         body: dict[str, Any] = {"k": k, "horizon": horizon}
+        if explain:
+            body["explain"] = True
         if item_id is not None:
             body["item_id"] = item_id
         else:

@@ -26,6 +26,7 @@ from helpers import TAOBAO_HISTORIES
 
 from interest_stream.api.errors import ApiError
 from interest_stream.api.explain import WorkerDirectory, partition_of
+from interest_stream.client import InterestClient
 from interest_stream.core.eventfile import read_events
 from interest_stream.core.settings import Settings
 from interest_stream.procs import Service, http_get_json, wait_http
@@ -151,6 +152,19 @@ def test_recommendations_interest_and_audience_explained(stack: dict[str, Any]) 
         for cat in ex[horizon]["categories"]:
             _check(cat["because"], window)
     assert "explain" not in httpx.get(f"{api}/v1/users/{user}/interest").json()
+
+    # the Python client wraps the same answers
+    client = InterestClient(api, timeout=30)
+    try:
+        got = client.recommendations(user, 10, explain=True)
+        assert [it.item_id for it in got] == [it["item_id"] for it in body["items"]]
+        assert all(it.because is not None and it.because.events for it in got)
+        ex_client = client.interest(user, explain=True).explain
+        assert ex_client is not None and set(ex_client) == {"short", "long"}
+        members = client.audience(item_id=body["items"][0]["item_id"], k=3, explain=True)
+        assert all(m.because is not None for m in members)
+    finally:
+        client.close()
 
     item = body["items"][0]["item_id"]
     r = httpx.post(f"{api}/v1/audience",
