@@ -205,11 +205,15 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
         registry=worker.metrics.registry,
     )
 
+    own = s.explain_encoder == "own" and s.model_dir is not None and s.use_encode_process()
+    model_dir = s.model_dir
     explainer = Explainer(
         lambda: reencoder.model,
         cache_users=s.explain_cache_users,
         metrics=worker.metrics,
+        loader=(lambda: _load_model(Path(str(model_dir)), s)) if own else None,
     )
+    explainer.start()
     worker.explainer = explainer
 
     async def on_batch(windows: Mapping[str, BehaviorWindow]) -> None:

@@ -275,17 +275,57 @@ class Explainer:
             version, horizon, long_events), so repeated questions cost a matrix product;
             0 = no cache.
         metrics: The worker's metrics (``interest_worker_explain_*``), if any.
+        loader: Loads an encoder of its own for explanations (e.g. a second encoder
+            process, so explanations do not queue behind the re-encode flushes); loaded
+            in the background at start and after a model swap, the shared encoder
+            answers meanwhile. ``None``: always the shared one.
     """
 
     model: Any
     cache_users: int = CACHE_USERS
     metrics: Any = None
+    loader: Any = None
     _cache: OrderedDict[str, _Cached] = field(default_factory=OrderedDict)
     _executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="explain")
     )
+    _loading: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="explain-load")
+    )
+    _own: Any = None
+    _pending_load: Any = None
     hits: int = 0
     misses: int = 0
+
+    def _encoder(self) -> Any:
+        """The encoder to explain with: the own one when it has the shared one's version."""
+        shared = self.model()
+        if self.loader is None:
+            return shared
+        own = self._own
+        if own is not None and own.model_version == shared.model_version:
+            return own
+        if self._pending_load is None or self._pending_load.done():
+            self._pending_load = self._loading.submit(self._load, shared.model_version)
+        return shared
+
+    def _load(self, version: str) -> None:
+        try:
+            new = self.loader()
+        except Exception:
+            log.exception("loading the explanations' own encoder failed; using the shared one")
+            return
+        old, self._own = self._own, new
+        if new.model_version != version:
+            log.info("explanations' encoder %s loaded (shared: %s)", new.model_version, version)
+        close = getattr(old, "close", None)
+        if callable(close):
+            close()
+
+    def start(self) -> None:
+        """Start loading the own encoder (when there is a loader)."""
+        if self.loader is not None and self._pending_load is None:
+            self._pending_load = self._loading.submit(self._load, "")
 
     def forget(self, user_id: str) -> None:
         """Drop a user's cached variants."""
@@ -307,7 +347,7 @@ class Explainer:
         Raises:
             ExplainError: Bad horizon or targets of another dimension.
         """
-        model = self.model()
+        model = self._encoder()
         if horizon not in HORIZONS:
             raise ExplainError(f"horizon must be one of {', '.join(HORIZONS)}")
         t = np.asarray(targets, dtype=np.float32)
@@ -358,5 +398,9 @@ class Explainer:
         }
 
     def close(self) -> None:
-        """Stop the explain thread."""
+        """Stop the explain threads and the own encoder."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._loading.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self._own, "close", None)
+        if callable(close):
+            close()

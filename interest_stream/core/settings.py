@@ -197,6 +197,12 @@ class Settings(BaseSettings):
         description="Users whose encoded occlusion variants the worker keeps for "
         "explanations (LRU; a new event invalidates a user's); 0 = none.",
     )
+    explain_encoder: Literal["own", "shared"] = Field(
+        "own",
+        description="Explanations' encoder in the worker: own = a second encoder process "
+        "(more memory; explanations do not queue behind re-encoding), shared = the "
+        "re-encoder's. In-process models (GPU) always share.",
+    )
     allow_untested_faust: bool = Field(
         False,
         description="Start the worker on faust-streaming/aiokafka versions other than the "
