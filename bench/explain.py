@@ -321,6 +321,8 @@ def latency(
         }
         from bench.pipeline import _hist_quantiles
 
+        out["rss_mb"] = {"worker_tree": _tree_rss_mb(worker.pid), "api": _tree_rss_mb(api.pid)}
+
         out["worker_explain_ms"] = _hist_quantiles(wb, wa, "interest_worker_explain_ms")
         feeder.join(timeout=5)
     finally:
@@ -360,6 +362,25 @@ def bench_explain(
         result["chart"] = str(chart(result, charts / "explain-deletion-taobao.png"))
         (charts / "explain-taobao.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _tree_rss_mb(pid: int | None) -> float | None:
+    """Resident memory of a process and its descendants (MB), from /proc."""
+    if pid is None:
+        return None
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(
+                next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS"))
+            )
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, StopIteration, ValueError):
+            continue
+    return round(total / 1024, 1)
 
 
 def _uptime() -> str:
