@@ -213,7 +213,8 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
         metrics=worker.metrics,
         loader=(lambda: _load_model(Path(str(model_dir)), s)) if own else None,
     )
-    explainer.start()
+    # the own encoder loads on the first explanation (none at start: a worker nobody asks
+    # why costs no second process, and the first run's start stays as fast)
     worker.explainer = explainer
 
     async def on_batch(windows: Mapping[str, BehaviorWindow]) -> None:

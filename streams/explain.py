@@ -277,8 +277,9 @@ class Explainer:
         metrics: The worker's metrics (``interest_worker_explain_*``), if any.
         loader: Loads an encoder of its own for explanations (e.g. a second encoder
             process, so explanations do not queue behind the re-encode flushes); loaded
-            in the background at start and after a model swap, the shared encoder
-            answers meanwhile. ``None``: always the shared one.
+            in the background on the first explanation (or :meth:`start`) and after a
+            model swap, the shared encoder answers meanwhile. ``None``: always the
+            shared one.
     """
 
     model: Any
