@@ -278,6 +278,12 @@ def latency(
             time.sleep(1.0)
         users = sorted(events["user_id"].astype(str).unique())
         time.sleep(5.0)  # the last flushes reach the API
+        # the first explanation starts the worker's own explain encoder (a child process)
+        import httpx
+
+        httpx.get(f"{aurl}/v1/users/{users[0]}/recommendations",
+                  params={"k": 10, "explain": "true"}, timeout=60)  # fmt: skip
+        time.sleep(30.0)
         _say(progress, f"[explain] {n} events applied; {len(users)} users; load phases")
         # events keep arriving during the phases (the file again, paced), so windows change
         stop = threading.Event()
