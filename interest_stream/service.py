@@ -149,6 +149,8 @@ def _schedule(worker: ReencodingWorker, reencoder: Reencoder) -> None:
             # shutdown: publish what is already applied, then stop
             await asyncio.shield(reencoder.drain(timeout=10.0))
             reencoder.close()
+            if worker.explainer is not None:
+                worker.explainer.close()  # and its own encoder process, if one was started
             raise
 
     async def watch_model() -> None:
