@@ -20,7 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from interest_stream.core.checkpoint import checkpoint_version
+from interest_stream.core.checkpoint import (
+    CheckpointError,
+    checkpoint_version,
+    read_config,
+    short_window_spec,
+)
 from interest_stream.core.errors import InterestStreamError
 from interest_stream.core.events import Interaction
 
@@ -93,6 +98,14 @@ class ProcessEncoder:
         self.device = device
         self.threads = threads
         self._pool: ProcessPoolExecutor | None = None
+        try:  # torch-free: the checkpoint's short window, for the worker to cut windows with
+            config = read_config(self.model_dir)
+        except CheckpointError as exc:
+            raise EncoderProcessError(
+                f"the encoder process could not load {self.model_dir}: {exc}"
+            ) from exc
+        #: ``(max events, minutes)`` of the checkpoint's short window.
+        self.short_window_spec: tuple[int, float] = short_window_spec(config)
         self.model_version, self.dim = self._start()
 
     def _start(self) -> tuple[str, int]:

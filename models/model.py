@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from interest_stream.core.checkpoint import short_window_spec
 from interest_stream.core.events import Interaction
 from interest_stream.models.blending import blend
 from interest_stream.models.checkpoint import (
@@ -132,8 +133,7 @@ class InterestModel:
         self._scores: torch.Tensor | None = None
         self._empty: np.ndarray | None = None
         train_cfg = config.get("train", {})
-        self.short_window_events = int(train_cfg.get("short_window_events", 50))
-        self.short_window_minutes = float(train_cfg.get("short_window_minutes", 30.0))
+        self.short_window_events, self.short_window_minutes = short_window_spec(config)
         self.blend_alpha = float(train_cfg.get("blend_alpha", 0.5))
 
     # ------------------------------------------------------------------ load
@@ -394,6 +394,11 @@ class InterestModel:
         if self._empty is None:
             self._empty = self.encode_long([[]])[0]
         return self._empty
+
+    @property
+    def short_window_spec(self) -> tuple[int, float]:
+        """``(max events, minutes)`` of the short window this model was trained with."""
+        return self.short_window_events, self.short_window_minutes
 
     def short_window(self, history: Sequence[Interaction]) -> list[Interaction]:
         """The short window this model was trained with (cap and minutes from training)."""

@@ -45,7 +45,11 @@ log = logging.getLogger(__name__)
 
 
 class Encoder(Protocol):
-    """What the loop needs from a model (``models.InterestModel`` satisfies it)."""
+    """What the loop needs from a model (``models.InterestModel`` satisfies it).
+
+    An encoder with a ``short_window_spec`` attribute (``(max events, minutes)``, the
+    checkpoint's) gets short windows cut with it instead of the worker's settings.
+    """
 
     model_version: str
     dim: int
@@ -267,7 +271,8 @@ class Reencoder:
         """
         cached = [self._long.get(user) for user, _ in batch]
         t0 = time.perf_counter()
-        short = model.encode_short([p.window.short() for _, p in batch])
+        spec = getattr(model, "short_window_spec", None)  # the checkpoint's short window
+        short = model.encode_short([p.window.short(spec) for _, p in batch])
         t1 = time.perf_counter()
         due = self._long_due(cached)
         long = np.empty_like(short)

@@ -292,19 +292,21 @@ class BehaviorWindow:
             for item, code, ts in zip(self.items, self.types, self.times, strict=True)
         ]
 
-    def short(self) -> list[Interaction]:
+    def short(self, spec: tuple[int, float] | None = None) -> list[Interaction]:
         """The short-term window, oldest first.
 
         The latest ``short_window_events`` events dated within
-        ``short_window_minutes`` of the newest event in the history.
+        ``short_window_minutes`` of the newest event in the history; ``spec``
+        (``(events, minutes)``, e.g. a checkpoint's) replaces the configured pair.
         """
         n = len(self.times)
         if n == 0:
             return []
         cfg = self.config
+        max_events, minutes = spec or (cfg.short_window_events, cfg.short_window_minutes)
         newest = self.times[-1]
-        lo = newest - cfg.short_window_minutes * _MS_PER_MINUTE
-        start = max(n - cfg.short_window_events, bisect_left(self.times, lo))
+        lo = newest - minutes * _MS_PER_MINUTE
+        start = max(n - max_events, bisect_left(self.times, lo))
         return [
             Interaction(self.items[i], EVENT_TYPES[self.types[i]], self.times[i])
             for i in range(start, n)

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -38,6 +38,7 @@ __all__ = [
     "read_item_ids",
     "read_json",
     "read_metrics",
+    "short_window_spec",
     "write_json",
 ]
 
@@ -214,3 +215,22 @@ def checkpoint_version(path: str | os.PathLike[str]) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return None if version is None else str(version)
+
+
+DEFAULT_SHORT_WINDOW: Final = (50, 30.0)
+"""``(events, minutes)`` of the short window of a checkpoint that does not record it."""
+
+
+def short_window_spec(config: dict[str, Any]) -> tuple[int, float]:
+    """The short window a checkpoint was trained with: ``(max events, minutes)``.
+
+    The worker cuts each user's short window with these numbers (not with its own
+    settings), so a checkpoint trained with another window is served as it was trained.
+
+    Args:
+        config: A checkpoint's ``config.json`` (:func:`read_config`).
+    """
+    train = config.get("train") or {}
+    events = int(train.get("short_window_events", DEFAULT_SHORT_WINDOW[0]))
+    minutes = float(train.get("short_window_minutes", DEFAULT_SHORT_WINDOW[1]))
+    return events, minutes

@@ -126,10 +126,17 @@ class Settings(BaseSettings):
         description="RocksDB memory per state partition held (block cache + memtables), MB.",
     )
     short_window_events: int = Field(
-        50, ge=1, le=10_000, description="Short-term window: at most this many latest events."
+        50,
+        ge=1,
+        le=10_000,
+        description="Short-term window: at most this many latest events (a loaded checkpoint's "
+        "own value takes precedence for encoding).",
     )
     short_window_minutes: float = Field(
-        30.0, gt=0, description="Short-term window: events within this many minutes of the newest."
+        30.0,
+        gt=0,
+        description="Short-term window: events within this many minutes of the newest (a "
+        "loaded checkpoint's own value takes precedence for encoding).",
     )
     long_history_events: int = Field(
         200, ge=1, le=100_000, description="Long-term history: at most this many latest events."

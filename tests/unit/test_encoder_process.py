@@ -16,7 +16,9 @@ from interest_stream.models.encoder_process import EncoderProcessError, ProcessE
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "m"
-    models.train(synthetic_events(seed=2), out, tiny_train_config(epochs=1), progress=False)
+    # a short window other than the default: the child and the parent must both report it
+    cfg = tiny_train_config(epochs=1, short_window_events=20, short_window_minutes=12.0)
+    models.train(synthetic_events(seed=2), out, cfg, progress=False)
     return out
 
 
@@ -36,6 +38,7 @@ def test_same_vectors_as_the_model_in_process(checkpoint: Path) -> None:
     enc = ProcessEncoder(checkpoint, "cpu", threads=1)
     try:
         assert enc.model_version == model.model_version and enc.dim == model.dim
+        assert enc.short_window_spec == model.short_window_spec == (20, 12.0)
         np.testing.assert_allclose(
             enc.encode_short(histories), model.encode_short(histories), atol=1e-5
         )

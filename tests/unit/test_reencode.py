@@ -118,6 +118,33 @@ def test_users_are_coalesced_and_encoded_from_their_newest_window() -> None:
     assert r.pending == 0
 
 
+def test_short_windows_are_cut_with_the_encoders_spec_when_it_has_one() -> None:
+    class SpecEncoder(HashEncoder):
+        short_window_spec = (2, 1e6)  # a checkpoint trained with another short window
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[list[str]] = []
+
+        def encode_short(self, histories: Sequence[Sequence[Interaction]]) -> np.ndarray:
+            self.seen.extend([i.item_id for i in h] for h in histories)
+            return super().encode_short(histories)
+
+    enc, sink = SpecEncoder(), Sink()
+    events = [(f"i{k}", "view") for k in range(6)]
+    w = window("a", events)  # one event a second: all within the worker's 30 minutes
+    assert len(w.short()) == 6
+
+    async def run() -> None:
+        r = Reencoder(enc, sink, flush_ms=5, batch_max=64)
+        await r.submit({"a": w}, {"a": 1})
+        assert await r.flush_once() == 1
+
+    asyncio.run(run())
+    assert enc.seen == [["i4", "i5"]]
+    np.testing.assert_allclose(sink.records[0]["short"], _vec(w.short((2, 1e6))), rtol=1e-5)
+
+
 def test_long_vector_is_refreshed_on_its_own_cadence() -> None:
     async def run(refresh_s: float) -> tuple[Sink, HashEncoder]:
         enc, sink = HashEncoder(), Sink()

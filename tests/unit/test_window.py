@@ -76,6 +76,9 @@ def test_short_window_takes_latest_events_within_minutes_of_the_newest() -> None
         w.apply(ev(T0 + 41 * MIN + k, f"n{k}"))
     assert [x.item_id for x in w.short()] == ["n2", "n3", "n4"]
     assert BehaviorWindow("u2").short() == []
+    # a checkpoint's (events, minutes) replaces the configured pair
+    assert [x.item_id for x in w.short((4, 60.0))] == ["n1", "n2", "n3", "n4"]
+    assert [x.item_id for x in w.short((50, 15.0))] == ["i6", "n0", "n1", "n2", "n3", "n4"]
 
 
 def test_exact_counts_and_decayed_counts_in_event_time() -> None:
