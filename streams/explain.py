@@ -371,7 +371,8 @@ class Explainer:
         else:
             self.misses += 1
             history = window.long()
-            start = len(history) - len(window.short())
+            # the short window as the re-encoder cuts it: with the checkpoint's span
+            start = len(history) - len(window.short(getattr(model, "short_window_spec", None)))
             units, _ = occlusion_units(len(history), start, horizon, long_events)
             loop = asyncio.get_running_loop()
             variants = await loop.run_in_executor(
