@@ -295,6 +295,7 @@ class Explainer:
     )
     _own: Any = None
     _pending_load: Any = None
+    _loaded_for: str | None = None
     hits: int = 0
     misses: int = 0
 
@@ -306,7 +307,12 @@ class Explainer:
         own = self._own
         if own is not None and own.model_version == shared.model_version:
             return own
-        if self._pending_load is None or self._pending_load.done():
+        # one load per shared model version (a failed or mismatched load is not retried
+        # until the re-encoder swaps models)
+        if self._loaded_for != shared.model_version and (
+            self._pending_load is None or self._pending_load.done()
+        ):
+            self._loaded_for = shared.model_version
             self._pending_load = self._loading.submit(self._load, shared.model_version)
         return shared
 
