@@ -332,7 +332,8 @@ class Explainer:
     def start(self) -> None:
         """Start loading the own encoder (when there is a loader)."""
         if self.loader is not None and self._pending_load is None:
-            self._pending_load = self._loading.submit(self._load, "")
+            self._loaded_for = self.model().model_version
+            self._pending_load = self._loading.submit(self._load, self._loaded_for)
 
     def forget(self, user_id: str) -> None:
         """Drop a user's cached variants."""
