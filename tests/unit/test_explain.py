@@ -169,3 +169,36 @@ def test_explainer_caches_and_checks_targets(model: InterestModel) -> None:
     with pytest.raises(ExplainError):
         asyncio.run(ex.explain(w, targets, horizon="sideways"))
     ex.close()
+
+
+def test_explainer_loads_its_own_encoder_once(model: InterestModel) -> None:
+    """With a loader, the first explanation uses the shared encoder and starts one load;
+    later ones use the loaded copy (same model version)."""
+    calls: list[str] = []
+
+    class Counting:
+        def __init__(self, name: str) -> None:
+            self.name, self.model_version, self.dim = name, model.model_version, model.dim
+
+        def encode_variants(self, *args: object) -> tuple[np.ndarray, np.ndarray]:
+            calls.append(self.name)
+            return model.encode_variants(*args)  # type: ignore[arg-type]
+
+    shared = Counting("shared")
+    loads: list[int] = []
+
+    def loader() -> Counting:
+        loads.append(1)
+        return Counting("own")
+
+    w = BehaviorWindow("u2", WindowConfig())
+    for i, e in enumerate(_history(model, 12, seed=6)):
+        w.apply(Event("u2", e[0], e[1], e[2]), "events.view", 0, i)
+    ex = Explainer(lambda: shared, cache_users=0, loader=loader)
+    targets = model.item_vectors()[:2]
+    asyncio.run(ex.explain(w, targets, horizon="short"))
+    ex._pending_load.result(timeout=30)
+    asyncio.run(ex.explain(w, targets, horizon="short"))
+    asyncio.run(ex.explain(w, targets, horizon="short"))
+    assert calls == ["shared", "own", "own"] and loads == [1]
+    ex.close()
