@@ -1,4 +1,4 @@
-"""``interest-stream bench encoder|ingest|pipeline|index|api|explain``: the benchmark verbs.
+"""``interest-stream bench encoder|ingest|pipeline|index|api|serve|explain``: the benchmark verbs.
 
 Each benchmark prints its measured figures next to a baseline from the same run.
 The benchmark code is not installed with the package: each verb loads it lazily
@@ -167,6 +167,57 @@ def bench_index_cmd(users: int, dim: int, as_json: bool) -> None:
 
         cli_settings()
         return dict(bench_index(n_users=users, dim=dim, progress=not as_json))
+
+    emit(guard(as_json, run), as_json)
+
+
+@bench_group.command("serve")
+@click.option("--store", type=click.Choice(["faiss", "opensearch", "both"]), default="both",
+              help="Which user store(s) to measure, in the same run.")  # fmt: skip
+@click.option("--users", type=click.IntRange(min=1), default=100_000, help="Synthetic users.")
+@click.option("--dim", type=click.IntRange(min=2), default=192, help="Vector dimension.")
+@click.option("--rate", type=click.FloatRange(min=1), default=500.0,
+              help="GET interest requests/s (open loop).")  # fmt: skip
+@click.option("--seconds", type=click.FloatRange(min=1), default=15.0,
+              help="Length of the GET phase per store.")  # fmt: skip
+@click.option("--queries", type=click.IntRange(min=2), default=200,
+              help="Audience queries per store (recall@100 against exact search).")  # fmt: skip
+@click.option("--sinks", type=click.IntRange(min=1), default=1,
+              help="Sink processes writing the users into OpenSearch.")  # fmt: skip
+@click.option("--probes", type=click.IntRange(min=1), default=10,
+              help="Write->searchable probes per store.")  # fmt: skip
+@bootstrap_option
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the JSON here.")
+@json_option
+def bench_serve_cmd(
+    store: str,
+    users: int,
+    dim: int,
+    rate: float,
+    seconds: float,
+    queries: int,
+    sinks: int,
+    probes: int,
+    bootstrap: str | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """User store FAISS vs OpenSearch: API memory, upserts/s, GET and audience latency,
+    recall@100, write->searchable delay (needs a broker and, for opensearch, a cluster)."""
+
+    def run() -> dict[str, Any]:
+        bench_serve = load_bench("serve").bench_serve
+
+        s = cli_settings(kafka_bootstrap=bootstrap)
+        stores = ("faiss", "opensearch") if store == "both" else (store,)
+        res = bench_serve(
+            s, stores=stores, n_users=users, dim=dim, rate=rate, seconds=seconds,
+            queries=queries, sinks=sinks, probes=probes,
+        )  # fmt: skip
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(res, indent=2))
+        return dict(res)
 
     emit(guard(as_json, run), as_json)
 
