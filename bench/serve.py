@@ -248,10 +248,18 @@ def _sink(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def _sink_phase(
-    settings: Settings, n: int, sinks: int, log_dir: Path
+    settings: Settings, n: int, sinks: int, log_dir: Path, *, dim: int, refresh: str | None
 ) -> tuple[dict[str, Any], OpenSearchStore]:
-    """Run ``sinks`` sink processes over the backlog until the group's lag is 0."""
+    """Run ``sinks`` sink processes over the backlog until the group's lag is 0.
+
+    ``refresh``: the index's refresh interval while the backlog is written (then 1 s again).
+    """
     store = OpenSearchStore(settings.opensearch_url, settings.opensearch_index)
+    if refresh is not None:
+        store.ensure_index(dim)
+        store.client.indices.put_settings(
+            index=store.index, body={"index": {"refresh_interval": refresh}}
+        )
     node_pids = _node_pids(store)
     node_cpu0 = sum(_cpu_seconds(p) or 0.0 for p in node_pids)
     env = settings_environ(settings)
@@ -282,6 +290,10 @@ def _sink_phase(
             except subprocess.TimeoutExpired:
                 p.kill()
     node_cpu = sum(_cpu_seconds(p) or 0.0 for p in node_pids) - node_cpu0
+    if refresh is not None:
+        store.client.indices.put_settings(
+            index=store.index, body={"index": {"refresh_interval": "1s"}}
+        )
     # steady rate: between 10% and 90% of the backlog written
     lo = next((t, x) for t, x in samples if x <= 0.9 * n)
     hi = next((t, x) for t, x in samples if x <= 0.1 * n)
@@ -291,6 +303,7 @@ def _sink_phase(
     store_bytes = int(size["_all"]["primaries"]["store"]["size_in_bytes"])
     return {
         "sinks": sinks,
+        "refresh_interval": refresh or "1s",
         "upserts": n,
         "seconds": round(seconds, 1),
         "upserts_per_s": round(n / seconds, 0),
@@ -337,6 +350,7 @@ def bench_serve(
     k: int = 100,
     probes: int = 10,
     sinks: int = 1,
+    refresh: str | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Measure both user stores on the same synthetic users (see the module docstring)."""
@@ -370,7 +384,7 @@ def bench_serve(
         logs = Path(tmp)
         store = None
         if "opensearch" in stores:
-            sink_res, store = _sink_phase(s, n_users, sinks, logs)
+            sink_res, store = _sink_phase(s, n_users, sinks, logs, dim=dim, refresh=refresh)
             res["opensearch"] = {"sink": sink_res}
         # a sink that follows the topic for the write->searchable probes (joined by then)
         follower = _sink(settings_environ(s), logs / "sink-follow.log") if store else None

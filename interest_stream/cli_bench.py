@@ -186,6 +186,9 @@ def bench_index_cmd(users: int, dim: int, as_json: bool) -> None:
               help="Sink processes writing the users into OpenSearch.")  # fmt: skip
 @click.option("--probes", type=click.IntRange(min=1), default=10,
               help="Write->searchable probes per store.")  # fmt: skip
+@click.option("--refresh", default=None,
+              help="OpenSearch refresh interval while the sink writes the users (e.g. 30s; "
+              "default: the index's 1s).")  # fmt: skip
 @bootstrap_option
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the JSON here.")
 @json_option
@@ -198,6 +201,7 @@ def bench_serve_cmd(
     queries: int,
     sinks: int,
     probes: int,
+    refresh: str | None,
     bootstrap: str | None,
     out: Path | None,
     as_json: bool,
@@ -212,7 +216,7 @@ def bench_serve_cmd(
         stores = ("faiss", "opensearch") if store == "both" else (store,)
         res = bench_serve(
             s, stores=stores, n_users=users, dim=dim, rate=rate, seconds=seconds,
-            queries=queries, sinks=sinks, probes=probes,
+            queries=queries, sinks=sinks, probes=probes, refresh=refresh,
         )  # fmt: skip
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
