@@ -105,12 +105,15 @@ class OpenSearchStore:
         ef_search: int = 400,
         timeout_s: float = 30.0,
         max_retries: int = 0,
+        pool_size: int = 1,
         client: OpenSearch | None = None,
     ) -> None:
         """Connect lazily to ``urls`` (comma-separated or a list); nothing is created yet.
 
         ``timeout_s`` bounds one HTTP request; ``max_retries`` re-sends a request that
         failed to connect or timed out to the next URL (readers: idempotent requests).
+        ``pool_size``: connections kept open per node, one per thread that calls at once
+        (urllib3 opens and drops a new connection for each call beyond it).
         """
         if not 0.0 <= blend_weight <= 1.0:
             raise ValueError(f"blend_weight must be within 0..1, got {blend_weight}")
@@ -125,6 +128,7 @@ class OpenSearchStore:
             timeout=timeout_s,
             max_retries=max_retries,
             retry_on_timeout=max_retries > 0,
+            pool_maxsize=pool_size,
             http_compress=False,
         )
         self.dim: int | None = None

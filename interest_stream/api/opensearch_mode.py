@@ -27,7 +27,14 @@ if TYPE_CHECKING:
     from interest_stream.api.consumer import OutputConsumer
     from interest_stream.index.user_index import UserIndex
 
-__all__ = ["READ_RETRIES", "READ_TIMEOUT_S", "ClusterWatch", "opensearch_parts", "opensearch_users"]
+__all__ = [
+    "READ_POOL",
+    "READ_RETRIES",
+    "READ_TIMEOUT_S",
+    "ClusterWatch",
+    "opensearch_parts",
+    "opensearch_users",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +43,9 @@ READ_TIMEOUT_S = 5.0
 #: ... and how often a request that could not connect or timed out is sent again, to
 #: the next of INTEREST_OPENSEARCH_URL's nodes (a killed node refuses at once).
 READ_RETRIES = 2
+#: Connections kept open per node: one per thread of the API's pool (anyio's default 40),
+#: else every concurrent call beyond the pool opens and drops a TCP connection.
+READ_POOL = 40
 
 
 def opensearch_users(settings: Settings, items: ItemIndex | None) -> OpenSearchUsers:
@@ -46,6 +56,7 @@ def opensearch_users(settings: Settings, items: ItemIndex | None) -> OpenSearchU
         blend_weight=items.blend_alpha if items is not None else 0.5,
         timeout_s=READ_TIMEOUT_S,
         max_retries=READ_RETRIES,
+        pool_size=READ_POOL,
     )
     users = OpenSearchUsers(store)
     users.model_version = None if items is None else items.model_version

@@ -106,3 +106,12 @@ def test_count_is_refreshed_by_the_watch_not_by_the_routes() -> None:
     watch = ClusterWatch(Settings(), users)
     assert watch.check() and store.counts == 1
     assert users.count() == 1 and store.counts == 1  # cached: no request
+
+
+def test_the_api_keeps_a_connection_per_pool_thread_to_each_node() -> None:
+    from interest_stream.api.opensearch_mode import READ_POOL, opensearch_users
+
+    users = opensearch_users(Settings(opensearch_url="http://127.0.0.1:1,http://127.0.0.1:2"), None)
+    conns = users.store.client.transport.connection_pool.connections
+    assert len(conns) == 2 and all(c.pool.pool.maxsize == READ_POOL for c in conns)
+    users.close()
