@@ -105,8 +105,7 @@ def _demo_settings(settings: Settings, ns: str, work: Path, model_dir: Path) -> 
             "output_topic": f"{ns}.user-interest",
             "state_dir": work / "state" / ns,
             # the API asks the worker for explanations (explain=true)
-            "worker_urls": settings.worker_urls
-            or f"http://127.0.0.1:{settings.worker_web_port}",
+            "worker_urls": settings.worker_urls or f"http://127.0.0.1:{settings.worker_web_port}",
         }
     )
 
