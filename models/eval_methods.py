@@ -244,7 +244,7 @@ def task_results(
             per_user[m]["ndcg@10"], per_user[best]["ndcg@10"], n_bootstrap, seed
         )
         ratios[m] = {"ratio": r, "ci95": [lo, hi]}
-        if "repeat_last" in per_user:
+        if "repeat_last" in per_user and summary["repeat_last"]["ndcg@10"]["mean"] > 0:
             r, lo, hi = paired_ratio_ci(
                 per_user[m]["ndcg@10"], per_user["repeat_last"]["ndcg@10"], n_bootstrap, seed
             )
