@@ -13,7 +13,9 @@ from typing import Any
 __all__ = ["LoadSampler", "collect", "machine", "markdown_table"]
 
 COLUMNS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10")
-OUR_METHODS = ("blend", "short", "long", "repeat_last")
+OUR_METHODS = ("rerank", "blend", "short", "long", "repeat_last")
+"""Our rows, in order: the default ranking (``rerank``, when the checkpoint has a re-ranker),
+then the vectors alone, then the ``repeat_last`` baseline."""
 """The product's rows in the table (every method's figures are in the JSON)."""
 
 
