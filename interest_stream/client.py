@@ -26,6 +26,9 @@ Every error is an :class:`~interest_stream.core.errors.InterestStreamError`:
 :class:`ServiceUnavailable`), :class:`ApiUnreachable` when no answer came,
 :class:`TopicNotFound` and :class:`~interest_stream.core.records.MalformedRecord` for the
 topic. The client imports neither FastAPI nor torch nor Faust.
+
+Over 500 lines: the topic reader and the HTTP client share one import for applications,
+and the HTTP client is one typed method per route (with their ``explain`` options).
 """
 
 from __future__ import annotations

@@ -68,6 +68,8 @@ class ReencodingWorker(WindowWorker):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.produced_at: dict[str, int] = {}
+        #: Answers ``POST /explain/`` (set by :func:`attach_reencoder`).
+        self.explainer: Explainer | None = None
 
     async def process_batch(self, events: Sequence[EventT[Any]]) -> Any:
         """Note each user's newest Kafka timestamp, then process as usual."""

@@ -69,18 +69,8 @@ def exact_long_occlusion(
         position_ids=torch.zeros(1, n, dtype=torch.long, device=dev),
     )[0]  # [n, d]
     layer: Any = bert.encoder.layer[0]  # a transformers BertLayer (untyped)
-    sa: Any = layer.attention.self
-    h, dh = int(sa.num_attention_heads), int(sa.attention_head_size)
-    q = sa.query(x).view(n, h, dh).transpose(0, 1).double()
-    k = sa.key(x).view(n, h, dh).transpose(0, 1).double()
-    v = sa.value(x).view(n, h, dh).transpose(0, 1).double()  # [h, n, dh]
+    h, dh, v, e, big_d, big_n = _attention(layer, x)
     ar = torch.arange(n, device=dev)
-    causal = ar[None, :] <= ar[:, None]  # [query, key]
-    s = (q @ k.transpose(-1, -2)) / math.sqrt(dh)
-    s = s.masked_fill(~causal[None], float("-inf"))
-    e = torch.exp(s - s.amax(-1, keepdim=True))  # [h, n, n], 0 above the diagonal
-    big_d = e.sum(-1)  # [h, n]
-    big_n = e @ v  # [h, n, dh]
 
     def block(ctx: Tensor, xq: Tensor) -> Tensor:
         att = layer.attention.output(ctx.to(xq.dtype), xq)
@@ -97,6 +87,42 @@ def exact_long_occlusion(
     ctx = (big_n[:, pi] - e_ij[..., None] * v[:, jj]) / (big_d[:, pi] - e_ij)[..., None]
     changed = block(ctx.transpose(0, 1).reshape(-1, h * dh), x[pi]).double() - hidden[pi]
 
+    return _pooled(enc, items, types, ts, drop, hidden, pj, pi, changed, table)
+
+
+def _attention(layer: Any, x: Tensor) -> tuple[int, int, Tensor, Tensor, Tensor, Tensor]:
+    """Heads, head size, values and the unnormalised causal softmax sums (float64).
+
+    Returns:
+        ``(h, dh, v [h, n, dh], e [h, n, n] (0 above the diagonal), D [h, n], N [h, n, dh])``.
+    """
+    n = x.shape[0]
+    sa: Any = layer.attention.self
+    h, dh = int(sa.num_attention_heads), int(sa.attention_head_size)
+    q = sa.query(x).view(n, h, dh).transpose(0, 1).double()
+    k = sa.key(x).view(n, h, dh).transpose(0, 1).double()
+    v = sa.value(x).view(n, h, dh).transpose(0, 1).double()  # [h, n, dh]
+    ar = torch.arange(n, device=x.device)
+    causal = ar[None, :] <= ar[:, None]  # [query, key]
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(dh)
+    s = s.masked_fill(~causal[None], float("-inf"))
+    e = torch.exp(s - s.amax(-1, keepdim=True))
+    return h, dh, v, e, e.sum(-1), e @ v
+
+
+def _pooled(
+    enc: InterestEncoder,
+    items: Tensor,
+    types: Tensor,
+    ts: Tensor,
+    drop: Tensor,
+    hidden: Tensor,
+    pj: Tensor,
+    pi: Tensor,
+    changed: Tensor,
+    table: Tensor,
+) -> Tensor:
+    """The long vectors (whole, then without each dropped event) from the pooled sums."""
     logw = enc.long_type_logw[types].double()
     hl = enc.cfg.long_half_life_hours
     if hl is not None:  # the reference time factors out of the ratio: the newest event

@@ -111,7 +111,7 @@ async def _explain(view: View, request: Request, worker: WindowWorker) -> Respon
     """``POST /explain/`` with ``{"user_id", "targets": [[...]] (or "targets_f32": base64
     float32 and "n_targets"), "horizon", "weight", "long_events", "top"}``
     (docs/CONTRACTS.md, section 6)."""
-    explainer = worker.explainer
+    explainer = getattr(worker, "explainer", None)  # set by the service with a model
     if explainer is None:
         return view.json({"error": "no model", "detail": "the worker has no model"}, status=503)
     try:

@@ -45,7 +45,6 @@ from interest_stream.streams.batch import (
     ts_ms,
 )
 from interest_stream.streams.commands import command_topic
-from interest_stream.streams.explain import Explainer
 from interest_stream.streams.metrics import WorkerMetrics
 from interest_stream.streams.positions import OffsetReader, SourceRecord, is_reserved_key
 from interest_stream.streams.store import WindowStore
@@ -114,8 +113,6 @@ class WindowWorker:
         self.partitions = partitions if partitions is not None else check_topics(settings)
         self.on_batch = on_batch
         self.on_forget = on_forget
-        #: Answers ``POST /explain/{user_id}/`` (set by the service when a model is loaded).
-        self.explainer: Explainer | None = None
         self.metrics = WorkerMetrics()
         self.web_port = settings.worker_web_port or free_port()
         self.event_topics = frozenset(settings.event_topics)

@@ -34,6 +34,24 @@ Explain = Annotated[
 ExplainEvents = Annotated[
     int, Query(ge=1, le=20, description="With explain=true: events listed per result.")
 ]
+ExcludeParam = Annotated[
+    str | None,
+    Query(
+        description="Comma-separated: 'recent' (items in the record's recent_items), "
+        "'purchased' (its purchased list), 'seen' (both), 'none' (default). "
+        "Records without those lists exclude nothing.",
+    ),
+]
+RankParam = Annotated[
+    Ranking | None,
+    Query(
+        description="'rerank': the two-stage ranking (candidates of the blend and "
+        "the user's recent items, re-scored by the checkpoint's learned re-ranker); "
+        "'vector': the horizon's vector alone. Default: 'rerank' for horizon=blend "
+        "when the checkpoint has a re-ranker and the record its recent events, "
+        "else 'vector'. The answer's 'ranking' says which was used.",
+    ),
+]
 #: Top items explained per vector by ``/interest?explain=true``.
 INTEREST_TOP_ITEMS = 5
 
@@ -87,9 +105,9 @@ def users_router(state: ApiState) -> APIRouter:
         rec = await state.users_call(state.users.get, user_id)
         out = rec.to_dict()
         if explain:
+            pairs = (("short", rec.short), ("long", rec.long))
             out["explain"] = {
-                h: await _explain_vector(state, user_id, h, vec, explain_events)
-                for h, vec in (("short", rec.short), ("long", rec.long))
+                h: await _explain_vector(state, user_id, h, v, explain_events) for h, v in pairs
             }
         return out
 
@@ -103,24 +121,8 @@ def users_router(state: ApiState) -> APIRouter:
         user_id: UserId,
         k: KParam = 10,
         horizon: Annotated[Horizon, Query(description="Which user vector to use.")] = "blend",
-        exclude: Annotated[
-            str | None,
-            Query(
-                description="Comma-separated: 'recent' (items in the record's recent_items), "
-                "'purchased' (its purchased list), 'seen' (both), 'none' (default). "
-                "Records without those lists exclude nothing.",
-            ),
-        ] = None,
-        rank: Annotated[
-            Ranking | None,
-            Query(
-                description="'rerank': the two-stage ranking (candidates of the blend and "
-                "the user's recent items, re-scored by the checkpoint's learned re-ranker); "
-                "'vector': the horizon's vector alone. Default: 'rerank' for horizon=blend "
-                "when the checkpoint has a re-ranker and the record its recent events, "
-                "else 'vector'. The answer's 'ranking' says which was used.",
-            ),
-        ] = None,
+        exclude: ExcludeParam = None,
+        rank: RankParam = None,
         explain: Explain = False,
         explain_events: ExplainEvents = 3,
     ) -> dict[str, Any]:
@@ -155,16 +157,28 @@ def users_router(state: ApiState) -> APIRouter:
             "items": [{"item_id": i, "score": s} for i, s in hits],
         }
         if explain and hits:
-            targets = np.stack([items.vector(i) for i, _ in hits])
-            ans = await state.workers.explain(
-                user_id, targets, horizon=horizon, weight=blend_weight(state), top=explain_events
-            )
-            for item, res in zip(out["items"], ans["results"], strict=True):
-                item["because"] = res
-            out["explain"] = info(ans)
+            await _explain_items(state, user_id, out, horizon, explain_events)
         return out
 
     return router
+
+
+async def _explain_items(
+    state: ApiState, user_id: str, out: dict[str, Any], horizon: str, top: int
+) -> None:
+    """Add ``because`` to each returned item with a vector (a re-ranked recent item the
+    catalogue has no vector for has none) and the ``explain`` block."""
+    items = require_items(state)
+    known = [it for it in out["items"] if it["item_id"] in items]
+    if not known:
+        return
+    targets = np.stack([items.vector(it["item_id"]) for it in known])
+    ans = await state.workers.explain(
+        user_id, targets, horizon=horizon, weight=blend_weight(state), top=top
+    )
+    for item, res in zip(known, ans["results"], strict=True):
+        item["because"] = res
+    out["explain"] = info(ans)
 
 
 async def _explain_vector(
