@@ -10,9 +10,7 @@ are applied), so replaying the compacted topic is idempotent.
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from array import array
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +20,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from interest_stream.core.events import EVENT_TYPES
 from interest_stream.core.records import HORIZONS, Horizon, UserRecord
 from interest_stream.core.vectors import blend
 from interest_stream.index._rebuild import Rebuilds
@@ -36,6 +33,7 @@ from interest_stream.index.base import (
 )
 from interest_stream.index.errors import IndexNotBuilt, SnapshotError, UnknownId
 from interest_stream.index.faiss_backend import FaissConfig
+from interest_stream.index.user_meta import Meta, Recent
 from interest_stream.index.user_snapshot import (
     SNAPSHOT_FORMAT,
     UserSnapshot,
@@ -46,62 +44,6 @@ from interest_stream.index.user_snapshot import (
 __all__ = ["HORIZONS", "Horizon", "UpsertResult", "UserIndex", "UserRecord"]
 
 logger = logging.getLogger(__name__)
-
-
-_TYPE_CODE = {t: k for k, t in enumerate(EVENT_TYPES)}
-
-
-@dataclass(slots=True)
-class _Recent:
-    """A record's ``recent`` events, compact: ids, one byte of type, int64 times."""
-
-    items: tuple[str, ...]
-    types: bytes  # index into EVENT_TYPES, 255 = another type (kept by name in ``other``)
-    ts: array[int]
-    other: tuple[str, ...] = ()
-
-    @classmethod
-    def pack(cls, events: Sequence[tuple[str, str, int]]) -> _Recent | None:
-        if not events:
-            return None
-        codes = bytes(_TYPE_CODE.get(t, 255) for _i, t, _ts in events)
-        other = tuple(t for _i, t, _ts in events if t not in _TYPE_CODE)
-        ts = array("q", (int(e[2]) for e in events))
-        return cls(tuple(sys.intern(e[0]) for e in events), codes, ts, other)
-
-    def unpack(self) -> tuple[tuple[str, str, int], ...]:
-        others = iter(self.other)
-        return tuple(
-            (i, EVENT_TYPES[c] if c != 255 else next(others), int(t))
-            for i, c, t in zip(self.items, self.types, self.ts, strict=True)
-        )
-
-
-@dataclass(slots=True)
-class _Meta:
-    version: int
-    event_time: int | None
-    updated_at: int | None
-    model_version: str | None
-    recent_items: tuple[str, ...]
-    purchased: tuple[str, ...]
-    recent: _Recent | None = None
-
-    def to_json(self) -> list[Any]:
-        row: list[Any] = [self.version, self.event_time, self.updated_at, self.model_version,
-               list(self.recent_items), list(self.purchased)]  # fmt: skip
-        if self.recent is not None:
-            row.append([list(e) for e in self.recent.unpack()])
-        return row
-
-    @classmethod
-    def from_json(cls, row: Sequence[Any]) -> _Meta:
-        recent = (
-            _Recent.pack([(str(e[0]), str(e[1]), int(e[2])) for e in row[6]])
-            if len(row) > 6
-            else None
-        )
-        return cls(int(row[0]), row[1], row[2], row[3], tuple(row[4]), tuple(row[5]), recent)
 
 
 @dataclass
@@ -168,7 +110,7 @@ class UserIndex:
         self.write_chunk = write_chunk
         self._rebuilds = Rebuilds(lambda: self._sets.values(), background=background_rebuild)
         self._lock = RWLock()
-        self._meta: dict[str, _Meta] = {}
+        self._meta: dict[str, Meta] = {}
         self._sets: dict[str, VectorIndex] = {}
         self._dim: int | None = None
         if dim is not None:
@@ -298,9 +240,9 @@ class UserIndex:
                     if held is not None and rec.version < held.version:
                         result.stale += 1
                         continue
-                    self._meta[rec.user_id] = _Meta(
+                    self._meta[rec.user_id] = Meta(
                         rec.version, rec.event_time, rec.updated_at, rec.model_version,
-                        tuple(rec.recent_items), tuple(rec.purchased), _Recent.pack(rec.recent),
+                        tuple(rec.recent_items), tuple(rec.purchased), Recent.pack(rec.recent),
                     )  # fmt: skip
                     rows.append(j)
                 if rows:
@@ -497,7 +439,7 @@ class UserIndex:
         path = Path(folder)
         snap = read_snapshot(path, expect_dim=expect_dim, expect_metric=expect_metric)
         try:
-            metas = [_Meta.from_json(r) for r in snap.rows]
+            metas = [Meta.from_json(r) for r in snap.rows]
         except (ValueError, TypeError, IndexError) as exc:
             raise SnapshotError(f"cannot read user-index snapshot {path}: {exc}") from exc
         ids, doc, n = snap.ids, snap.doc, len(snap.ids)

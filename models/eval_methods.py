@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from interest_stream.core.events import Interaction
+from interest_stream.models.baselines import Baselines
 from interest_stream.models.config import TaskKind
 from interest_stream.models.metrics import METRIC_NAMES, bootstrap_ci, paired_ratio_ci, rank_metrics
 from interest_stream.models.split import EvalSplit
@@ -194,6 +195,32 @@ def add_rerank(
     return {"features": list(rr.feature_names), "n_candidates": rr.n_candidates,
             "weights": dict(zip(rr.feature_names, rr.weights.tolist(), strict=True)),
             "info": {k: v for k, v in rr.info.items() if k != "grid"}}  # fmt: skip
+
+
+def method_fns(
+    split: EvalSplit,
+    model_dir: str | os.PathLike[str],
+    vecs: dict[str, np.ndarray],
+    cand: np.ndarray,
+    known: np.ndarray,
+    base: Baselines,
+    *,
+    mask_unknown: bool,
+) -> tuple[dict[str, ScoreFn], dict[str, Any] | None]:
+    """Every method's score function, in report order (vectors, ``rerank``, baselines).
+
+    Args:
+        mask_unknown: Candidates the checkpoint does not know score ``-inf`` for the
+            vectors (the leave-one-out protocol).
+
+    Returns:
+        ``(fns, rerank)``: ``rerank`` describes the checkpoint's re-ranker (``None``: none).
+    """
+    mask = known if mask_unknown else None
+    fns: dict[str, ScoreFn] = {m: dot_scores(vecs[m], cand, mask) for m in MODEL_METHODS}
+    fns.update(popularity=base.popularity, recent_popularity=base.recent_popularity)
+    fns.update(item_knn=base.item_knn, repeat_last=base.repeat_last)
+    return fns, add_rerank(fns, split, model_dir, vecs, cand, known)
 
 
 def summarise(

@@ -37,9 +37,8 @@ from interest_stream.models.eval_methods import (
     MODEL_METHODS,
     RERANK_METHOD,
     ScoreFn,
-    add_rerank,
-    dot_scores,
     machine_info,
+    method_fns,
     model_vectors,
     summarise,
     task_results,
@@ -167,10 +166,7 @@ def evaluate(
     vecs, cand, info, timing = model_vectors(split, model_dir, device, alpha)
     base = Baselines(split, recent_days=recent_days)
     t_base = time.perf_counter()
-    fns: dict[str, ScoreFn] = {m: dot_scores(vecs[m], cand) for m in MODEL_METHODS}
-    fns.update(popularity=base.popularity, recent_popularity=base.recent_popularity)
-    fns.update(item_knn=base.item_knn, repeat_last=base.repeat_last)
-    rerank = add_rerank(fns, split, model_dir, vecs, cand, info["known"])
+    fns, rerank = method_fns(split, model_dir, vecs, cand, info["known"], base, mask_unknown=False)
     results = {t.value: task_results(split, t, fns, n_bootstrap, seed) for t in task_list}
     for res in results.values():
         _add_aliases(res)

@@ -26,12 +26,9 @@ from interest_stream.models.baselines import Baselines
 from interest_stream.models.config import TaskKind
 from interest_stream.models.errors import ModelError
 from interest_stream.models.eval_methods import (
-    MODEL_METHODS,
     RERANK_METHOD,
-    ScoreFn,
-    add_rerank,
-    dot_scores,
     machine_info,
+    method_fns,
     model_vectors,
     task_results,
 )
@@ -133,10 +130,7 @@ def evaluate_loo(
     base = Baselines(split, recent_days=recent_days)
     t_base = time.perf_counter()
     known = info["known"]
-    fns: dict[str, ScoreFn] = {m: dot_scores(vecs[m], cand, known) for m in MODEL_METHODS}
-    fns.update(popularity=base.popularity, recent_popularity=base.recent_popularity)
-    fns.update(item_knn=base.item_knn, repeat_last=base.repeat_last)
-    rerank = add_rerank(fns, split, model_dir, vecs, cand, known)
+    fns, rerank = method_fns(split, model_dir, vecs, cand, known, base, mask_unknown=True)
     results = {"all": task_results(split, TaskKind.ALL, fns, n_bootstrap, seed)}
     t_end = time.perf_counter()
     tgt_known = sum(bool(known[t[0]]) for t in split.targets[TaskKind.ALL] if len(t))
