@@ -201,6 +201,9 @@ def dashboard_router(state: ApiState, history: LiveHistory | None = None) -> API
             "topic": state.settings.output_topic,
             "model_version": None if state.items is None else state.items.model_version,
             "consumer": "disabled" if c is None else c.status,
+            # explanations need a worker to ask (INTEREST_WORKER_URLS); without one the page
+            # shows recommendations and audiences without "because of"
+            "explain": bool(state.workers.urls),
             "records": {
                 "applied": 0 if totals is None else totals.applied,
                 "stale": 0 if totals is None else totals.stale,

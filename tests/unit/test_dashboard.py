@@ -102,6 +102,8 @@ def test_live_counters_without_consumer(dash: tuple[Any, TestClient]) -> None:
     live = client.get("/v1/dashboard/live").json()
     assert live["consumer"] == "disabled" and live["model_version"] == "m9"
     assert live["records"] == {"applied": 0, "stale": 0, "malformed": 0, "tombstones": 0}
+    # no INTEREST_WORKER_URLS: the page must not ask for explanations (they would be 503s)
+    assert live["explain"] is False
 
 
 def test_without_categories_or_model() -> None:

@@ -160,6 +160,10 @@
 
   // ------------------------------------------------------------------ live figures
   let prev = null; // {applied, t}
+  // from /v1/dashboard/live: does the API know a worker to ask "why"?
+  let explainAvailable = false;
+  let explainKnown = false;
+  const NO_WORKER = "No explanations: the API knows no worker to ask (INTEREST_WORKER_URLS).";
   let statsBusy = false;
 
   async function pollStats() {
@@ -197,6 +201,10 @@
         text("rate", rate >= 100 ? fmtInt.format(Math.round(rate)) : rate.toFixed(1));
       }
       if (applied != null) prev = { applied: applied, t: now };
+      if (live.status === 200) {
+        explainAvailable = !!l.explain;
+        explainKnown = true;
+      }
       if (live.status === 200) {
         if (typeof l.history_s === "number" && l.history_s > 0) historyMs = l.history_s * 1000;
         mergeHistory(l.history);
@@ -272,6 +280,18 @@
       "; prior " + pct(b.prior_share);
   }
 
+
+  async function explainOn() {
+    if (!explainKnown) {
+      const r = await getJSON("/v1/dashboard/live?since=" + Date.now());
+      if (r.status === 200 && r.body) {
+        explainAvailable = !!r.body.explain;
+        explainKnown = true;
+      }
+    }
+    return explainAvailable;
+  }
+
   function fillBecause(id, rows, label) {
     const frag = document.createDocumentFragment();
     rows.forEach((r) => {
@@ -279,22 +299,26 @@
       const head = document.createElement("span");
       head.className = "id";
       head.textContent = label(r) + " · " + r.score.toFixed(3);
-      const why = document.createElement("p");
-      why.className = "because";
-      why.textContent = becauseText(r.because);
-      li.append(head, why);
+      li.append(head);
+      if (explainAvailable || r.because) {
+        const why = document.createElement("p");
+        why.className = "because";
+        why.textContent = becauseText(r.because);
+        li.append(why);
+      }
       frag.appendChild(li);
     });
     $(id).replaceChildren(frag);
   }
 
   async function loadRecs(user) {
+    const why = await explainOn();
     const r = await getJSON("/v1/users/" + encodeURIComponent(user) +
-      "/recommendations?k=5&explain=true&explain_events=3");
+      "/recommendations?k=5" + (why ? "&explain=true&explain_events=3" : ""));
     if (user !== currentUser) return;
     if (r.status === 200 && r.body) {
       fillBecause("recs", r.body.items, (it) => it.item_id);
-      $("recs-status").textContent = "";
+      $("recs-status").textContent = why ? "" : NO_WORKER;
     } else {
       $("recs").replaceChildren();
       const detail = r.body && r.body.detail ? ": " + String(r.body.detail) : "";
@@ -307,12 +331,15 @@
     try {
       const resp = await fetch("/v1/audience", { method: "POST", cache: "no-cache",
         headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify({ item_id: item, k: 5, explain: true, explain_events: 3 }) });
+        body: JSON.stringify((await explainOn())
+          ? { item_id: item, k: 5, explain: true, explain_events: 3 }
+          : { item_id: item, k: 5 }) });
       let body = null;
       try { body = await resp.json(); } catch (e) { body = null; }
       if (resp.status === 200 && body) {
         fillBecause("audience", body.users, (u) => u.user_id);
-        $("audience-status").textContent = body.users.length ? "" : "No users yet.";
+        $("audience-status").textContent = !body.users.length ? "No users yet."
+          : explainAvailable ? "" : NO_WORKER;
       } else {
         $("audience").replaceChildren();
         const detail = body && body.detail ? ": " + String(body.detail) : "";
