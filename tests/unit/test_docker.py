@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import faust
 import pytest
 import yaml
 
@@ -29,6 +30,7 @@ from interest_stream.streams.kafka_local.broker import DEFAULT_KAFKA_VERSION
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 APP_IMAGE = "interest-stream:latest"
+FAUST_PREFIX = "INTEREST_FAUST_"
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
@@ -124,6 +126,10 @@ def test_environment_names_and_values_are_settings(
     services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fields = {f"{ENV_PREFIX}{n.upper()}" for n in Settings.model_fields}
+    # the worker passes INTEREST_FAUST_<NAME> to Faust (README): names of Faust settings
+    fields |= {
+        f"{FAUST_PREFIX}{p.env_name}" for p in faust.Settings.SETTINGS.values() if p.env_name
+    }
     for name, svc in _app_services(services).items():
         env = _env(svc)
         unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in fields)
@@ -273,3 +279,18 @@ def test_dockerfiles(dockerfile: str) -> None:
     # the matching ignore file keeps the context to what is copied (no .venv, no data)
     ignore = (DOCKER / f"{dockerfile}.dockerignore").read_text().splitlines()
     assert ignore[1] == "*" and "!interest_stream" in ignore
+
+
+def test_api_reaches_the_worker_for_explanations(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """explain=true: the API names the worker by its service name, and the worker's web
+    server listens beyond its own loopback (Faust reads the bind from the environment,
+    over the worker's 127.0.0.1 default)."""
+    api, worker = _env(services["api"]), _env(services["worker"])
+    assert api["INTEREST_WORKER_URLS"] == f"http://worker:{worker['INTEREST_WORKER_WEB_PORT']}"
+    bind = worker[f"{FAUST_PREFIX}WEB_BIND"]
+    assert bind == "0.0.0.0"
+    monkeypatch.setenv(f"{FAUST_PREFIX}WEB_BIND", bind)
+    app = faust.App("compose-check", env_prefix=FAUST_PREFIX, web_bind="127.0.0.1")
+    assert app.conf.web_bind == bind
