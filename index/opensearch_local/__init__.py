@@ -4,40 +4,5 @@ Used by ``interest-stream opensearch start|stop|status`` and the integration tes
 session fixture. Public names: :mod:`interest_stream.index.opensearch_local.cluster`.
 """
 
-from interest_stream.index.opensearch_local.cluster import (
-    DEFAULT_KNN_VERSION,
-    DEFAULT_OPENSEARCH_VERSION,
-    ClusterConfig,
-    ClusterStatus,
-    NodeStatus,
-    OpenSearchInstallError,
-    OpenSearchLocalError,
-    OpenSearchStartError,
-    install,
-    is_installed,
-    kill_node,
-    node_settings,
-    painless_descriptor,
-    start,
-    status,
-    stop,
-)
-
-__all__ = [
-    "DEFAULT_KNN_VERSION",
-    "DEFAULT_OPENSEARCH_VERSION",
-    "ClusterConfig",
-    "ClusterStatus",
-    "NodeStatus",
-    "OpenSearchInstallError",
-    "OpenSearchLocalError",
-    "OpenSearchStartError",
-    "install",
-    "is_installed",
-    "kill_node",
-    "node_settings",
-    "painless_descriptor",
-    "start",
-    "status",
-    "stop",
-]
+from interest_stream.index.opensearch_local.cluster import *  # noqa: F403  (the facade's public names, listed once there)
+from interest_stream.index.opensearch_local.cluster import __all__ as __all__
