@@ -171,7 +171,7 @@ def _fit_validated(
         if cfg.select_alpha:
             out.selected_alpha = float(channels["alpha"])
     if cfg.rerank:
-        out.rerank = _fit_rerank(out, cfg, vocab, val_split, device)
+        out.rerank = _fit_rerank(out, cfg, vocab, val_split, device, deadline)
         out.phases["rerank"] = out.rerank.info
     if period.refit:
         second = fit(
@@ -183,7 +183,12 @@ def _fit_validated(
 
 
 def _fit_rerank(
-    fitted: _Fitted, cfg: TrainConfig, vocab: Vocab, val_split: EvalSplit, device: torch.device
+    fitted: _Fitted,
+    cfg: TrainConfig,
+    vocab: Vocab,
+    val_split: EvalSplit,
+    device: torch.device,
+    deadline: float | None,
 ) -> Reranker:
     """The re-ranker, fit on the validation split with the encoder fit before it.
 
@@ -200,11 +205,13 @@ def _fit_rerank(
     cand, known = candidate_vectors(model, val_split.candidates)
     stats = _rerank_stats(val_split.train, vocab, val_split.cutoff_ts)
     items = RerankItems(vocab.item_ids, model.item_vectors(), stats)
-    n_top = max(rerank_fit.N_CANDIDATES_GRID)
+    grid_m: tuple[int, ...] = rerank_fit.N_CANDIDATES_GRID
+    if deadline is not None and time.perf_counter() >= deadline:
+        grid_m = (min(grid_m),)  # budget spent: the likely winner only (fit_reranker)
     data = split_candidates(
-        val_split, vecs, cand, known, items, n_top, hide_rate=HIDE_RATE, seed=cfg.seed
+        val_split, vecs, cand, known, items, max(grid_m), hide_rate=HIDE_RATE, seed=cfg.seed
     )
-    rr: Reranker = fit_reranker(data, seed=cfg.seed)
+    rr: Reranker = fit_reranker(data, n_candidates_grid=grid_m, seed=cfg.seed, deadline=deadline)
     rr.info.update(fit_on="validation split", hide_rate=HIDE_RATE, val_split=val_split.stats)
     return rr
 

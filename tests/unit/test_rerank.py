@@ -242,3 +242,25 @@ def test_api_bad_rank_is_422(api: TestClient, served: dict[str, Any], query: str
     r = api.get(f"/v1/users/{user}/recommendations?{query}")
     assert r.status_code == 422, r.text
     assert r.json()["error"] == "invalid_request"
+
+
+def test_grid_order_tries_the_usual_winner_first() -> None:
+    order = rerank_fit._grid_order(("vector", "repeat", "full"), (50, 100, 200), (1e-4, 1e-2, 1e-1))
+    assert order[0] == ("full", 50, 1e-2)
+    assert len(order) == len(set(order)) == 27
+
+
+def test_spent_time_budget_fits_the_first_point_without_cross_fitting(tmp_path: Path) -> None:
+    """``max_train_seconds`` covers the re-ranker: past the budget, one fit, no grid search."""
+    events = repeat_events(n_users=60)
+    cfg = tiny_train_config(
+        val_fraction=0.1, protocol="loo", epochs=2, rerank=True, max_train_seconds=1e-3
+    )
+    train(events, tmp_path / "model", cfg, progress=False)
+    info = json.loads((tmp_path / "model" / "metrics.json").read_text())["phases"]["rerank"]
+    assert info["grid"] == {} and info["grid_points"] == 1 and info["cv_ndcg@10"] is None
+    assert (info["feature_set"], info["n_candidates"]) == (
+        "full",
+        min(rerank_fit.N_CANDIDATES_GRID),
+    )
+    assert load_reranker(tmp_path / "model") is not None
