@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from interest_stream.core.checkpoint import load_item_meta, load_item_vectors
+from interest_stream.core.new_items import ItemVectorRecord
 from interest_stream.core.rerank import Reranker, RerankItems, load_reranker
 from interest_stream.index.base import VectorIndex, Vectors, as_matrix, create_index
 from interest_stream.index.errors import DimensionMismatch, UnknownId
@@ -90,8 +92,10 @@ def write_item_vectors(
 class ItemIndex:
     """Item vectors of one model version with nearest-item queries.
 
-    The catalogue is fixed for the life of the object (a new checkpoint means
-    a new ItemIndex); searches are thread safe.
+    The checkpoint's catalogue is fixed for the life of the object (a new checkpoint
+    means a new ItemIndex); items born after it are added, updated and withdrawn with
+    :meth:`apply_new_items` (vectors of this checkpoint's ``model_version`` only; the
+    checkpoint's own items are never overwritten). Searches are thread safe.
     """
 
     def __init__(
@@ -133,6 +137,10 @@ class ItemIndex:
         self.source = source
         self.config: dict[str, Any] = {}
         self._meta: dict[str, Any] = dict(meta or {})
+        self._base: frozenset[str] = frozenset(str(i) for i in ids)
+        self._new: set[str] = set()  # items born after the checkpoint, held
+        self._versions: dict[str, int] = {}  # their newest record version (held or withdrawn)
+        self._lock = threading.Lock()
         # the checkpoint's re-ranker and its item data (rerank.json), if it has one
         self.reranker: tuple[Reranker, RerankItems] | None = None
 
@@ -207,6 +215,48 @@ class ItemIndex:
         """The underlying vector index."""
         return self._index
 
+    # ------------------------------------------------------------------ new items
+    def apply_new_items(self, records: Sequence[ItemVectorRecord]) -> int:
+        """Add, update or withdraw items born after the checkpoint (item-vectors records).
+
+        A record applies only if it is in this checkpoint's vector space (its
+        ``model_version``), names an item the checkpoint does not have, and is not older
+        than the one held for the item; a record without a vector withdraws the item.
+
+        Returns:
+            Records applied.
+        """
+        with self._lock:
+            latest: dict[str, ItemVectorRecord] = {}
+            for rec in records:
+                if rec.model_version != self.model_version or rec.item_id in self._base:
+                    continue
+                if rec.version < self._versions.get(rec.item_id, -1):
+                    continue
+                if rec.vector is not None and rec.vector.shape != (self.dim,):
+                    continue
+                old = latest.get(rec.item_id)
+                if old is None or rec.version >= old.version:
+                    latest[rec.item_id] = rec
+            gone = [i for i, r in latest.items() if r.vector is None]
+            put = [r for r in latest.values() if r.vector is not None]
+            self._index.remove([i for i in gone if i in self._new])
+            self._new.difference_update(gone)
+            self._versions.update({i: r.version for i, r in latest.items()})
+            if put:
+                ids = [r.item_id for r in put]
+                self._index.upsert(ids, np.stack([r.vector for r in put if r.vector is not None]))
+                self._new.update(ids)
+                for r in put:
+                    if r.category is not None:
+                        self._meta.setdefault(r.item_id, {"category": r.category})
+            return len(latest)
+
+    def new_items(self) -> list[str]:
+        """The items held that the checkpoint does not have (born after it)."""
+        with self._lock:
+            return list(self._new)
+
     # ------------------------------------------------------------------ reads
     def vector(self, item_id: str) -> npt.NDArray[np.float32]:
         """The item's vector ``[dim]``.
@@ -268,6 +318,7 @@ class ItemIndex:
             "items": self.count(),
             "dim": self.dim,
             "model_version": self.model_version,
+            "new_items": len(self._new),
             "source": None if self.source is None else str(self.source),
             "index": self._index.stats(),
         }

@@ -20,11 +20,14 @@ from typing import Any
 
 from faust.types import EventT
 
+from interest_stream.core.checkpoint import CheckpointError
 from interest_stream.core.records import tombstone
 from interest_stream.core.settings import Settings
 from interest_stream.streams.explain import Explainer
+from interest_stream.streams.new_items import NewItemPublisher
 from interest_stream.streams.positions import is_reserved_key
 from interest_stream.streams.reencode import Encoder, Reencoder
+from interest_stream.streams.topics import item_vectors_topic
 from interest_stream.streams.window import BehaviorWindow, StateCodecError
 from interest_stream.streams.worker import WindowWorker, run_worker
 
@@ -221,8 +224,13 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
     # why costs no second process, and the first run's start stays as fast)
     worker.explainer = explainer
 
+    new_items = _new_item_publisher(worker)
+
     async def on_batch(windows: Mapping[str, BehaviorWindow]) -> None:
         await reencoder.submit(windows, worker.produced_at)
+        if new_items is not None:  # items born after the checkpoint (streams/new_items.py)
+            new_items.follow(reencoder.model.model_version)
+            new_items.observe(windows)
 
     async def on_forget(users: Mapping[str, int]) -> None:
         for user in users:
@@ -237,6 +245,30 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
     worker.on_forget = on_forget
     _schedule(worker, reencoder)
     return reencoder
+
+
+def _new_item_publisher(worker: ReencodingWorker) -> NewItemPublisher | None:
+    """The publisher of new items' vectors to the item-vectors topic (needs a checkpoint)."""
+    s, app = worker.settings, worker.app
+    if s.model_dir is None:
+        return None
+    topic = item_vectors_topic(s)
+
+    async def publish(records: Sequence[tuple[bytes, bytes | None]]) -> None:
+        futures = [await app.producer.send(topic, k, v, None, None, None) for k, v in records]
+        await asyncio.gather(*futures)
+
+    try:
+        pub = NewItemPublisher(Path(s.model_dir), publish)
+    except CheckpointError as exc:
+        log.warning("no vectors for new items: %s", exc)
+        return None
+
+    async def publish_new_items() -> None:
+        await pub.maybe_publish()
+
+    app.timer(interval=pub.interval_s)(publish_new_items)
+    return pub
 
 
 def run(settings: Settings) -> int:

@@ -44,6 +44,7 @@ from interest_stream.models.eval_methods import (
     task_results,
 )
 from interest_stream.models.metrics import rank_metrics
+from interest_stream.models.new_items_eval import new_items_section
 from interest_stream.models.report import write_report
 from interest_stream.models.split import EvalSplit, cutoff_time, make_split
 
@@ -188,6 +189,8 @@ def evaluate(
     report = _report(dataset, model_dir, cfg, info, protocol, split, base, results, cold, seconds)
     report["default_ranking"] = RERANK_METHOD if rerank is not None else "blend"
     report["rerank"] = rerank
+    report["new_items"] = new_items_section(
+        "temporal", split, model_dir, device, info, cand, fns, n_bootstrap, seed)  # fmt: skip
     if out_dir is not None:
         write_report(report, out_dir, name)
     return report

@@ -33,6 +33,7 @@ from interest_stream.models.eval_methods import (
     task_results,
 )
 from interest_stream.models.loo import loo_fingerprint, loo_frame, loo_split
+from interest_stream.models.new_items_eval import new_items_section
 from interest_stream.models.report import write_report
 
 __all__ = ["check_loo_checkpoint", "evaluate_loo"]
@@ -157,6 +158,8 @@ def evaluate_loo(
         },
         "machine": machine_info(),
     }
+    report["new_items"] = new_items_section(
+        "loo", split, model_dir, device, info, cand, fns, n_bootstrap, seed, frame)  # fmt: skip
     if out_dir is not None:
         write_report(report, out_dir, name)
     return report

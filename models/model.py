@@ -44,6 +44,7 @@ from interest_stream.models.checkpoint import (
 from interest_stream.models.config import N_SPECIAL_ITEMS, OOV_INDEX, EncoderConfig, type_index
 from interest_stream.models.encoder import InterestEncoder, SeqBatch
 from interest_stream.models.errors import CheckpointError, ModelError
+from interest_stream.models.extra_items import extra_rows, with_extra
 from interest_stream.models.features import arrays_from_histories, short_window
 from interest_stream.models.incremental import (
     LongState,
@@ -124,7 +125,7 @@ class InterestModel:
     ) -> None:
         self.encoder = encoder.to(device).eval()
         self.item_ids: list[str] = list(item_ids)
-        self.item_index: dict[str, int] = {item: i for i, item in enumerate(self.item_ids)}
+        self._lookup = self.item_index = {item: i for i, item in enumerate(self.item_ids)}
         self.config = config
         self.model_version: str = str(config.get("model_version", "untrained"))
         self.dim: int = encoder.out_dim
@@ -132,6 +133,7 @@ class InterestModel:
         self._table: torch.Tensor | None = None
         self._scores: torch.Tensor | None = None
         self._empty: np.ndarray | None = None
+        self._extra: torch.Tensor | None = None
         train_cfg = config.get("train", {})
         self.short_window_events, self.short_window_minutes = short_window_spec(config)
         self.blend_alpha = float(train_cfg.get("blend_alpha", 0.5))
@@ -181,8 +183,13 @@ class InterestModel:
     def _item_table(self) -> torch.Tensor:
         if self._table is None:
             with torch.inference_mode():
-                self._table = self.encoder.item_table()
+                self._table = with_extra(self.encoder.item_table(), self._extra)
         return self._table
+
+    def set_extra_items(self, ids: Sequence[str], input_vectors: Any) -> None:
+        """Encode unknown ``ids`` from ``input_vectors`` ``[n, dim]``, not OOV (extra_items.py)."""
+        self._lookup, self._extra = extra_rows(self, ids, input_vectors)
+        self._table = self._empty = None
 
     def item_vectors(self) -> np.ndarray:
         """float32 ``[n_items, dim]``: row ``i`` is the vector of ``item_ids[i]``."""
@@ -217,7 +224,7 @@ class InterestModel:
                 ):
                     end += 1
                 idx = order[start:end]
-                arrays = arrays_from_histories([histories[i] for i in idx], self.item_index, cap)
+                arrays = arrays_from_histories([histories[i] for i in idx], self._lookup, cap)
                 batch = SeqBatch.from_arrays(arrays, pin=cuda).to(self.device, non_blocking=cuda)
                 enc = self.encoder
                 vec = enc.encode_long(batch, table) if long else enc.encode_short(batch, table)
@@ -320,7 +327,7 @@ class InterestModel:
         items = np.zeros((b, width), dtype=np.int64)
         types = np.zeros((b, width), dtype=np.int64)
         ts = np.zeros((b, width), dtype=np.float64)
-        get, shift = self.item_index.get, N_SPECIAL_ITEMS
+        get, shift = self._lookup.get, N_SPECIAL_ITEMS
         for r, h in enumerate(histories):
             items[r, : len(h)] = [get(e[0], OOV_INDEX - shift) + shift for e in h]
             types[r, : len(h)] = [type_index(e[1]) for e in h]

@@ -5,6 +5,8 @@
   on the partition its key hashes to in every topic;
 * the DLQ (``INTEREST_DLQ_TOPIC``): same partition count, delete policy;
 * the output topic (``INTEREST_OUTPUT_TOPIC``): compacted, key = user_id;
+* the item-vectors topic (:func:`item_vectors_topic`): compacted, key = item id
+  (vectors of items born after the checkpoint, docs/CONTRACTS.md §4b);
 * the worker's tables' changelogs (:func:`changelog_topic`,
   :func:`forgotten_changelog_topic`) and the command topic: the event topics'
   partition count (:func:`check_topics`).
@@ -37,6 +39,7 @@ __all__ = [
     "ensure_command_topic",
     "ensure_topics",
     "forgotten_changelog_topic",
+    "item_vectors_topic",
     "partition_counts",
 ]
 
@@ -65,6 +68,11 @@ def changelog_topic(settings: Settings) -> str:
 def forgotten_changelog_topic(settings: Settings) -> str:
     """Changelog topic of the forgotten-users table (``<app_id>-forgotten-changelog``)."""
     return f"{settings.app_id}-{FORGOTTEN_TABLE}-changelog"
+
+
+def item_vectors_topic(settings: Settings) -> str:
+    """The compacted topic of new items' vectors (``<output topic>.item-vectors``)."""
+    return f"{settings.output_topic}.item-vectors"
 
 
 def admin_client(settings: Settings, timeout_s: float = 15.0) -> KafkaAdminClient:
@@ -126,18 +134,13 @@ def ensure_topics(settings: Settings, *, extra: Iterable[str] = ()) -> dict[str,
         n = settings.topic_partitions
         plain = [*settings.event_topics, *extra, settings.dlq_topic]
         specs = [NewTopic(t, n, 1) for t in dict.fromkeys(plain)]
-        specs.append(
-            NewTopic(
-                settings.output_topic,
-                n,
-                1,
-                topic_configs={
-                    "cleanup.policy": "compact",
-                    "min.cleanable.dirty.ratio": "0.1",
-                    "segment.ms": "600000",
-                },
-            )
-        )
+        compacted = {
+            "cleanup.policy": "compact",
+            "min.cleanable.dirty.ratio": "0.1",
+            "segment.ms": "600000",
+        }
+        for topic in (settings.output_topic, item_vectors_topic(settings)):
+            specs.append(NewTopic(topic, n, 1, topic_configs=compacted))
         existing = set(admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:

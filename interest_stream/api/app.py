@@ -28,6 +28,7 @@ from interest_stream.api.dashboard import LiveHistory, dashboard_router
 from interest_stream.api.errors import install_error_handlers
 from interest_stream.api.explain import WorkerDirectory, worker_urls
 from interest_stream.api.forget import ForgetHook, KafkaPublisher, Publisher, worker_forget_hook
+from interest_stream.api.item_consumer import ItemVectorsConsumer
 from interest_stream.api.metrics import ApiMetrics
 from interest_stream.api.middleware import BodyLimitMiddleware, TimingMiddleware
 from interest_stream.api.model_watch import ModelWatch
@@ -138,6 +139,8 @@ def create_app(
             worker_urls(settings), float(setting(settings, "explain_timeout_s", 5.0))
         ),
     )
+    if start_consumer:  # items born after the checkpoint, into whichever item index is current
+        state.item_consumer = ItemVectorsConsumer(settings, lambda: state.items)
     return _make_app(state)
 
 
@@ -166,6 +169,8 @@ def _make_app(state: ApiState) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.consumer is not None:
             state.consumer.start()
+        if state.item_consumer is not None:
+            state.item_consumer.start()
         tasks = [asyncio.create_task(history.run()), asyncio.create_task(watch.run())]
         try:
             yield
@@ -174,6 +179,8 @@ def _make_app(state: ApiState) -> FastAPI:
                 task.cancel()
             if state.consumer is not None:
                 await anyio.to_thread.run_sync(state.consumer.stop)
+            if state.item_consumer is not None:
+                await anyio.to_thread.run_sync(state.item_consumer.stop)
             state.publisher.close()
             await state.workers.aclose()
             for hook in state.forget_hooks:

@@ -14,6 +14,7 @@ from interest_stream.api.consumer import OutputConsumer
 from interest_stream.api.errors import ApiError
 from interest_stream.api.explain import WorkerDirectory
 from interest_stream.api.forget import ForgetHook, Publisher
+from interest_stream.api.item_consumer import ItemVectorsConsumer
 from interest_stream.api.metrics import ApiMetrics
 from interest_stream.core.settings import Settings
 from interest_stream.index.item_index import ItemIndex
@@ -39,6 +40,7 @@ class ApiState:
         offload_search: Run item searches in the thread pool (see ``create_app``).
         workers: Where ``explain=true`` questions go (``INTEREST_WORKER_URLS``).
         started_at: Creation time (epoch seconds).
+        item_consumer: The item-vectors consumer (items born after the checkpoint).
     """
 
     settings: Settings
@@ -51,6 +53,7 @@ class ApiState:
     offload_search: bool = False
     workers: WorkerDirectory = field(default_factory=lambda: WorkerDirectory([]))
     started_at: float = field(default_factory=time.time)
+    item_consumer: ItemVectorsConsumer | None = None
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether the replica is ready, and why (JSON)."""

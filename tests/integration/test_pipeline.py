@@ -14,6 +14,7 @@ run as child processes exactly as in production (``interest-stream worker`` /
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -78,6 +79,34 @@ def _wait_versions(api: str, expected: dict[str, int], timeout: float = 120.0) -
     )
 
 
+def _held(url: str, item: str) -> bool:
+    status, _ = http_get_json(f"{url}/v1/items/{item}/similar?k=3")
+    return status == 200
+
+
+def _check_new_items(url: str, df: object, known: set[str], timeout: float = 60.0) -> None:
+    """Items the checkpoint never saw, next to a known item in some user's events, reach
+    the API's item index through the item-vectors topic and are searchable there."""
+    import pandas as pd
+
+    assert isinstance(df, pd.DataFrame)
+    expect: set[str] = set()
+    for _, g in df.sort_values("ts", kind="stable").groupby("user_id"):
+        items = g["item_id"].astype(str).tolist()[-200:]  # what the worker's window keeps
+        for a, b in itertools.pairwise(items):
+            if (a in known) != (b in known):
+                expect.add(b if a in known else a)
+    assert expect, "the replay has no item unknown to the checkpoint next to a known one"
+    probe = sorted(expect)[:5]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(_held(url, i) for i in probe):
+        time.sleep(1.0)
+    assert all(_held(url, i) for i in probe), f"new items not in the API's index: {probe}"
+    _, sim = http_get_json(f"{url}/v1/items/{probe[0]}/similar?k=3")
+    assert len(sim["items"]) == 3
+    print(f"\n{len(expect)} items new to the checkpoint; {probe} held by the API")
+
+
 def test_pipeline_versions_vectors_freshness_and_hot_reload(
     make_settings: Callable[..., Settings], tiny_model: Path, small_events: object, tmp_path: Path
 ) -> None:
@@ -139,10 +168,12 @@ def test_pipeline_versions_vectors_freshness_and_hot_reload(
         print(f"\npipeline freshness p50 {fresh['p50_ms']:.0f} ms, p99 {fresh['p99_ms']:.0f} ms; "
               f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
 
+        known = set(json.loads((model_dir / "items.json").read_text()))
+        _check_new_items(url, df, known)
         _, rec = http_get_json(f"{url}/v1/users/{users[0]}/recommendations?k=5&horizon=blend")
         assert len(rec["items"]) == 5
-        known = set(json.loads((model_dir / "items.json").read_text()))
-        assert all(it["item_id"] in known for it in rec["items"])
+        for it in rec["items"]:  # the checkpoint's items, or new items the API now holds
+            assert it["item_id"] in known or _held(url, it["item_id"]), it
 
         # hot reload: a retrained checkpoint swapped into the folder re-encodes everyone
         from model_helpers import tiny_train_config

@@ -1,0 +1,148 @@
+"""The worker's side of items born after the checkpoint: estimate, then publish.
+
+:class:`NewItemPublisher` feeds the users' touched windows to a
+:class:`~interest_stream.core.new_items.NewItemEstimator` over the checkpoint's published
+item vectors (read torch-free from the checkpoint folder) and, at most every
+``interval_s``, publishes the items whose evidence changed to the compacted item-vectors
+topic (:func:`~interest_stream.streams.topics.item_vectors_topic`, key = item id, value =
+:class:`~interest_stream.core.new_items.ItemVectorRecord`). A new checkpoint re-averages the
+evidence over its vectors and re-publishes every item it still does not know. The state is
+in memory: after a restart it grows again from new traffic (the topic keeps the last
+published vectors meanwhile). Design: docs/DESIGN.md ("Items born after the checkpoint").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+
+from interest_stream.core.checkpoint import load_item_meta, load_item_vectors
+from interest_stream.core.events import EVENT_TYPES
+from interest_stream.core.new_items import ItemVectorRecord, NewItemEstimator, NewItemParams
+from interest_stream.streams.window import BehaviorWindow
+
+__all__ = ["NewItemPublisher"]
+
+log = logging.getLogger(__name__)
+
+PublishItems = Callable[[Sequence[tuple[bytes, bytes | None]]], Awaitable[None]]
+
+
+def _categories(meta: Mapping[str, object]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item, m in meta.items():
+        cat = m.get("category") if isinstance(m, Mapping) else m
+        if cat is not None:
+            out[str(item)] = str(cat)
+    return out
+
+
+class NewItemPublisher:
+    """Co-occurrence vectors of new items from the worker's windows, published live.
+
+    Args:
+        model_dir: The checkpoint folder the worker encodes with.
+        publish: Coroutine producing ``(key, value)`` records to the item-vectors topic.
+        params: The estimator's knobs.
+        interval_s: Least seconds between two publications.
+        max_users: Bound of the per-user "events already seen" marks (LRU).
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        publish: PublishItems,
+        params: NewItemParams | None = None,
+        interval_s: float = 5.0,
+        max_users: int = 1_000_000,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self._publish = publish
+        self.interval_s = interval_s
+        self._max_users = max_users
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._dirty: set[str] = set()
+        self._last = 0.0
+        self.published = 0
+        self._tried = ""
+        ids, vecs, cfg = load_item_vectors(self.model_dir)
+        self.model_version = str(cfg.get("model_version"))
+        self.estimator = NewItemEstimator(
+            ids, vecs, None, params, _categories(load_item_meta(self.model_dir)), _codes(cfg)
+        )
+
+    def observe(self, windows: Mapping[str, BehaviorWindow]) -> None:
+        """Count the pairs of the events each window gained since it was last observed."""
+        for user, w in windows.items():
+            before = self._seen.pop(user, None)
+            self._seen[user] = w.version
+            if len(self._seen) > self._max_users:
+                self._seen.popitem(last=False)
+            n = len(w.items)
+            fresh = n if before is None else max(0, min(n, w.version - before))
+            if fresh == 0:
+                continue
+            history = list(zip(w.items, w.types, w.times, strict=True))
+            named = [(i, _type_name(t), ts) for i, t, ts in history]
+            self._dirty |= self.estimator.observe(named, range(n - fresh, n))
+
+    def follow(self, model_version: str) -> bool:
+        """Reload the folder once when the worker's model became ``model_version``."""
+        if model_version in (self.model_version, self._tried):
+            return False
+        self._tried = model_version
+        return self.reload()
+
+    def reload(self, model_dir: Path | None = None) -> bool:
+        """Follow a new checkpoint in ``model_dir``; True if the version changed."""
+        folder = Path(model_dir or self.model_dir)
+        ids, vecs, cfg = load_item_vectors(folder)
+        version = str(cfg.get("model_version"))
+        if version == self.model_version:
+            return False
+        self.model_dir, self.model_version = folder, version
+        est = self.estimator
+        est.set_model(ids, vecs, None, _categories(load_item_meta(folder)), _codes(cfg))
+        self._dirty = set(est.evidence) | set(est.category)
+        self._last = 0.0
+        log.info("new items: model %s; %d items to re-publish", version, len(self._dirty))
+        return True
+
+    async def maybe_publish(self, force: bool = False) -> int:
+        """Publish the items whose evidence changed (at most every ``interval_s``)."""
+        now = time.monotonic()
+        if not self._dirty or (not force and now - self._last < self.interval_s):
+            return 0
+        self._last = now
+        items, self._dirty = self._dirty, set()
+        got = self.estimator.vectors(sorted(items))
+        version = int(time.time() * 1000)
+        cats = self.estimator.category
+        out: list[tuple[bytes, bytes | None]] = []
+        for k, item in enumerate(got.ids):
+            rec = ItemVectorRecord(
+                item, self.model_version, version, got.out[k], float(got.weight[k]), cats.get(item)
+            )
+            out.append((item.encode(), rec.to_json()))
+        try:
+            await self._publish(out)
+        except BaseException:
+            self._dirty |= items
+            raise
+        self.published += len(out)
+        return len(out)
+
+
+def _codes(cfg: Mapping[str, object]) -> tuple[int, int] | None:
+    enc = cfg.get("encoder")
+    if not isinstance(enc, Mapping):
+        return None
+    rd = int(enc.get("revisit_dim", 0) or 0)
+    return (int(enc.get("dim", 0) or 0), rd) if rd else None
+
+
+def _type_name(code: int) -> str:
+    return EVENT_TYPES[code] if 0 <= code < len(EVENT_TYPES) else "view"
