@@ -319,12 +319,18 @@ def latency(
         out["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
         out["explain_with_plain"] = both["explain"]
         out["plain_with_explain"] = both["plain"]
-        hit = 'interest_worker_explain_total{cache="hit"}'
-        miss = 'interest_worker_explain_total{cache="miss"}'
         out["worker_explains"] = {
-            "hit": int(wa.get(hit, 0) - wb.get(hit, 0)),
-            "miss": int(wa.get(miss, 0) - wb.get(miss, 0)),
+            c: int(wa.get(k, 0) - wb.get(k, 0))
+            for c in ("hit", "miss", "busy")
+            for k in [f'interest_worker_explain_total{{cache="{c}"}}']
         }
+        n_b = wa.get("interest_worker_explain_batch_count", 0) - wb.get(
+            "interest_worker_explain_batch_count", 0
+        )
+        s_b = wa.get("interest_worker_explain_batch_sum", 0) - wb.get(
+            "interest_worker_explain_batch_sum", 0
+        )
+        out["worker_batches"] = {"batches": int(n_b), "mean_windows": round(s_b / max(n_b, 1), 2)}
         from bench.pipeline import _hist_quantiles
 
         out["rss_mb"] = {"worker_tree": _tree_rss_mb(worker.pid), "api": _tree_rss_mb(api.pid)}

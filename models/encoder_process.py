@@ -81,6 +81,12 @@ def _child_variants(
     return out
 
 
+def _child_variants_many(jobs: list[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    from interest_stream.models.occlusion import encode_variants_many
+
+    return encode_variants_many(_MODEL, jobs)
+
+
 class ProcessEncoder:
     """An :class:`~streams.reencode.Encoder` whose model lives in a child process.
 
@@ -171,6 +177,14 @@ class ProcessEncoder:
             [list(d) for d in long_drops],
         )  # fmt: skip
         return np.asarray(s), np.asarray(lo)
+
+    def encode_variants_many(self, jobs: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Several users' :meth:`encode_variants` in one call of the child
+        (:func:`interest_stream.models.occlusion.encode_variants_many`)."""
+        if not jobs:
+            return []
+        out: list[tuple[np.ndarray, np.ndarray]] = self._submit(_child_variants_many, list(jobs))
+        return out
 
     def encode_short(self, histories: Sequence[Sequence[Interaction]]) -> np.ndarray:
         """Short-term vectors, float32 ``[B, dim]`` (computed in the child)."""

@@ -24,8 +24,15 @@ class WorkerMetrics:
         self._add_batch_metrics(self.registry)
         self.explains = Counter(
             "interest_worker_explain",
-            "Explanations answered, by whether the encoded variants were cached.",
+            "Explanations asked, by whether the encoded variants were cached (hit, miss) "
+            "or the request was refused with 429 because the queue was full (busy).",
             ["cache"],
+            registry=self.registry,
+        )
+        self.explain_batch = Histogram(
+            "interest_worker_explain_batch",
+            "Windows encoded together in one call of the explanations' encoder.",
+            buckets=(1, 2, 4, 8, 16, 32),
             registry=self.registry,
         )
         self.explain_ms = Histogram(

@@ -22,7 +22,8 @@ import numpy as np
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from interest_stream.streams.explain import DEFAULT_LONG_EVENTS, ExplainError
+from interest_stream.streams.explain import DEFAULT_LONG_EVENTS, ExplainBusy, ExplainError
+from interest_stream.streams.explain_rerank import rerank_scorer
 from interest_stream.streams.window import StateCodecError
 
 if TYPE_CHECKING:
@@ -132,6 +133,11 @@ async def _explain(view: View, request: Request, worker: WindowWorker) -> Respon
             targets = np.asarray(body["targets"], dtype=np.float32)
         horizon = str(body.get("horizon", "blend"))
         weight = float(body.get("weight", 0.5))
+        scorer = None
+        if body.get("rerank") is not None:  # the re-ranker's score (explain_rerank.py)
+            if horizon != "blend":
+                raise ValueError("rerank explains horizon blend only")
+            scorer, targets = rerank_scorer(body["rerank"], weight, targets.shape[1])
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         return view.json({"error": "bad request", "detail": str(exc)}, status=400)
     try:
@@ -143,8 +149,12 @@ async def _explain(view: View, request: Request, worker: WindowWorker) -> Respon
     try:
         answer = await explainer.explain(
             window.view(), targets, horizon=horizon, weight=weight,
-            long_events=long_events, top=top,
+            long_events=long_events, top=top, scorer=scorer,
         )  # fmt: skip
     except ExplainError as exc:
         return view.json({"error": "bad request", "detail": str(exc)}, status=400)
+    except ExplainBusy as exc:  # admission control: refuse now rather than answer late
+        return view.json({"error": "busy", "detail": str(exc)}, status=429,
+                         headers={"Retry-After": "1"})  # fmt: skip
+    answer["scorer"] = "vector" if scorer is None else "rerank"
     return view.json(answer)

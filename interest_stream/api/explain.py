@@ -75,8 +75,12 @@ class WorkerDirectory:
             self._client = None
 
     async def refresh(self) -> None:
-        """Read every worker's ``/assignment/`` (unreachable workers are skipped)."""
+        """Read every worker's ``/assignment/`` (unreachable workers are skipped); requests
+        that ask while one is under way share it."""
+        asked = time.monotonic()
         async with self._lock:
+            if self._read_at >= asked and self._owner:
+                return  # read while this request waited for the lock
             owner: dict[int, str] = {}
             count = None
 
@@ -113,12 +117,18 @@ class WorkerDirectory:
         weight: float,
         top: int,
         long_events: int | None = None,
+        rerank: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The worker's explanation of ``user_id`` for ``targets`` (``[T, dim]``).
 
+        Args:
+            rerank: The re-ranker's score to explain instead of the vector score
+                (``streams.explain_rerank.rerank_spec``).
+
         Raises:
-            ApiError: 503 ``explain_unavailable`` (no worker configured or reachable),
-                404 ``unknown_user`` (no worker holds a window of the user).
+            ApiError: 503 ``explain_unavailable`` (no worker configured or reachable, or
+                the worker's explanation queue is full: ``Retry-After``), 404
+                ``unknown_user`` (no worker holds a window of the user).
         """
         if not self.urls:
             raise ApiError(
@@ -134,6 +144,8 @@ class WorkerDirectory:
         }  # fmt: skip
         if long_events is not None:
             body["long_events"] = long_events
+        if rerank is not None:
+            body["rerank"] = rerank
         owner = await self._owner_of(user_id)
         reached: set[str] = set()
         if owner is not None:
@@ -160,9 +172,21 @@ class WorkerDirectory:
     async def _ask(
         self, url: str, body: dict[str, Any], reached: set[str]
     ) -> dict[str, Any] | None:
-        """One worker's answer (None on 404, 503 or no connection)."""
+        """One worker's answer (None on 404, 503 or no connection).
+
+        Raises:
+            ApiError: 503 when the worker is busy (429) or too slow (a timeout: asking
+                every other worker would only add load), 422 on its 400.
+        """
         try:
             r = await self.client().post(f"{url}/explain/", json=body)
+        except httpx.TimeoutException as exc:
+            raise ApiError(
+                503,
+                "explain_unavailable",
+                f"the worker holding the user did not explain within {self.timeout_s} s",
+                headers={"Retry-After": "1"},
+            ) from exc
         except httpx.HTTPError as exc:
             log.warning("worker %s did not answer an explanation: %r", url, exc)
             return None
@@ -174,6 +198,13 @@ class WorkerDirectory:
             return None
         if r.status_code == 400:
             raise ApiError(422, "invalid_request", f"explain: {r.json().get('detail')}")
+        if r.status_code == 429:  # the worker's queue is full: say so now, do not fan out
+            raise ApiError(
+                503,
+                "explain_unavailable",
+                "the worker holding the user is at its explanation capacity; retry shortly",
+                headers={"Retry-After": r.headers.get("Retry-After", "1")},
+            )
         log.warning("worker %s answered an explanation with %d", url, r.status_code)
         return None
 
@@ -181,7 +212,8 @@ class WorkerDirectory:
 def info(answer: dict[str, Any]) -> dict[str, Any]:
     """The ``explain`` block of an answer (what the explanation was computed from)."""
     keys = ("version", "model_version", "history_events", "occluded", "older_events")
-    return {"method": "occlusion", "scorer": "vector", **{k: answer[k] for k in keys}}
+    scorer = answer.get("scorer", "vector")
+    return {"method": "occlusion", "scorer": scorer, **{k: answer[k] for k in keys}}
 
 
 def rank_weights(n: int) -> np.ndarray:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from interest_stream.core.records import Ranking, UserRecord
-from interest_stream.core.rerank import RankedItems
+from interest_stream.core.rerank import RankedItems, candidate_ids
 from interest_stream.core.vectors import blend
 from interest_stream.index.item_index import ItemIndex
 
-__all__ = ["choose_ranking", "rerank"]
+__all__ = ["choose_ranking", "rerank", "rerank_candidates"]
 
 
 def choose_ranking(items: ItemIndex, rank: Ranking | None, rec: UserRecord) -> Ranking:
@@ -47,9 +47,18 @@ def rerank(
         the features gives each score's per-feature terms); an item can be one of the
         user's recent items that the catalogue has no vector for.
     """
+    return rerank_candidates(items, rec, weight, k, exclude)[0]
+
+
+def rerank_candidates(
+    items: ItemIndex, rec: UserRecord, weight: float, k: int, exclude: Collection[str]
+) -> tuple[RankedItems, list[str]]:
+    """:func:`rerank` and the whole candidate list it scored (what ``explain=true`` sends
+    the worker: ``z_blend`` is standardised over it)."""
     assert items.reranker is not None
     model, catalogue = items.reranker
     vec = blend(rec.short, rec.long, weight)
     n = min(items.count(), max(model.n_candidates, k + len(exclude)))
     top = [i for i, _s in items.search(vec, n)]
-    return model.rank(catalogue, rec.short, rec.long, vec, top, rec.recent, k, exclude)
+    ranked = model.rank(catalogue, rec.short, rec.long, vec, top, rec.recent, k, exclude)
+    return ranked, candidate_ids(top, rec.recent, max(model.n_candidates, len(top)))

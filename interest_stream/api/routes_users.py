@@ -15,9 +15,10 @@ from fastapi import Path as PathParam
 from interest_stream.api.dashboard import CATEGORY_POOL, top_categories
 from interest_stream.api.errors import ApiError
 from interest_stream.api.explain import category_targets, info
-from interest_stream.api.ranking import choose_ranking, rerank
+from interest_stream.api.ranking import choose_ranking, rerank_candidates
 from interest_stream.api.state import ApiState, require_items
 from interest_stream.core.records import Horizon, InterestOut, Ranking, RecommendationsOut
+from interest_stream.streams.explain_rerank import rerank_spec
 
 __all__ = ["EXCLUDE_TOKENS", "ExplainEvents", "UserId", "blend_weight", "users_router"]
 
@@ -142,10 +143,13 @@ def users_router(state: ApiState) -> APIRouter:
         ranking: Ranking = "vector"
         if rec is not None and horizon == "blend":
             ranking = choose_ranking(items, rank, rec)
+        cand: list[str] | None = None
         if ranking == "rerank" and rec is not None:
             user = rec
             weight = blend_weight(state)
-            ranked = await state.search(lambda: rerank(items, user, weight, k, skip))
+            ranked, cand = await state.search(
+                lambda: rerank_candidates(items, user, weight, k, skip)
+            )
             hits = list(zip(ranked.items, ranked.scores.tolist(), strict=True))
         else:
             vec = await state.users_call(state.users.vector, user_id, horizon)
@@ -157,24 +161,36 @@ def users_router(state: ApiState) -> APIRouter:
             "items": [{"item_id": i, "score": s} for i, s in hits],
         }
         if explain and hits:
-            await _explain_items(state, user_id, out, horizon, explain_events)
+            await _explain_items(state, user_id, out, horizon, explain_events, cand)
         return out
 
     return router
 
 
 async def _explain_items(
-    state: ApiState, user_id: str, out: dict[str, Any], horizon: str, top: int
+    state: ApiState,
+    user_id: str,
+    out: dict[str, Any],
+    horizon: str,
+    top: int,
+    candidates: list[str] | None,
 ) -> None:
-    """Add ``because`` to each returned item with a vector (a re-ranked recent item the
-    catalogue has no vector for has none) and the ``explain`` block."""
+    """Add ``because`` and the ``explain`` block: re-ranked items (``candidates``: the
+    list the re-ranker scored) explain the re-ranker's score, every item; otherwise each
+    item with a vector explains its vector score."""
     items = require_items(state)
-    known = [it for it in out["items"] if it["item_id"] in items]
-    if not known:
-        return
-    targets = np.stack([items.vector(it["item_id"]) for it in known])
+    spec = None
+    if candidates is not None and items.reranker is not None:
+        known = list(out["items"])
+        spec = rerank_spec(*items.reranker, candidates, [it["item_id"] for it in known])
+        targets = np.zeros((len(known), items.dim), dtype=np.float32)  # the worker's from spec
+    else:
+        known = [it for it in out["items"] if it["item_id"] in items]
+        if not known:
+            return
+        targets = np.stack([items.vector(it["item_id"]) for it in known])
     ans = await state.workers.explain(
-        user_id, targets, horizon=horizon, weight=blend_weight(state), top=top
+        user_id, targets, horizon=horizon, weight=blend_weight(state), top=top, rerank=spec
     )
     for item, res in zip(known, ans["results"], strict=True):
         item["because"] = res

@@ -15,6 +15,7 @@ __all__ = [
     "ExplainedCategory",
     "ExplainedItem",
     "Explanation",
+    "FeatureShare",
     "HorizonExplain",
     "TermShare",
 ]
@@ -32,6 +33,24 @@ class EventShare(BaseModel):
     events: int | None = Field(None, description="Events in the group.")
     delta: float = Field(description="Score of the whole window minus the score without it.")
     share: float = Field(description="delta / Z (see Explanation); signed.")
+    by_kind: dict[str, float] | None = Field(
+        None,
+        description="Re-ranker only: delta split by the kind of feature it moves ('vector', "
+        "'touch', 'cross'; they sum to delta).",
+    )
+
+
+class FeatureShare(BaseModel):
+    """One feature term of a re-ranker's score (the terms sum to the score)."""
+
+    name: str = Field(description="The re-ranker feature (core/rerank.py FEATURES).")
+    kind: str = Field(
+        description="'vector' (the user's vectors), 'touch' (the user's own recent events of "
+        "the item), 'cross' (both), 'item' (popularity, trend, no vector: not the user's events)."
+    )
+    value: float = Field(description="The feature's term for the whole window.")
+    share: float = Field(description="value / sum of |value| over the features; signed.")
+    prior: float = Field(description="The feature's term for the empty window.")
 
 
 class TermShare(BaseModel):
@@ -59,6 +78,9 @@ class Explanation(BaseModel):
         description="score - prior - terms - sum of all deltas: what single removals miss."
     )
     events: list[EventShare] = Field(description="Top contributing events, largest delta first.")
+    features: list[FeatureShare] | None = Field(
+        None, description="Re-ranker only: every feature's term, largest |value| first."
+    )
 
 
 class ExplainInfo(BaseModel):
@@ -67,8 +89,8 @@ class ExplainInfo(BaseModel):
     method: Literal["occlusion"] = "occlusion"
     scorer: str = Field(
         "vector",
-        description="The score explained: 'vector' = inner product of the horizon's vector "
-        "(also when the items were ranked by a re-ranker: its score is not explained yet).",
+        description="The score explained: 'rerank' = the learned re-ranker's score (items "
+        "ranked by it), 'vector' = inner product of the horizon's vector.",
     )
     version: int = Field(description="The window's version explained.")
     model_version: str

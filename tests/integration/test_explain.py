@@ -17,6 +17,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +28,9 @@ from helpers import TAOBAO_HISTORIES
 from interest_stream.api.errors import ApiError
 from interest_stream.api.explain import WorkerDirectory, partition_of
 from interest_stream.client import InterestClient
+from interest_stream.core.checkpoint import load_item_vectors
 from interest_stream.core.eventfile import read_events
+from interest_stream.core.rerank import FEATURES, Reranker, item_stats, write_reranker
 from interest_stream.core.settings import Settings
 from interest_stream.procs import Service, http_get_json, wait_http
 from interest_stream.streams.kafka_local.broker import free_port
@@ -52,6 +55,7 @@ def stack(
     df = read_events(TAOBAO_HISTORIES)
     model_dir = root / "model"
     train(df.head(20_000), model_dir, tiny_train_config(seed=3), progress=False)
+    _write_reranker(model_dir, df.head(20_000))
     users = sorted(df["user_id"].unique())[:N_USERS]
     events = df[df["user_id"].isin(users)].reset_index(drop=True)
     ns = f"t{uuid.uuid4().hex[:10]}"
@@ -93,6 +97,21 @@ def stack(
         worker.stop(60)
 
 
+def _write_reranker(model_dir: Path, events: Any) -> None:
+    """A re-ranker with set weights (not fit: the fit's own tests are test_rerank.py) and
+    the training events' item statistics: the API ranks /recommendations with it."""
+    ids, _vecs, _cfg = load_item_vectors(model_dir)
+    row = {i: r for r, i in enumerate(ids)}
+    rows = np.array([row.get(str(i), -1) for i in events["item_id"]])
+    ts = events["ts"].to_numpy()
+    stats = item_stats(rows, ts, len(ids), int(ts.max()) + 1)
+    w = {"s_blend": 1.0, "z_blend": 0.5, "in_recent": 0.8, "pos_decay": 0.6,
+         "n_purchase": 0.4, "log_pop": 0.2, "log_trend_7d": 0.1}  # fmt: skip
+    f = len(FEATURES)
+    weights = np.array([w.get(name, 0.0) for name in FEATURES])
+    write_reranker(model_dir, Reranker(FEATURES, np.zeros(f), np.ones(f), weights, 30), stats)
+
+
 def _window(stack: dict[str, Any], user: str) -> dict[str, Any]:
     status, body = http_get_json(f"{stack['worker']}/windows/{user}/")
     assert status == 200, body
@@ -131,6 +150,16 @@ def test_recommendations_interest_and_audience_explained(stack: dict[str, Any]) 
     body = r.json()
     assert len(body["items"]) == 10
     assert body["explain"]["method"] == "occlusion"
+    # ranked by the re-ranker: its score is explained, feature by feature
+    assert body["ranking"] == "rerank" and body["explain"]["scorer"] == "rerank"
+    for it in body["items"]:
+        b = it["because"]
+        assert sum(f["value"] for f in b["features"]) == pytest.approx(b["score"], abs=1e-6)
+        assert set(b["terms"]) == {f["name"] for f in b["features"] if f["kind"] == "item"}
+        assert all(sum(e["by_kind"].values()) == pytest.approx(e["delta"]) for e in b["events"])
+    params = {"k": 3, "explain": "true", "rank": "vector"}
+    vec = httpx.get(f"{api}/v1/users/{user}/recommendations", params=params, timeout=30).json()
+    assert vec["explain"]["scorer"] == "vector" and "features" not in vec["items"][0]["because"]
     assert body["explain"]["version"] == window["version"]
     assert body["explain"]["history_events"] == len(window["long"])
     for it in body["items"]:

@@ -18,6 +18,7 @@ from interest_stream import models
 from interest_stream.core.events import Event, Interaction
 from interest_stream.core.vectors import blend
 from interest_stream.models import InterestModel
+from interest_stream.models.occlusion import encode_variants_many
 from interest_stream.streams.explain import (
     Explainer,
     ExplainError,
@@ -202,3 +203,58 @@ def test_explainer_loads_its_own_encoder_once(model: InterestModel) -> None:
     asyncio.run(ex.explain(w, targets, horizon="short"))
     assert calls == ["shared", "own", "own"] and loads == [1]
     ex.close()
+
+
+class _Batching:
+    """The in-process model with the child process's batched call (``encode_variants_many``)."""
+
+    def __init__(self, model: InterestModel) -> None:
+        self.model, self.model_version, self.dim = model, model.model_version, model.dim
+        self.calls: list[int] = []
+
+    def encode_variants_many(self, jobs: list) -> list[tuple[np.ndarray, np.ndarray]]:
+        self.calls.append(len(jobs))
+        return encode_variants_many(self.model, jobs)
+
+    def encode_variants(self, *args: object) -> tuple[np.ndarray, np.ndarray]:
+        self.calls.append(1)
+        return self.model.encode_variants(*args)  # type: ignore[arg-type]
+
+
+def _window(model: InterestModel, user: str, n: int, seed: int) -> BehaviorWindow:
+    w = BehaviorWindow(user, WindowConfig())
+    for i, e in enumerate(_history(model, n, seed=seed)):
+        w.apply(Event(user, e[0], e[1], e[2]), "events.view", 0, i)
+    return w
+
+
+def test_concurrent_explanations_are_batched_and_bounded(model: InterestModel) -> None:
+    """Concurrent requests share one encoder call and give the answers they give alone;
+    beyond ``max_pending`` waiting windows the explainer refuses at once (ExplainBusy)."""
+    windows = [_window(model, f"b{i}", 10 + 7 * i, seed=20 + i) for i in range(5)]
+    targets = model.item_vectors()[:3]
+    enc = _Batching(model)
+    ex = Explainer(lambda: enc, cache_users=0)
+
+    async def all_at_once(explainer: Explainer) -> list:
+        return await asyncio.gather(
+            *(explainer.explain(w, targets, horizon="blend", top=50) for w in windows),
+            return_exceptions=True,
+        )
+
+    together = asyncio.run(all_at_once(ex))
+    assert enc.calls == [5] and ex.batches == 1
+    alone = [asyncio.run(ex.explain(w, targets, horizon="blend", top=50)) for w in windows]
+    assert enc.calls == [5, 1, 1, 1, 1, 1]
+    for a, b in zip(together, alone, strict=True):
+        for ra, rb in zip(a["results"], b["results"], strict=True):
+            assert ra["score"] == pytest.approx(rb["score"], abs=TOL)
+            assert [e["delta"] for e in ra["events"]] == pytest.approx(
+                [e["delta"] for e in rb["events"]], abs=TOL
+            )
+    busy = Explainer(lambda: _Batching(model), cache_users=0, max_pending=2)
+    got = asyncio.run(all_at_once(busy))
+    assert [type(g).__name__ for g in got] == ["dict", "dict", *["ExplainBusy"] * 3]
+    assert busy.rejected == 3
+    ex.close()
+    busy.close()

@@ -276,8 +276,13 @@
     const parts = b.events.filter((e) => e.delta > 0).map((e) => e.group
       ? e.events + " older events (" + pct(e.share) + ")"
       : e.event_type + " of " + e.item_id + " at " + when(e.ts).split(" (")[0] + " (" + pct(e.share) + ")");
+    // a re-ranked item: the item's own statistics (not the user's events) have a share too
+    const names = {log_pop: "popularity", log_trend_1d: "trend (1 day)",
+      log_trend_7d: "trend (7 days)", unknown: "no item vector"};
+    const terms = Object.entries(b.terms || {}).filter(([, t]) => Math.abs(t.share) >= 0.005)
+      .map(([n, t]) => (names[n] || n) + " " + pct(t.share));
     return "because of " + (parts.length ? parts.join(", ") : "no single event") +
-      "; prior " + pct(b.prior_share);
+      "; prior " + pct(b.prior_share) + (terms.length ? "; " + terms.join(", ") : "");
   }
 
 
