@@ -130,7 +130,10 @@ class _Scored:
         n = len(split.users)
         self.cols: list[np.ndarray] = [np.zeros(0, np.int64)] * n
         self.scores: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
+        # re-ranked candidates: new items as the re-ranker was fit to see them (no vector,
+        # ``unknown``, as the API serves them), and with their estimated vectors
         self.rr: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n
+        self.rr_vec: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n
         self.published = np.zeros(n, np.int64)
 
     def user(self, k: int, model: Any, v: NewItemVectors, alpha: float, rr: Any) -> None:
@@ -150,18 +153,19 @@ class _Scored:
         self.cols[k], self.published[k] = cols[ok], int(ok.sum())
         self.scores[k] = {m: v.out[ok] @ self.vecs[m][k] for m in _VEC}
         if rr is not None:
-            self.rr[k] = _rerank_user(self, k, v, rr)
+            self.rr[k], self.rr_vec[k] = _rerank_user(self, k, v, rr)
 
     def fn(self, method: str, cand: np.ndarray, known: np.ndarray) -> ScoreFn:
-        """Score function of ``<method>_new`` (``rerank`` for the re-ranked list)."""
-        vec = "blend" if method == "rerank" else method
+        """Score function of ``<method>_new`` (``rerank``/``rerank_vec``: re-ranked lists)."""
+        vec = "blend" if method.startswith("rerank") else method
+        lists = self.rr if method == "rerank" else self.rr_vec if method == "rerank_vec" else None
 
         def f(idx: np.ndarray) -> np.ndarray:
             out: np.ndarray = (self.vecs[vec][idx] @ cand.T).astype(np.float64)
             out[:, ~known] = -np.inf
             for r, u in enumerate(idx):
                 out[r, self.cols[u]] = self.scores[u][vec]
-                got = self.rr[u] if method == "rerank" else None
+                got = None if lists is None else lists[u]
                 if got is not None:
                     finite = out[r][np.isfinite(out[r])]
                     top = float(finite.max()) if len(finite) else 0.0
@@ -173,8 +177,9 @@ class _Scored:
 
 def _rerank_user(
     sc: _Scored, k: int, v: NewItemVectors, rr: tuple[Reranker, RerankItems, np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The re-ranker's candidates (columns) and scores for user ``k`` with new items."""
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The re-ranker's candidates (columns) and scores for user ``k`` with new items:
+    new items without a vector in the features (as served), and with their vectors."""
     reranker, items, cand, known = rr
     split = sc.split
     b = sc.vecs["blend"][k]
@@ -206,9 +211,12 @@ def _rerank_user(
         ids, np.array(vecs, np.float32).reshape(-1, dim),
         np.array(stats, np.float32).reshape(-1, n_stats),
     )  # fmt: skip
-    x = candidate_features(small, sc.vecs["short"][k], sc.vecs["long"][k], b, cids, recent)
+    short, long = sc.vecs["short"][k], sc.vecs["long"][k]
+    x = candidate_features(small, short, long, b, cids, recent)
+    hidden = {c for c in cids if c in new_row}
+    x_hidden = candidate_features(small, short, long, b, cids, recent, hidden)
     cols = np.array([split.cand_index[c] for c in cids], np.int64)
-    return cols, reranker.score(x)
+    return (cols, reranker.score(x_hidden)), (cols, reranker.score(x))
 
 
 def _subsets(split: EvalSplit, known: np.ndarray) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
@@ -242,6 +250,7 @@ def _methods(
     fns: dict[str, ScoreFn] = {}
     if "rerank" in base:
         fns.update(rerank=base["rerank"], rerank_new=sc.fn("rerank", cand, known))
+        fns["rerank_new_vec"] = sc.fn("rerank_vec", cand, known)
     fns["blend"] = dot_scores(sc.split_vecs["blend"], cand, known)
     fns.update({f"{m}_new": sc.fn(m, cand, known) for m in _VEC})
     fns.update({m: base[m] for m in ("repeat_last", "item_knn", "popularity") if m in base})
@@ -329,7 +338,7 @@ def temporal_new_items(
         sc.cols[k], sc.published[k] = cols[ok], int(ok.sum())
         sc.scores[k] = {m: v.out[ok] @ sc.vecs[m][k] for m in _VEC}
         if rr_full is not None:
-            sc.rr[k] = _rerank_user(sc, k, v, rr_full)
+            sc.rr[k], sc.rr_vec[k] = _rerank_user(sc, k, v, rr_full)
     res = _results(split, _methods(sc, cand, known, base), known, n_boot, seed)
     stream = _section(params, [], sc, res, TEMPORAL_RULE)
     return {"variants": {"stream": stream}, "seconds": {"test_s": time.perf_counter() - t0}}
