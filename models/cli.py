@@ -67,6 +67,7 @@ def _train_defaults() -> dict[str, Any]:
         },
         "dim": e.dim,
         "d_model": e.d_model,
+        "dropout": e.dropout,
         "identity_dim": e.identity_dim,
         "revisit_dim": e.revisit_dim,
         "revisit_half_life_hours": e.revisit_half_life_hours,
@@ -142,10 +143,12 @@ _D = _train_defaults()
 @click.option(
     "--revisit-gain",
     default=None,
-    type=click.FloatRange(min=0.0),
-    help="Fixed revisit gain (default: chosen on the validation split).",
+    type=float,
+    help="Fixed revisit gain, negative to push the user's own items down "
+    "(default: chosen on the validation split).",
 )
 @click.option("--d-model", default=_D["d_model"], help="Transformer width.")
+@click.option("--dropout", default=_D["dropout"], help="Dropout of the transformer layers.")
 @click.option(
     "--long-horizon-hours",
     default=_D["long_horizon_hours"],
@@ -250,6 +253,7 @@ def _train_config(o: dict[str, Any]) -> Any:
     enc = EncoderConfig(
         dim=o["dim"],
         d_model=o["d_model"],
+        dropout=o["dropout"],
         identity_dim=o["identity_dim"],
         revisit_dim=o["revisit_dim"],
         revisit_half_life_hours=o["revisit_half_life_hours"],

@@ -8,6 +8,7 @@ round-trip through plain JSON (``to_dict``/``from_dict``) into the checkpoint's 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum, unique
 from typing import TYPE_CHECKING, Any
@@ -136,7 +137,8 @@ class EncoderConfig:
             in the user's history, times a gain chosen on the validation split, so
             the vector's inner product with an item's vector adds a "the user keeps
             coming back to this item" score (approximately: random codes are only
-            nearly orthogonal; more dimensions, less cross-talk). The short vector's
+            nearly orthogonal; more dimensions, less cross-talk); a negative gain says
+            "the user does not come back" (MovieLens). The short vector's
             channel is zero. Vectors are ``dim + revisit_dim`` long.
         revisit_half_life_hours: Recency decay of the revisit channel: an event this
             many hours older than the user's newest event weighs half as much.
@@ -325,7 +327,8 @@ class TrainConfig:
             after it.
         revisit_gain: Gain of the revisit channel (``EncoderConfig.revisit_dim``):
             ``None`` = chosen on the validation split together with the blend alpha
-            (grid ``interest_stream.models.selection.REVISIT_GAIN_GRID``; 64 without validation).
+            (grid ``interest_stream.models.selection.REVISIT_GAIN_GRID``, then its negatives
+            when no positive gain helps; 64 without validation).
         protocol: ``temporal`` (the split above) or ``loo`` (leave-one-out by time,
             :mod:`interest_stream.models.loo`: train on each user's events but the last two,
             validate on the second-last; ``cutoff_quantile`` ignored, ``val_fraction`` only
@@ -395,8 +398,8 @@ class TrainConfig:
             raise ModelError(
                 f"TrainConfig.protocol must be one of {PROTOCOLS}, got {self.protocol!r}"
             )
-        if self.revisit_gain is not None and self.revisit_gain < 0:
-            raise ModelError("TrainConfig.revisit_gain must be >= 0 or None")
+        if self.revisit_gain is not None and not math.isfinite(self.revisit_gain):
+            raise ModelError("TrainConfig.revisit_gain must be a finite number or None")
         if not 0.0 < self.next_item_rate <= 1.0:
             raise ModelError("TrainConfig.next_item_rate must be in (0, 1]")
         if not 0.0 <= self.item_dropout < 1.0:

@@ -45,6 +45,9 @@ ALPHA_GRID = tuple(round(0.1 * k, 1) for k in range(11))
 """Blend alphas tried on the validation split when ``TrainConfig.select_alpha``."""
 REVISIT_GAIN_GRID = (0.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
 """Revisit-channel gains tried on the validation split (with every blend alpha)."""
+REVISIT_NEGATIVE_GRID = tuple(-g for g in REVISIT_GAIN_GRID if g > 0)
+"""Negative gains (the user's own items pushed *down*: nobody re-rates a film), tried only
+when no gain of :data:`REVISIT_GAIN_GRID` beats gain 0 (data with re-visits never pays them)."""
 TREND_DAYS_GRID = (1.0, 3.0, 7.0)
 """Trend windows (days before the cutoff) tried on the validation split."""
 TREND_WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
@@ -238,6 +241,27 @@ def _select_trend(
     )  # fmt: skip
 
 
+def _gain_grid(
+    sc: _ChannelScorer,
+    alphas: tuple[float, ...],
+    gains: tuple[float, ...],
+    grid: dict[str, float],
+    best: tuple[float, float, float],
+) -> tuple[float, float, float]:
+    """Every (alpha, revisit gain) of ``alphas x gains`` on validation; the best so far.
+
+    Each figure is added to ``grid``; ``best`` is ``(alpha, gain, NDCG@10)`` and is replaced
+    only by a strictly better point (ties: the earlier one).
+    """
+    for a in alphas:
+        for g in gains:
+            nd = sc.ndcg(lambda idx, a=a, g=g: sc.base(idx, a, g))
+            grid[f"alpha{a:.1f}_gain{g:g}"] = nd
+            if nd > best[2] + 1e-9:
+                best = (a, g, nd)
+    return best
+
+
 def select_channels(
     enc: InterestEncoder,
     split: EvalSplit,
@@ -250,7 +274,8 @@ def select_channels(
 
     1. Revisit channel (``revisit_dim > 0``): every (alpha, gain) of
        ``ALPHA_GRID x REVISIT_GAIN_GRID`` (only the given alpha when ``cfg.select_alpha``
-       is off; only ``cfg.revisit_gain`` when set).
+       is off; only ``cfg.revisit_gain`` when set), then ``REVISIT_NEGATIVE_GRID`` if no
+       positive gain beat gain 0.
     2. Trend coordinate (``trend``): with that gain, every (alpha, days, weight) of
        ``ALPHA_GRID x TREND_DAYS_GRID x TREND_WEIGHT_GRID``; the user-side gain is the
        weight times the standard deviation of the blend's scores (scale-free grid).
@@ -271,16 +296,12 @@ def select_channels(
     alphas = ALPHA_GRID if cfg.select_alpha else (alpha,)
     out: dict[str, Any] = {"alpha": alpha, "revisit_gain": 0.0, "trend_gain": 0.0}
     grid: dict[str, float] = {}
-    best = (alpha, 0.0, -1.0)
     gains: tuple[float, ...] = (0.0,)
     if revisit:
         gains = REVISIT_GAIN_GRID if cfg.revisit_gain is None else (cfg.revisit_gain,)
-    for a in alphas:
-        for g in gains:
-            nd = sc.ndcg(lambda idx, a=a, g=g: sc.base(idx, a, g))
-            grid[f"alpha{a:.1f}_gain{g:g}"] = nd
-            if nd > best[2] + 1e-9:
-                best = (a, g, nd)
+    best = _gain_grid(sc, alphas, gains, grid, (alpha, 0.0, -1.0))
+    if revisit and cfg.revisit_gain is None and best[1] == 0.0:
+        best = _gain_grid(sc, alphas, REVISIT_NEGATIVE_GRID, grid, best)
     out.update(alpha=best[0], revisit_gain=best[1], val_ndcg_at_10=best[2], revisit_grid=grid)
     if revisit:
         log.info(

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from model_helpers import random_histories, taobao_slice, tiny_encoder_config, tiny_train_config
 
 from interest_stream import models
@@ -290,3 +291,48 @@ def test_trend_coordinate(events: pd.DataFrame, tmp_path: Path) -> None:
         expected = trend_scores(before, model.item_index, len(model.item_ids), cutoff, days)
         np.testing.assert_allclose(trend_item, expected, rtol=1e-6)
         assert trend_item.std() == pytest.approx(1.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("comes_back", [False, True])
+def test_revisit_gain_sign_follows_validation(comes_back: bool) -> None:
+    """Where users never come back to an item, the selection pushes their own items down (a
+    negative gain); where the target is the item they touched most, a positive gain is kept and
+    the negative grid is never tried. Real encoder (untrained, seed 0, large copy gains) on a
+    leave-one-out split of synthetic events."""
+    from model_helpers import synthetic_events
+
+    from interest_stream.models.loo import loo_frame, loo_split
+    from interest_stream.models.selection import (
+        REVISIT_GAIN_GRID,
+        REVISIT_NEGATIVE_GRID,
+        select_channels,
+    )
+    from interest_stream.models.vocab import build_vocab, new_encoder
+
+    df = synthetic_events(n_users=60, n_items=60, events_per_user=30, n_categories=2, seed=0)
+    if comes_back:  # every validation target is the item the user touched most
+        frame = loo_frame(df)
+        train = frame[frame["role"] == "train"]
+        most = train.groupby("user_id")["item_id"].agg(lambda s: s.value_counts().index[0])
+        valid = frame["role"] == "valid"
+        frame.loc[valid, "item_id"] = frame.loc[valid, "user_id"].map(most)
+        df = frame[list(df.columns)]
+    else:  # nobody comes back
+        df = df.drop_duplicates(["user_id", "item_id"]).reset_index(drop=True)
+    frame = loo_frame(df)
+    cfg = tiny_train_config(encoder=tiny_encoder_config(revisit_dim=256), val_fraction=0.2)
+    vocab = build_vocab(frame[frame["role"] == "train"], None, progress=False)
+    split = loo_split(frame, "valid", candidates=vocab.item_ids)
+    enc = new_encoder(cfg, vocab, torch.device("cpu"))
+    with torch.no_grad():  # vectors that point at the user's own items, as MovieLens' do
+        enc.short_copy_gain.fill_(20.0)
+        enc.long_copy_gain.fill_(20.0)
+    sel = select_channels(enc, split, vocab, cfg, torch.device("cpu"), cfg.blend_alpha)
+    tried_negative = any("_gain-" in key for key in sel["revisit_grid"])
+    if comes_back:
+        assert sel["revisit_gain"] in REVISIT_GAIN_GRID and sel["revisit_gain"] > 0
+        assert not tried_negative
+    else:
+        assert sel["revisit_gain"] in REVISIT_NEGATIVE_GRID and tried_negative
+        no_channel = max(v for k, v in sel["revisit_grid"].items() if k.endswith("_gain0"))
+        assert sel["val_ndcg_at_10"] > no_channel
