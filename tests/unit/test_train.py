@@ -336,3 +336,17 @@ def test_revisit_gain_sign_follows_validation(comes_back: bool) -> None:
         assert sel["revisit_gain"] in REVISIT_NEGATIVE_GRID and tried_negative
         no_channel = max(v for k, v in sel["revisit_grid"].items() if k.endswith("_gain0"))
         assert sel["val_ndcg_at_10"] > no_channel
+
+
+def test_train_flags_reach_the_config(tmp_path: Path) -> None:
+    """``train --dropout`` and a negative ``--revisit-gain`` end up in the training config."""
+    from interest_stream.models.cli import _train_config, train_cmd
+
+    ev = tmp_path / "events.csv"
+    ev.write_text("user_id,item_id,event_type,ts\n")
+    args = ["--events", str(ev), "--out", str(tmp_path / "m"), "--item-text", "none"]
+    args += ["--dropout", "0.3", "--revisit-dim", "64", "--revisit-gain", "-32"]
+    cfg = _train_config(train_cmd.make_context("train", list(args)).params)
+    assert cfg.encoder.dropout == 0.3 and cfg.encoder.revisit_dim == 64
+    assert cfg.revisit_gain == -32.0
+    assert _train_config(train_cmd.make_context("train", args[:6]).params).encoder.dropout == 0.1
