@@ -69,23 +69,35 @@ class RerankScorer:
         self._cat_rows = self.items.rows(self.candidates)
 
     def features(self, variants: Variants, targets: np.ndarray) -> FeatureTerms:
-        """Per variant, explained item and re-ranker feature: its term (``[V, T, F]``)."""
+        """Per variant, explained item and re-ranker feature: its term (``[V, T, F]``).
+
+        The touch, cross and item features come from :func:`candidate_features` of the
+        explained items, once per distinct latest-events list; the vector features of every
+        variant from one matrix product over the whole candidate list (``z_blend`` is
+        standardised over it), as :func:`candidate_features` computes them.
+        """
         v = len(variants.units) + 2
+        explained = [self.candidates[r] for r in self.rows]
         x = np.empty((v, len(self.rows), len(FEATURES)), dtype=np.float64)
-        recents = _variant_recents(variants)
         blends = blend(variants.short, variants.long, self.weight)
-        base: dict[int, np.ndarray] = {}  # features with each distinct recent list
-        for r in range(v):
-            rec = recents[r]
-            key = id(rec)
-            if key not in base:
-                base[key] = candidate_features(
-                    self.items, variants.short[r], variants.long[r], blends[r],
-                    self.candidates, rec,
-                )  # fmt: skip
-                x[r] = base[key][self.rows]
-            else:
-                x[r] = self._with_vectors(base[key], variants.short[r], variants.long[r], blends[r])
+        base: dict[int, np.ndarray] = {}  # features with each distinct latest-events list
+        for r, rec in enumerate(_variant_recents(variants)):
+            if id(rec) not in base:
+                base[id(rec)] = candidate_features(
+                    self.items, variants.short[0], variants.long[0], blends[0], explained, rec
+                )
+            x[r] = base[id(rec)]
+        # vector features of every variant: [V, 3, C] inner products with every candidate
+        known = self._cat_rows >= 0
+        users = np.stack([variants.short, variants.long, blends], axis=1).astype(np.float32)
+        scores = np.zeros((v, 3, len(self.candidates)), dtype=np.float64)
+        scores[:, :, known] = users @ self.items.vectors[self._cat_rows[known]].T
+        x[:, :, 0:3] = scores[:, :, self.rows].transpose(0, 2, 1)
+        sb = scores[:, 2, :]
+        sd = sb.std(axis=1, keepdims=True)
+        z = np.divide(sb - sb.mean(axis=1, keepdims=True), sd, out=np.zeros_like(sb), where=sd > 0)
+        x[:, :, _COL["z_blend"]] = z[:, self.rows]
+        x[:, :, _COL["recent_x_long"]] = x[:, :, _COL["in_recent"]] * x[:, :, _COL["s_long"]]
         flat = self.reranker.contributions(x.reshape(-1, len(FEATURES)))
         names = self.reranker.feature_names
         return FeatureTerms(
@@ -93,24 +105,6 @@ class RerankScorer:
             tuple(FEATURE_KINDS[n] for n in names),
             flat.reshape(v, len(self.rows), len(names)),
         )
-
-    def _with_vectors(
-        self, x: np.ndarray, short: np.ndarray, long: np.ndarray, blended: np.ndarray
-    ) -> np.ndarray:
-        """``x`` (every candidate's features) with the vector features of other vectors,
-        as :func:`candidate_features` computes them; the explained rows."""
-        x = x.copy()
-        rows = self._cat_rows
-        known = rows >= 0
-        if known.any():
-            user = np.stack([short, long, blended]).astype(np.float32)
-            x[known, 0:3] = (self.items.vectors[rows[known]] @ user.T).astype(np.float64)
-        sb = x[:, _COL["s_blend"]]
-        sd = float(sb.std())
-        x[:, _COL["z_blend"]] = (sb - sb.mean()) / sd if sd > 0 else 0.0
-        x[:, _COL["recent_x_long"]] = x[:, _COL["in_recent"]] * x[:, _COL["s_long"]]
-        out: np.ndarray = x[self.rows]
-        return out
 
     def score(self, variants: Variants, targets: np.ndarray) -> np.ndarray:
         """The event-dependent part of the score (every feature but the item's own)."""

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds an assignment map is trusted before it is read again.
 ASSIGNMENT_TTL_S = 30.0
+#: Seconds between two reads of the assignments at least.
+REFRESH_MIN_S = 1.0
 
 
 def partition_of(user_id: str, partitions: int) -> int:
@@ -75,12 +77,16 @@ class WorkerDirectory:
             self._client = None
 
     async def refresh(self) -> None:
-        """Read every worker's ``/assignment/`` (unreachable workers are skipped); requests
-        that ask while one is under way share it."""
-        asked = time.monotonic()
+        """Read every worker's ``/assignment/`` (unreachable workers are skipped).
+
+        At most one read per :data:`REFRESH_MIN_S` (requests that ask meanwhile share the
+        last one), and a read nobody answers keeps the known map: under overload every
+        request refreshing in turn behind the lock, each waiting for a connection, and
+        emptying the map for the next ones, stalled ``explain=true`` for minutes.
+        """
         async with self._lock:
-            if self._read_at >= asked and self._owner:
-                return  # read while this request waited for the lock
+            if self._read_at and time.monotonic() - self._read_at < REFRESH_MIN_S:
+                return
             owner: dict[int, str] = {}
             count = None
 
@@ -98,7 +104,8 @@ class WorkerDirectory:
                     owner[int(p)] = url
 
             await asyncio.gather(*(one(u) for u in self.urls))
-            self._owner, self._partitions = owner, count
+            if owner:
+                self._owner, self._partitions = owner, count
             self._read_at = time.monotonic()
 
     async def _owner_of(self, user_id: str) -> str | None:
