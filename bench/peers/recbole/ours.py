@@ -21,7 +21,9 @@ __all__ = ["DEFAULT_FLAGS", "METRICS", "epochs_of", "our_methods", "run_ours"]
 
 DEFAULT_FLAGS = {
     "taobao": "--identity-dim 16 --revisit-dim 128 --lr 5e-3",
-    "movielens": "--trend --val-fraction 0.2",
+    "movielens": (
+        "--trend --val-fraction 0.2 --lr 5e-3 --revisit-dim 512 --revisit-half-life-hours 100000"
+    ),
 }
 """Per data set ``train`` flags (docs/RESULTS.md, "Model quality"); ``--ours-flags`` overrides."""
 
