@@ -318,6 +318,12 @@ def _train_config(o: dict[str, Any]) -> Any:
 )
 @click.option("--name", default=None, help="Report name (default: the event file's stem).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option(
+    "--new-items",
+    is_flag=True,
+    help="Also score items unknown to the checkpoint with co-occurrence vectors, as a live "
+    "worker would have them (the report's new_items section; minutes on Taobao).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON.")
 @click.option("--markdown", "as_markdown", is_flag=True, help="Print the tables as markdown.")
 @click.option("--quiet", is_flag=True)
@@ -334,6 +340,7 @@ def evaluate_cmd(**o: Any) -> None:
         "out_dir": o["out_dir"],
         "name": stem,
         "dataset": stem,
+        "new_items": o["new_items"],
     }
     events = read_events(o["events_path"])
     if o["protocol"] == "loo":

@@ -129,6 +129,7 @@ def evaluate(
     out_dir: str | os.PathLike[str] | None = None,
     name: str = "eval",
     dataset: str | None = None,
+    new_items: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint against the baselines on a temporal split.
 
@@ -146,6 +147,7 @@ def evaluate(
         out_dir: If given, write ``quality-<name>.json`` and ``quality-<name>.png`` there.
         name: File-name stem of the report.
         dataset: Label of the data set in the report.
+        new_items: Also the ``new_items`` section (:mod:`.new_items_eval`; else ``None``).
 
     Returns:
         Every figure as a JSON-able dict (see ``docs/RESULTS.md``).
@@ -171,12 +173,7 @@ def evaluate(
     results = {t.value: task_results(split, t, fns, n_bootstrap, seed) for t in task_list}
     for res in results.values():
         _add_aliases(res)
-    cold = None
-    if int(cfg.get("n_cold_items", 0)) > 0:
-        after = events[events["ts"] >= cutoff]
-        if horizon_ms is not None:
-            after = after[after["ts"] < cutoff + horizon_ms]
-        cold = _cold_start(split, after, model_dir, vecs, n_bootstrap, seed)
+    cold = _cold_section(cfg, events, cutoff, horizon_ms, split, model_dir, vecs, n_bootstrap, seed)
     t_end = time.perf_counter()
     protocol = {
         "cutoff_quantile": cutoff_quantile, "cutoff_ts": cutoff, "horizon_days": horizon_days,
@@ -190,10 +187,31 @@ def evaluate(
     report["default_ranking"] = RERANK_METHOD if rerank is not None else "blend"
     report["rerank"] = rerank
     report["new_items"] = new_items_section(
-        "temporal", split, model_dir, device, info, cand, fns, n_bootstrap, seed)  # fmt: skip
+        "temporal", split, model_dir, device, info, cand, fns, n_bootstrap, seed
+    ) if new_items else None  # fmt: skip
     if out_dir is not None:
         write_report(report, out_dir, name)
     return report
+
+
+def _cold_section(
+    cfg: dict[str, Any],
+    events: pd.DataFrame,
+    cutoff: int,
+    horizon_ms: int | None,
+    split: EvalSplit,
+    model_dir: str | os.PathLike[str],
+    vecs: dict[str, np.ndarray],
+    n_bootstrap: int,
+    seed: int,
+) -> dict[str, Any] | None:
+    """The cold-start section when the checkpoint has cold (text-only) items, else ``None``."""
+    if int(cfg.get("n_cold_items", 0)) <= 0:
+        return None
+    after = events[events["ts"] >= cutoff]
+    if horizon_ms is not None:
+        after = after[after["ts"] < cutoff + horizon_ms]
+    return _cold_start(split, after, model_dir, vecs, n_bootstrap, seed)
 
 
 def _add_aliases(res: dict[str, Any]) -> None:

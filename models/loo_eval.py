@@ -96,6 +96,7 @@ def evaluate_loo(
     out_dir: str | os.PathLike[str] | None = None,
     name: str = "eval",
     dataset: str | None = None,
+    new_items: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint against the baselines with leave-one-out by time.
 
@@ -111,6 +112,7 @@ def evaluate_loo(
         out_dir: If given, write ``quality-<name>.json``, ``.md`` and ``.png`` there.
         name: File-name stem of the report.
         dataset: Label of the data set in the report.
+        new_items: Also the ``new_items`` section (``None`` without it).
 
     Returns:
         The report (same shape as the temporal one; ``tasks`` holds ``all`` only).
@@ -136,6 +138,8 @@ def evaluate_loo(
     t_end = time.perf_counter()
     tgt_known = sum(bool(known[t[0]]) for t in split.targets[TaskKind.ALL] if len(t))
     stats = {**split.stats, "input_events": len(events), "targets_known_to_model": tgt_known}
+    seconds = {"split": t_split - t0, **timing, "baselines_setup": t_base - t_split,
+               "total": t_end - t0}  # fmt: skip
     report = {
         "dataset": dataset,
         "model_dir": str(model_dir),
@@ -150,16 +154,12 @@ def evaluate_loo(
         "cold_start": None,
         "model_training": _training_info(cfg, model_dir),
         "candidates_missing_from_model": info["candidates_missing_from_model"],
-        "seconds": {
-            "split": t_split - t0,
-            **timing,
-            "baselines_setup": t_base - t_split,
-            "total": t_end - t0,
-        },
+        "seconds": seconds,
         "machine": machine_info(),
     }
     report["new_items"] = new_items_section(
-        "loo", split, model_dir, device, info, cand, fns, n_bootstrap, seed, frame)  # fmt: skip
+        "loo", split, model_dir, device, info, cand, fns, n_bootstrap, seed, frame
+    ) if new_items else None  # fmt: skip
     if out_dir is not None:
         write_report(report, out_dir, name)
     return report
