@@ -85,9 +85,10 @@ class NewItemPublisher:
             fresh = n if before is None else max(0, min(n, w.version - before))
             if fresh == 0:
                 continue
-            history = list(zip(w.items, w.types, w.times, strict=True))
-            named = [(i, _type_name(t), ts) for i, t, ts in history]
-            self._dirty |= self.estimator.observe(named, range(n - fresh, n))
+            # only the new events and the `window` before them can pair: not the whole window
+            start = max(0, n - fresh - self.estimator.params.window)
+            tail = [(w.items[k], _type_name(w.types[k]), w.times[k]) for k in range(start, n)]
+            self._dirty |= self.estimator.observe(tail, range(n - fresh - start, n - start))
 
     def follow(self, model_version: str) -> bool:
         """Reload the folder once when the worker's model became ``model_version``."""

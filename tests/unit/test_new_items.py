@@ -183,3 +183,36 @@ def test_publisher_publishes_only_changed_items_and_follows_a_new_checkpoint(
     again = ItemVectorRecord.from_json(sent[-1][1] or b"")
     assert again.model_version == "v2"
     np.testing.assert_allclose(again.vector, [0, 1.0, 1.0, 0, 0], atol=1e-6)
+
+
+def test_publisher_reads_only_the_window_tail_and_counts_what_a_full_pass_counts(
+    tmp_path: Path,
+) -> None:
+    """Batches of events observed through the worker's windows give the evidence that one
+    pass over the whole history gives (the publisher reads only the new events' tail)."""
+    seed = 7
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    ids = [f"k{i}" for i in range(6)]
+    write_item_vectors(tmp_path / "m", ids, np.eye(6, dtype=np.float32), model_version="v1")
+
+    async def publish(records: list[tuple[bytes, bytes | None]]) -> None:
+        return None
+
+    params = NewItemParams(window=3)
+    pub = NewItemPublisher(tmp_path / "m", publish, params, interval_s=0.0)
+    w = BehaviorWindow("u1", WindowConfig())
+    seq = [str(rng.choice([*ids, "n1", "n2", "n3"])) for _ in range(40)]
+    k = 0
+    while k < len(seq):
+        step = int(rng.integers(1, 6))
+        for j in range(k, min(k + step, len(seq))):
+            w.apply(Event("u1", seq[j], EVENT_TYPES[j % 5], 1_700_000_000_000 + j), "e", 0, j)
+        pub.observe({"u1": w})
+        k += step
+    full = NewItemEstimator(ids, np.eye(6, dtype=np.float32), None, params)
+    history = [(i, EVENT_TYPES[j % 5], j) for j, i in enumerate(seq)]
+    full.observe(history, range(len(seq)))
+    assert pub.estimator.evidence.keys() == full.evidence.keys() and full.evidence
+    for item, ev in full.evidence.items():
+        assert pub.estimator.evidence[item] == pytest.approx(ev)
