@@ -296,9 +296,12 @@ def latency(
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
         load_before = os.getloadavg()
+        c0 = _cpu_snapshot(api.pid, worker.pid)
         out["plain_alone"] = load_phase(aurl, users, ["x"], rate=rate, duration=seconds,
                                         endpoint="recommendations", seed=1)  # fmt: skip
+        c1 = _cpu_snapshot(api.pid, worker.pid)
         wb = _metrics(f"{wurl}/metrics")
+        spies = _py_spy([("api", api.pid), ("worker", worker.pid)], seconds)
         both: dict[str, Any] = {}
 
         def run(name: str, endpoint: str, seed: int) -> None:
@@ -313,8 +316,15 @@ def latency(
             t.start()
         for t in threads:
             t.join()
+        c2 = _cpu_snapshot(api.pid, worker.pid)
         wa = _metrics(f"{wurl}/metrics")
         stop.set()
+        for spy in spies:
+            spy.wait(timeout=60)
+        out["cpu_percent_of_a_core"] = {
+            "plain_alone": _cpu_share(c0, c1),
+            "explain_with_plain": _cpu_share(c1, c2),
+        }
         out["load_avg_before"] = [round(x, 2) for x in load_before]
         out["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
         out["explain_with_plain"] = both["explain"]
@@ -374,6 +384,84 @@ def bench_explain(
         result["chart"] = str(chart(result, charts / "explain-deletion-taobao.png"))
         (charts / "explain-taobao.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _py_spy(targets: list[tuple[str, int | None]], seconds: float) -> list[Any]:
+    """``py-spy record`` of each target during the next phase, when the environment
+    variable ``BENCH_EXPLAIN_PYSPY`` names a folder (diagnostics: the sampling costs CPU,
+    so figures of record are taken without it)."""
+    folder = os.environ.get("BENCH_EXPLAIN_PYSPY")
+    if not folder:
+        return []
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    procs = []
+    for name, pid in targets:
+        if pid is None:
+            continue
+        cmd = [spy, "record", "--nonblocking", "--subprocesses", "-r", "50", "-f", "raw",
+               "-d", str(int(seconds)), "-p", str(pid), "-o", f"{folder}/{name}.txt"]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def dumps() -> None:  # what every thread waits on, every 10 s
+        for k in range(int(seconds // 10)):
+            time.sleep(10.0)
+            for name, pid in targets:
+                if pid is None:
+                    continue
+                cmd = [spy, "dump", "--nonblocking", "--subprocesses", "-p", str(pid)]
+                got = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                with open(f"{folder}/{name}-dumps.txt", "a") as f:
+                    f.write(f"=== {k} {time.strftime('%H:%M:%S')}\n{got.stdout}{got.stderr}\n")
+
+    threading.Thread(target=dumps, daemon=True).start()
+    return procs
+
+
+def _proc_cpu(pid: int) -> tuple[float, float]:
+    """``(own, waited-for children)`` CPU seconds of a process (``/proc/<pid>/stat``)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tck = os.sysconf("SC_CLK_TCK")
+    return (int(f[11]) + int(f[12])) / tck, (int(f[13]) + int(f[14])) / tck
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out.extend(int(c) for c in (task / "children").read_text().split())
+    except OSError:
+        pass
+    return out
+
+
+def _cpu_snapshot(api_pid: int | None, worker_pid: int | None) -> dict[str, float]:
+    """CPU seconds so far: the API, the worker and each of its children (the encoder
+    processes), this process (replay feeder included), its finished children (the load
+    generators) and the whole box (``/proc/stat``, every agent's work included)."""
+    snap: dict[str, float] = {"t": time.monotonic()}
+    if api_pid:
+        snap["api"] = _proc_cpu(api_pid)[0]
+    if worker_pid:
+        snap["worker"] = _proc_cpu(worker_pid)[0]
+        for i, child in enumerate(sorted(_children(worker_pid))):
+            snap[f"worker_child{i}"] = _proc_cpu(child)[0]
+    own, waited = _proc_cpu(os.getpid())
+    snap["bench_feeder"], snap["load_generators"] = own, waited
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(x) for x in fields]
+    tck = os.sysconf("SC_CLK_TCK")
+    snap["box_busy"] = (sum(ticks) - ticks[3] - ticks[4]) / tck  # minus idle and iowait
+    return snap
+
+
+def _cpu_share(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Per process, the share of one core used between two snapshots (%)."""
+    dt = max(after["t"] - before["t"], 1e-9)
+    return {k: round(100.0 * (after[k] - before.get(k, 0.0)) / dt, 1) for k in after if k != "t"}
 
 
 def _tree_rss_mb(pid: int | None) -> float | None:

@@ -6,6 +6,8 @@ therefore leaves the hidden states before ``j`` unchanged, and for each later ev
 only removes one key from its softmax: ``ctx_i = (N_i - e_ij v_j) / (D_i - e_ij)`` per
 head (``N``, ``D`` the unnormalised sums, float64). Only those later events' output
 blocks are recomputed; the pooled sums lose ``j``'s term and get the changed terms.
+The group of the oldest events (a prefix of the history) is the same computation: the
+later events' softmax over the remaining keys only (summed directly, no cancellation).
 :func:`encode_variants_many` encodes several users' variants at once (one short-path and
 one long-path forward for all of them), for the worker's batched explanations.
 Design and measurements: docs/DESIGN.md ("Explanations").
@@ -61,16 +63,22 @@ def encode_variants_many(
         out = longs[j]
         done: set[int] = set()
         singles = [r for r, d in enumerate(long_drops) if len(d) == 1]
-        if singles and occludable(model.encoder, long):
+        group = next((r for r, d in enumerate(long_drops) if _is_prefix(d, len(long))), None)
+        if (singles or group is not None) and occludable(model.encoder, long):
+            prefix = len(long_drops[group]) if group is not None else 0
             with torch.inference_mode():
                 vecs = exact_long_occlusion(
                     model.encoder, long, [long_drops[r][0] for r in singles], lookup,
                     model._item_table(),  # noqa: SLF001 - the model's cached table
+                    prefix=prefix,
                 ).cpu().numpy()  # fmt: skip
-            out[singles] = vecs[1:]
+            out[singles] = vecs[1 : 1 + len(singles)]
             whole = [r for r, d in enumerate(long_drops) if not d]
             out[whole] = vecs[0]
             done.update(singles + whole)
+            if group is not None:
+                out[group] = vecs[-1]
+                done.add(group)
         for r, d in enumerate(long_drops):
             if r in done:
                 continue
@@ -90,6 +98,16 @@ def encode_variants_many(
     return results
 
 
+def _is_prefix(drop: Sequence[int], n: int) -> bool:
+    """Whether ``drop`` removes the oldest events ``0..m-1``, ``1 < m < n`` (the group)."""
+    return (
+        1 < len(drop) < n
+        and drop[0] == 0
+        and drop[-1] == len(drop) - 1
+        and (list(drop) == list(range(len(drop))))
+    )
+
+
 def _drop(history: Sequence[Interaction], drop: Sequence[int]) -> list[Interaction]:
     gone = set(drop)
     return [e for i, e in enumerate(history) if i not in gone]
@@ -107,6 +125,7 @@ def exact_long_occlusion(
     drops: Sequence[int],
     item_index: dict[str, int],
     table: Tensor,
+    prefix: int = 0,
 ) -> Tensor:
     """Long vectors of ``history`` and of ``history`` without each single event of ``drops``.
 
@@ -116,11 +135,14 @@ def exact_long_occlusion(
         drops: Indices into ``history``; each is removed on its own.
         item_index: Item id -> vocabulary row (``InterestModel.item_index``).
         table: ``enc.item_table()``.
+        prefix: With ``0 < prefix < len(history)``, one more row: the history without
+            its ``prefix`` oldest events (the occlusion's group of older events).
 
     Returns:
-        float32 ``[1 + len(drops), out_dim]``: row 0 the whole history, row ``1 + r`` the
-        history without event ``drops[r]`` (equal to ``encode_long`` of it up to float
-        rounding).
+        float32 ``[1 + len(drops) (+ 1), out_dim]``: row 0 the whole history, row
+        ``1 + r`` the history without event ``drops[r]``, the last row (with ``prefix``)
+        the history without its oldest ``prefix`` events (equal to ``encode_long`` of each
+        up to float rounding).
     """
     dev = table.device
     n = len(history)
@@ -156,8 +178,18 @@ def exact_long_occlusion(
     e_ij = e[:, pi, jj]  # [h, P]
     ctx = (big_n[:, pi] - e_ij[..., None] * v[:, jj]) / (big_d[:, pi] - e_ij)[..., None]
     changed = block(ctx.transpose(0, 1).reshape(-1, h * dh), x[pi]).double() - hidden[pi]
-
-    return _pooled(enc, items, types, ts, drop, hidden, pj, pi, changed, table)
+    keep = torch.ones(1 + len(drop), n, dtype=torch.float64, device=dev)
+    keep[1 + torch.arange(len(drop), device=dev), drop] = 0.0
+    rows = pj + 1
+    if 0 < prefix < n:  # the later events attend to the remaining keys only
+        g = prefix
+        e_g = e[:, g:, g:]
+        ctx_g = ((e_g @ v[:, g:]) / e_g.sum(-1)[..., None]).transpose(0, 1).reshape(-1, h * dh)
+        changed = torch.cat([changed, block(ctx_g, x[g:]).double() - hidden[g:]])
+        rows = torch.cat([rows, torch.full((n - g,), 1 + len(drop), device=dev)])
+        pi = torch.cat([pi, ar[g:]])
+        keep = torch.cat([keep, (ar >= g).to(torch.float64)[None]])
+    return _pooled(enc, items, types, ts, keep, hidden, rows, pi, changed, table)
 
 
 def _attention(layer: Any, x: Tensor) -> tuple[int, int, Tensor, Tensor, Tensor, Tensor]:
@@ -185,26 +217,29 @@ def _pooled(
     items: Tensor,
     types: Tensor,
     ts: Tensor,
-    drop: Tensor,
+    keep: Tensor,
     hidden: Tensor,
-    pj: Tensor,
+    rows: Tensor,
     pi: Tensor,
     changed: Tensor,
     table: Tensor,
 ) -> Tensor:
-    """The long vectors (whole, then without each dropped event) from the pooled sums."""
+    """The long vectors of every variant from the pooled sums.
+
+    ``keep [V, n]`` (float64): 1 where variant ``v`` keeps event ``i``; ``changed [P, d]``
+    the hidden-state change of event ``pi[p]`` in variant ``rows[p]`` (added to its sum).
+    """
     logw = enc.long_type_logw[types].double()
     hl = enc.cfg.long_half_life_hours
     if hl is not None:  # the reference time factors out of the ratio: the newest event
         logw = logw - math.log(2.0) / (3600.0 * hl) * (ts.max() - ts)
     w = torch.exp(logw - logw.max())
     emb = table[items].double()
-    s_w = w.sum() - torch.cat([w.new_zeros(1), w[drop]])  # [1 + D]
-    s_h = (w[:, None] * hidden).sum(0).expand(1 + len(drop), -1).clone()
-    s_h[1:] -= w[drop, None] * hidden[drop]
-    s_h[1:].index_add_(0, pj, w[pi, None] * changed)
-    s_e = (w[:, None] * emb).sum(0).expand(1 + len(drop), -1).clone()
-    s_e[1:] -= w[drop, None] * emb[drop]
+    n_var = keep.shape[0]
+    s_w = keep @ w  # [V]
+    s_h = keep @ (w[:, None] * hidden)
+    s_h.index_add_(0, rows, w[pi, None] * changed)
+    s_e = keep @ (w[:, None] * emb)
     dtype = table.dtype
     vec = enc.long_out((s_h / s_w[:, None]).to(dtype)) + enc.long_copy_gain * (
         s_e / s_w[:, None]
@@ -215,11 +250,10 @@ def _pooled(
         rate_r = math.log(2.0) / (3600.0 * enc.cfg.revisit_half_life_hours)
         wr = enc.get_buffer("revisit_type_w")[types].double() * torch.exp(-rate_r * (ts.max() - ts))
         codes = enc.get_buffer("revisit_codes")[items].double()
-        tot = wr.sum() - torch.cat([wr.new_zeros(1), wr[drop]])
-        r = (wr[:, None] * codes).sum(0).expand(1 + len(drop), -1).clone()
-        r[1:] -= wr[drop, None] * codes[drop]
+        tot = keep @ wr
+        r = keep @ (wr[:, None] * codes)
         gain = enc.get_buffer("revisit_gain")
         parts.append((gain * (r / tot.clamp_min(1e-12)[:, None])).float())
     if enc.cfg.trend:
-        parts.append(enc.get_buffer("trend_gain").float().expand(1 + len(drop), 1))
+        parts.append(enc.get_buffer("trend_gain").float().expand(n_var, 1))
     return torch.cat(parts, dim=1)

@@ -6,26 +6,32 @@ events) nor the encoder, so the worker computes the explanation (occlusion,
 finds that worker: the user's partition is the producers' (Kafka's murmur2 partitioner
 on the user id), the partition's worker comes from each worker's ``/assignment/``
 (``INTEREST_WORKER_URLS``), cached and refreshed on a miss; a miss after a refresh asks
-every worker. Design: docs/DESIGN.md ("Explanations").
+every worker. :class:`ExplainAdmission` bounds the ``explain=true`` requests in flight
+(one more is answered 503 at once, before any work). Design: docs/DESIGN.md
+("Explanations").
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import time
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import numpy as np
 from kafka.partitioner.default import murmur2
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from interest_stream.api.errors import ApiError
+from interest_stream.api.errors import ApiError, error_body
 from interest_stream.core.settings import Settings
 
-__all__ = ["WorkerDirectory", "partition_of", "worker_urls"]
+__all__ = ["ExplainAdmission", "WorkerDirectory", "partition_of", "worker_urls"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,72 @@ log = logging.getLogger(__name__)
 ASSIGNMENT_TTL_S = 30.0
 #: Seconds between two reads of the assignments at least.
 REFRESH_MIN_S = 1.0
+
+
+#: Values of a query parameter a FastAPI ``bool`` reads as true.
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_EXPLAINED = ("/recommendations", "/interest")
+
+
+def _asks_explain(scope: Scope) -> bool:
+    """Whether a request is ``GET /v1/users/{id}/recommendations|interest?explain=true``."""
+    qs: bytes = scope.get("query_string", b"")
+    if b"explain" not in qs:
+        return False
+    path: str = scope.get("path", "")
+    if not path.startswith("/v1/users/") or not path.endswith(_EXPLAINED):
+        return False
+    return any(
+        k == "explain" and v.strip().lower() in _TRUE
+        for k, v in parse_qsl(qs.decode("latin-1"), keep_blank_values=True)
+    )
+
+
+class ExplainAdmission:
+    """Pure-ASGI admission control for ``explain=true`` (users' recommendations, interest).
+
+    At most ``limit`` such requests are in flight in this process; one more is answered
+    503 ``explain_unavailable`` with ``Retry-After`` before any work (no search, no
+    worker call), so under overload explanations are refused in microseconds and the
+    plain queries of the same event loop keep their latency. ``limit`` 0: no bound.
+    Audience explanations (``POST /v1/audience``, explain in the body) are not counted.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        """Wrap ``app``."""
+        self.app = app
+        self.limit = limit
+        self.inflight = 0
+        self.refused = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] != "http" or self.limit <= 0 or not _asks_explain(scope):
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.limit:
+            self.refused += 1
+            await self._refuse(scope, send)
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        end = "recommendations" if scope["path"].endswith("/recommendations") else "interest"
+        # the route template, for the latency metric of the middleware around this one
+        scope["route"] = SimpleNamespace(path=f"/v1/users/{{user_id:path}}/{end}")
+        detail = f"{self.inflight} explanations are in flight (the API's bound); retry shortly"
+        body = json.dumps(error_body("explain_unavailable", detail)).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", b"1"),
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def partition_of(user_id: str, partitions: int) -> int:

@@ -246,6 +246,13 @@ class Settings(BaseSettings):
     explain_timeout_s: float = Field(
         5.0, gt=0, le=120, description="Seconds the API waits for a worker's explanation."
     )
+    explain_max_inflight: int = Field(
+        8,
+        ge=0,
+        le=10_000,
+        description="`explain=true` requests the API works on at once; one more is answered "
+        "503 explain_unavailable at once (0 = no bound).",
+    )
 
     # --- user store ------------------------------------------------------------
     user_store: Literal["faiss", "opensearch"] = Field(

@@ -64,6 +64,25 @@ def test_exact_long_occlusion_equals_reencodes(model: InterestModel) -> None:
     np.testing.assert_allclose(fast, slow, atol=TOL)
 
 
+def test_batched_variants_with_the_older_group_equal_reencodes(model: InterestModel) -> None:
+    """encode_variants_many: the older-events group (a prefix) through the exact formula
+    too; every row equals encode_long / encode_short of the shortened window."""
+    jobs, slow = [], []
+    for seed, n in ((31, 45), (32, 9)):
+        h = _history(model, n, seed=seed)
+        short = model.short_window(h)
+        long_drops = [[], *([i] for i in range(n - 6, n)), list(range(n - 6)), list(range(n))]
+        short_drops = [[], [len(short) - 1]]
+        jobs.append((short, short_drops, h, long_drops))
+        slow.append((model.encode_short([_without(short, set(d)) for d in short_drops]),
+                     model.encode_long([_without(h, set(d)) for d in long_drops])))  # fmt: skip
+    for (s_fast, l_fast), (s_slow, l_slow) in zip(
+        encode_variants_many(model, jobs), slow, strict=True
+    ):
+        np.testing.assert_allclose(s_fast, s_slow, atol=TOL)
+        np.testing.assert_allclose(l_fast, l_slow, atol=TOL)
+
+
 @pytest.mark.parametrize("horizon", ["short", "long", "blend"])
 def test_contributions_are_score_deltas_of_real_reencodes(
     model: InterestModel, horizon: str
