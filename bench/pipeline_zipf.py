@@ -164,18 +164,44 @@ def _parent_cpu_s(pid: int | None) -> float | None:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_by_process(worker: int | None, api: int | None) -> dict[str, float]:
-    """CPU seconds so far: worker parent, its encoder child(ren), API, broker."""
+def cpu_by_process(workers: int | list[int | None] | None, api: int | None) -> dict[str, float]:
+    """CPU seconds so far: worker parent(s), their encoder children, API, broker (summed)."""
     out: dict[str, float] = {}
-    wp = _parent_cpu_s(worker)
-    if wp is not None and worker is not None:
-        out["worker_loop_process"] = wp
-        kids = [_parent_cpu_s(p) for p in _descendants(worker)]
-        out["worker_encoder_process"] = sum(k for k in kids if k is not None)
+    for worker in workers if isinstance(workers, list) else [workers]:
+        wp = _parent_cpu_s(worker)
+        if wp is not None and worker is not None:
+            out["worker_loop_process"] = out.get("worker_loop_process", 0.0) + wp
+            kids = [_parent_cpu_s(p) for p in _descendants(worker)]
+            out["worker_encoder_process"] = out.get("worker_encoder_process", 0.0) + sum(
+                k for k in kids if k is not None
+            )
     for name, pid in (("api", api), ("broker", _broker_pid())):
         if (v := _cpu_s(pid)) is not None:
             out[name] = v
     return out
+
+
+_FIRST = "interest_worker_first_consumed_timestamp_seconds"
+_LAST = "interest_worker_last_applied_timestamp_seconds"
+
+
+def metrics_all(urls: list[str]) -> dict[str, float]:
+    """All workers' metrics summed (first consumed: the earliest; last applied: the latest)."""
+    out: dict[str, float] = {}
+    for url in urls:
+        for k, v in _metrics(url).items():
+            if k == _FIRST:
+                out[k] = min(out.get(k, v), v)
+            elif k == _LAST:
+                out[k] = max(out.get(k, v), v)
+            else:
+                out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def _check(workers: list[Service]) -> None:
+    for w in workers:
+        w.check()
 
 
 _W_STAGES = 'interest_worker_stage_seconds_total{stage="%s"}'
@@ -233,46 +259,49 @@ def cost_breakdown(
     return out
 
 
-def _wait_applied(url: str, target: float, worker: Service, timeout: float) -> dict[str, float]:
-    """Poll the worker's metrics until ``target`` events are applied (or ``timeout``)."""
+def _wait_applied(
+    urls: list[str], target: float, workers: list[Service], timeout: float
+) -> dict[str, float]:
+    """Poll the workers' metrics until ``target`` events are applied (or ``timeout``)."""
     deadline = time.monotonic() + timeout
-    m = _metrics(url)
+    m = metrics_all(urls)
     while time.monotonic() < deadline:
-        m = _metrics(url)
+        m = metrics_all(urls)
         if m.get("interest_worker_events_applied_total", 0) >= target:
             break
-        worker.check()
+        _check(workers)
         time.sleep(0.5)
     return m
 
 
-def _wait_drained(url: str, worker: Service, timeout: float) -> float:
-    """Wait until the re-encoder has nobody pending; the wall clock then."""
+def _wait_drained(urls: list[str], workers: list[Service], timeout: float) -> float:
+    """Wait until no worker's re-encoder has anybody pending; the wall clock then."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _metrics(url).get("interest_reencode_pending_users", 1) == 0:
+        if metrics_all(urls).get("interest_reencode_pending_users", 1) == 0:
             break
-        worker.check()
+        _check(workers)
         time.sleep(0.25)
     return time.time()
 
 
 def _rate_phase(
-    s: Settings, traffic: ZipfTraffic, rate: float, seconds: float, urls: tuple[str, str],
-    worker: Service, pids: tuple[int | None, int | None], probe_item: str, probe_s: float,
+    s: Settings, traffic: ZipfTraffic, rate: float, seconds: float,
+    urls: tuple[list[str], str], workers: list[Service],
+    pids: tuple[list[int | None], int | None], probe_item: str, probe_s: float,
 ) -> dict[str, Any]:  # fmt: skip
     """Events at ``rate`` for ``seconds`` with probes; applied rate, freshness, costs."""
-    wurl, aurl = urls
+    wurls, aurl = urls
     df = traffic.draw(int(rate * seconds), int(time.time() * 1000), rate)
-    wb, cb = _metrics(wurl), cpu_by_process(*pids)
+    wb, cb = metrics_all(wurls), cpu_by_process(*pids)
     probe = Probe(s, aurl, probe_item, probe_s)
     probe.start()
     st = replay_events(df, s, rate=rate)
     applied_target = wb.get("interest_worker_events_applied_total", 0) + len(df)
-    behind = _wait_applied(wurl, applied_target, worker, timeout=min(120.0, seconds))
+    behind = _wait_applied(wurls, applied_target, workers, timeout=min(120.0, seconds))
     freshness = probe.stop()
-    _wait_drained(wurl, worker, timeout=120)
-    wa, ca = _metrics(wurl), cpu_by_process(*pids)
+    _wait_drained(wurls, workers, timeout=120)
+    wa, ca = metrics_all(wurls), cpu_by_process(*pids)
     in_time = behind.get("interest_worker_events_applied_total", 0) - wb.get(
         "interest_worker_events_applied_total", 0
     )
@@ -304,56 +333,69 @@ def bench_pipeline_zipf(
     naive_events: int = 500,
     probe_interval_s: float = 0.1,
     work_dir: Path | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Run the skewed-traffic benchmark (see the module docstring); returns every figure."""
+    """Run the skewed-traffic benchmark (see the module docstring); returns every figure.
+
+    ``workers`` worker processes share the event topics' partitions (one consumer group,
+    a state folder and web port each); their metrics and CPU are summed.
+    """
     from interest_stream.streams.kafka_local.broker import free_port
 
     root = work_dir or Path(tempfile.mkdtemp(prefix="is-zipf-"))
     s = fresh_settings(settings, root).model_copy(
         update={"model_dir": model_dir, "api_port": free_port(), "worker_web_port": free_port()}
     )
+    if workers > s.topic_partitions:
+        raise ValueError(f"{workers} workers but {s.topic_partitions} partitions")
     ensure_topics(s)
     traffic = ZipfTraffic(events, users, zipf, seed=7)
     start = int(time.time() * 1000) - int(backlog / 5.0)  # the backlog: the last backlog/5k s
     first = traffic.draw(backlog, start, 5000.0)
     result: dict[str, Any] = {"users": users, "zipf": zipf, "backlog_events": backlog}
+    result["workers"] = workers
     result["backlog_distinct_users_per_event"] = traffic.distinct_share(first)
     replay_events(first, s)
     result["ceiling_raw_consume"] = raw_consume_rate(s, backlog)
-    worker = Service.cli("worker", ["worker"], s, root / "logs")
+    ws = [s] + [
+        s.model_copy(
+            update={"worker_web_port": free_port(), "state_dir": Path(f"{s.state_dir}-w{i}")}
+        )
+        for i in range(1, workers)
+    ]
+    procs = [Service.cli(f"worker{i}", ["worker"], w, root / "logs") for i, w in enumerate(ws)]
     api = Service.cli("api", ["serve"], s, root / "logs")
-    wurl, aurl = f"http://127.0.0.1:{s.worker_web_port}/metrics", f"http://127.0.0.1:{s.api_port}"
+    wurls = [f"http://127.0.0.1:{w.worker_web_port}/metrics" for w in ws]
+    aurl = f"http://127.0.0.1:{s.api_port}"
     try:
         api.start()
         wait_http(f"{aurl}/healthz", timeout=120)
-        worker.start()
-        pids = (worker.pid, api.pid)
-        wait_http(wurl, timeout=300)  # the encoder process is up: its start is not counted
+        for w in procs:
+            w.start()
+        pids = ([w.pid for w in procs], api.pid)
+        for u in wurls:
+            wait_http(u, timeout=300)  # the encoder process is up: its start is not counted
         cb = cpu_by_process(*pids)
-        m = _wait_applied(wurl, backlog, worker, timeout=1800)
-        seconds_cu = (
-            m["interest_worker_last_applied_timestamp_seconds"]
-            - m["interest_worker_first_consumed_timestamp_seconds"]
-        )
+        m = _wait_applied(wurls, backlog, procs, timeout=1800)
+        seconds_cu = m[_LAST] - m[_FIRST]
         applied = m.get("interest_worker_events_applied_total", 0)
-        drained = _wait_drained(wurl, worker, timeout=600)
+        drained = _wait_drained(wurls, procs, timeout=600)
         result["catch_up"] = {
             "applied": int(applied),
             "applied_eps": round(applied / max(seconds_cu, 1e-9), 1),
             "seconds": round(seconds_cu, 1),
-            "reencode_drained_after_s": round(
-                drained - m["interest_worker_first_consumed_timestamp_seconds"], 1
-            ),
-            "cost": cost_breakdown({}, _metrics(wurl), cb, cpu_by_process(*pids)),
+            "reencode_drained_after_s": round(drained - m[_FIRST], 1),
+            "cost": cost_breakdown({}, metrics_all(wurls), cb, cpu_by_process(*pids)),
         }
         item = str(first["item_id"].iloc[0])
         result["phases"] = [
-            _rate_phase(s, traffic, r, seconds, (wurl, aurl), worker, pids, item, probe_interval_s)
+            _rate_phase(s, traffic, r, seconds, (wurls, aurl), procs, pids, item, probe_interval_s)
             for r in rates
         ]
-        result["rss_mb"] = {"worker": _rss_mb(worker.pid), "api": _rss_mb(api.pid)}
+        result["rss_mb"] = {"workers": [_rss_mb(w.pid) for w in procs], "api": _rss_mb(api.pid)}
     finally:
-        worker.stop()
+        for w in procs:
+            w.stop()
         api.stop()
     result["floor_naive"] = naive_pipeline_rate(s, first, model_dir, naive_events)
     result["catch_up_vs_naive"] = round(

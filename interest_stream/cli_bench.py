@@ -90,6 +90,8 @@ def bench_ingest_cmd(events_path: Path | None, bootstrap: str | None, as_json: b
               help="Length of each fixed-rate phase (with --users).")  # fmt: skip
 @click.option("--backlog", type=click.IntRange(min=1), default=200_000,
               help="Events of the catch-up backlog (with --users).")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), default=1,
+              help="Worker processes sharing the partitions (with --users).")  # fmt: skip
 @bootstrap_option
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the JSON here.")
 @click.option("--charts", type=click.Path(path_type=Path), default=None,
@@ -109,6 +111,7 @@ def bench_pipeline_cmd(
     zipf: float,
     seconds: float,
     backlog: int,
+    workers: int,
     bootstrap: str | None,
     out: Path | None,
     charts: Path | None,
@@ -126,7 +129,7 @@ def bench_pipeline_cmd(
         if users > 0:
             res = load_bench("pipeline_zipf").bench_pipeline_zipf(
                 s, read_events(path), model_dir, users=users, zipf=zipf, rates=rs,
-                seconds=seconds, backlog=backlog, naive_events=naive_events,
+                seconds=seconds, backlog=backlog, naive_events=naive_events, workers=workers,
             )  # fmt: skip
             if out is not None:
                 out.parent.mkdir(parents=True, exist_ok=True)
