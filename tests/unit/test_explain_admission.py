@@ -1,7 +1,6 @@
-"""The API's bound on ``explain=true`` requests in flight (api/explain.py ExplainAdmission).
-
-Requests beyond the bound are answered 503 ``explain_unavailable`` with ``Retry-After``
-before reaching the app; plain requests and other routes are never counted.
+"""The API side of ``explain=true`` (api/explain.py): the bound on explanations in flight
+(requests beyond it are answered 503 ``explain_unavailable`` with ``Retry-After`` before
+reaching the app; plain requests are never counted) and the worker client over real HTTP.
 """
 
 from __future__ import annotations
@@ -81,3 +80,66 @@ def test_create_app_installs_the_bound_from_the_settings() -> None:
     app = create_app(Settings(explain_max_inflight=3), start_consumer=False, forget_hooks=[])
     found = [m for m in app.user_middleware if m.cls is ExplainAdmission]
     assert len(found) == 1 and found[0].kwargs["limit"] == 3
+
+
+def test_worker_directory_over_real_http() -> None:
+    """WorkerDirectory against a stub worker (aiohttp server): the owner from
+    /assignment/, the targets as base64 float32, 429 -> 503 with Retry-After, a worker
+    slower than the timeout -> 503, 404 from every worker -> 404 unknown_user."""
+    import base64
+    import json
+
+    import numpy as np
+    from aiohttp import web
+
+    from interest_stream.api.errors import ApiError
+    from interest_stream.api.explain import WorkerDirectory
+    from interest_stream.core.kafka import free_port
+
+    seen: list[dict[str, Any]] = []
+
+    async def assignment(request: web.Request) -> web.Response:
+        return web.json_response({"partition_count": 4, "partitions": [0, 1, 2, 3]})
+
+    async def explain(request: web.Request) -> web.Response:
+        body = json.loads(await request.read())
+        seen.append(body)
+        user = body["user_id"]
+        if user == "busy":
+            return web.json_response({"error": "busy"}, status=429, headers={"Retry-After": "2"})
+        if user == "slow":
+            await asyncio.sleep(1.0)
+        if user == "nobody":
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response({"user_id": user, "results": [{"score": 1.0}]})
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_get("/assignment/", assignment)
+        app.router.add_post("/explain/", explain)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        d = WorkerDirectory([f"http://127.0.0.1:{port}"], timeout_s=0.3)
+        try:
+            t = np.arange(6, dtype=np.float32).reshape(2, 3)
+            got = await d.explain("u1", t, horizon="blend", weight=0.5, top=3)
+            assert got["results"] == [{"score": 1.0}]
+            raw = base64.b64decode(seen[-1]["targets_f32"])
+            assert np.array_equal(np.frombuffer(raw, "<f4").reshape(2, 3), t)
+            for user, status, code in (
+                ("busy", 503, "explain_unavailable"),
+                ("slow", 503, "explain_unavailable"),
+                ("nobody", 404, "unknown_user"),
+            ):
+                with pytest.raises(ApiError) as err:
+                    await d.explain(user, t, horizon="blend", weight=0.5, top=3)
+                assert (err.value.status, err.value.code) == (status, code), user
+                if user == "busy":
+                    assert err.value.headers == {"Retry-After": "2"}
+        finally:
+            await d.aclose()
+            await runner.cleanup()
+
+    asyncio.run(scenario())
