@@ -154,13 +154,16 @@ def _serve(args: argparse.Namespace) -> None:
             return None
 
     t0 = time.perf_counter()
+    settings = load_settings(api_host="127.0.0.1", api_port=args.port, max_k=1000)
+    scan = settings.item_scan  # INTEREST_ITEM_SCAN, as `serve` reads it
     if args.model_dir:
-        items = ItemIndex.from_checkpoint(args.model_dir)
+        items = ItemIndex.from_checkpoint(args.model_dir, scan=scan)
         dim = items.dim
     else:
         dim = args.dim
         vecs, _ = synthetic_users(args.items, dim, n_queries=1, seed=11)
-        items = ItemIndex([f"i{j}" for j in range(args.items)], vecs, model_version="synthetic")
+        items = ItemIndex([f"i{j}" for j in range(args.items)], vecs, model_version="synthetic",
+                          scan=scan)  # fmt: skip
     short, _ = synthetic_users(args.users, dim, n_queries=1, seed=1)
     long, _ = synthetic_users(args.users, dim, n_queries=1, seed=2)
     users = UserIndex(dim, config=FaissConfig(), blend_weight=items.blend_alpha,
@@ -173,7 +176,6 @@ def _serve(args: argparse.Namespace) -> None:
                        items.model_version, recent=() if recent is None else recent(j))
             for j in range(s, e)
         ])  # fmt: skip
-    settings = load_settings(api_host="127.0.0.1", api_port=args.port, max_k=1000)
     app = create_app(settings, item_index=items, user_index=users, start_consumer=False,
                      publisher=_NoPublisher(), offload_search=args.offload)  # fmt: skip
     info = {
@@ -183,6 +185,8 @@ def _serve(args: argparse.Namespace) -> None:
         "build_s": round(time.perf_counter() - t0, 1),
         "user_index": users.stats()["sets"]["blend"],
         "item_index": items.stats()["index"],
+        "item_scan": items.stats()["scan"],
+        "offload_search": bool(args.offload),
     }
     Path(args.info).write_text(json.dumps(info, default=str))
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
@@ -483,6 +487,7 @@ def bench_api(
     client: str = "raw",
     seed: int = 0,
     progress: bool = True,
+    offload: bool = False,
 ) -> dict[str, Any]:
     """Run the API benchmark; returns the figures (JSON-able).
 
@@ -501,6 +506,7 @@ def bench_api(
             :data:`MIX`) to load.
         seed: Seed of the request mix.
         progress: Print progress to stderr.
+        offload: Item searches in the server's thread pool (``create_app(offload_search=)``).
 
     Returns:
         ``{"server", "params", "machine", "targets"}`` plus, per endpoint,
@@ -516,6 +522,8 @@ def bench_api(
         )  # fmt: skip
         if model_dir is not None:
             cmd += ["--model-dir", str(model_dir)]
+        if offload:
+            cmd.append("--offload")
         _say(progress, f"starting the server ({n_users:,} users) on {url} ...")
         server = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         try:
@@ -605,13 +613,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     r.add_argument("--rate", type=float, default=500.0)
     r.add_argument("--duration", type=float, default=20.0)
     r.add_argument("--client", choices=["raw", "httpx"], default="raw")
+    r.add_argument("--endpoints", default="interest,recommendations", help="comma-separated")
+    r.add_argument("--offload", action="store_true", help="item searches in the thread pool")
     args = p.parse_args(argv)
     if args.cmd == "serve":
         _serve(args)
     elif args.cmd == "load":
         _load(args)
     else:
-        out = bench_api(args.users, args.model_dir, args.rate, args.duration, client=args.client)
+        out = bench_api(args.users, args.model_dir, args.rate, args.duration, client=args.client,
+                        endpoints=args.endpoints.split(","), offload=args.offload)  # fmt: skip
         print(json.dumps(out, indent=2))
 
 

@@ -27,6 +27,7 @@ from interest_stream.core.rerank import Reranker, RerankItems, load_reranker
 from interest_stream.index.base import VectorIndex, Vectors, as_matrix, create_index
 from interest_stream.index.errors import DimensionMismatch, UnknownId
 from interest_stream.index.faiss_backend import FaissConfig
+from interest_stream.index.item_scan import ItemScan, ScanKind, wanted_scan
 
 __all__ = ["ItemIndex", "read_checkpoint", "write_item_vectors"]
 
@@ -96,6 +97,10 @@ class ItemIndex:
     means a new ItemIndex); items born after it are added, updated and withdrawn with
     :meth:`apply_new_items` (vectors of this checkpoint's ``model_version`` only; the
     checkpoint's own items are never overwritten). Searches are thread safe.
+
+    Searches over the checkpoint's items go through :class:`~.item_scan.ItemScan` (a
+    compressed scan with exact re-scoring: the exact answers, fewer bytes read) unless
+    ``scan="flat"``; items born after it are searched exactly beside it and merged.
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class ItemIndex:
         backend: str = "faiss",
         config: FaissConfig | None = None,
         source: Path | None = None,
+        scan: ScanKind | str = "auto",
     ) -> None:
         """Index ``vectors`` ``[n, dim]`` under item ``ids``.
 
@@ -121,9 +127,11 @@ class ItemIndex:
             backend: Index backend (``"faiss"`` or ``"numpy"``).
             config: FAISS knobs.
             source: Checkpoint folder (informational).
+            scan: ``auto`` (the compressed scan from 20,000 items on), ``sq8``, ``fp16``
+                or ``flat`` (the float32 index alone); every choice answers the same.
 
         Raises:
-            ValueError: No items, duplicate ids or NaN/inf.
+            ValueError: No items, duplicate ids, NaN/inf or an unknown ``scan``.
         """
         vecs = as_matrix(vectors, None, what="item vectors")
         if vecs.shape[0] == 0:
@@ -143,10 +151,23 @@ class ItemIndex:
         self._lock = threading.Lock()
         # the checkpoint's re-ranker and its item data (rerank.json), if it has one
         self.reranker: tuple[Reranker, RerankItems] | None = None
+        kind = wanted_scan(str(scan), vecs.shape[0])
+        self._scan: ItemScan | None = None
+        self._new_index: VectorIndex | None = None  # the scan's companion: new items only
+        if kind != "flat" and backend == "faiss" and metric == "ip":
+            self._scan = ItemScan(vecs, kind)
+            self._scan_ids = list(ids)
+            self._scan_row = {str(i): r for r, i in enumerate(self._scan_ids)}
+            self._new_index = create_index(backend, dim=int(vecs.shape[1]), metric=metric)
 
     @classmethod
     def from_checkpoint(
-        cls, folder: Path | str, *, backend: str = "faiss", config: FaissConfig | None = None
+        cls,
+        folder: Path | str,
+        *,
+        backend: str = "faiss",
+        config: FaissConfig | None = None,
+        scan: ScanKind | str = "auto",
     ) -> ItemIndex:
         """Build the item index of a model checkpoint folder.
 
@@ -166,7 +187,7 @@ class ItemIndex:
             )
         out = cls(
             ids, vecs, model_version=cfg.get("model_version"), metric=metric, meta=meta,
-            backend=backend, config=config, source=path,
+            backend=backend, config=config, source=path, scan=scan,
         )  # fmt: skip
         out.config = cfg
         out.reranker = load_reranker(path, (ids, vecs))
@@ -241,11 +262,16 @@ class ItemIndex:
             gone = [i for i, r in latest.items() if r.vector is None]
             put = [r for r in latest.values() if r.vector is not None]
             self._index.remove([i for i in gone if i in self._new])
+            if self._new_index is not None:
+                self._new_index.remove([i for i in gone if i in self._new])
             self._new.difference_update(gone)
             self._versions.update({i: r.version for i, r in latest.items()})
             if put:
                 ids = [r.item_id for r in put]
-                self._index.upsert(ids, np.stack([r.vector for r in put if r.vector is not None]))
+                vecs = np.stack([r.vector for r in put if r.vector is not None])
+                self._index.upsert(ids, vecs)
+                if self._new_index is not None:
+                    self._new_index.upsert(ids, vecs)
                 self._new.update(ids)
                 for r in put:
                     if r.category is not None:
@@ -297,8 +323,34 @@ class ItemIndex:
             DimensionMismatch: The query has another dimension.
             ValueError: ``k < 1`` or NaN/inf.
         """
+        if self._scan is not None:
+            hits = self._scan_search(query, k, exclude)
+            if hits is not None:
+                return hits
         ids, scores = self._index.search(query, k, exclude=exclude)
         return [(i, float(s)) for i, s in zip(ids[0], scores[0].tolist(), strict=False)]
+
+    def _scan_search(
+        self, query: Any, k: int, exclude: Collection[str] | None
+    ) -> list[tuple[str, float]] | None:
+        """:meth:`search` through the compressed scan (``None``: the bound did not settle)."""
+        assert self._scan is not None and self._new_index is not None
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        q = as_matrix(query, self.dim, what="queries")[0]
+        row = self._scan_row
+        skip = {r for r in (row.get(e) for e in exclude) if r is not None} if exclude else ()
+        found = self._scan.search(q, k, skip)
+        if found is None:
+            return None
+        names = self._scan_ids
+        hits = [(names[r], s) for r, s in zip(found[0].tolist(), found[1].tolist(), strict=True)]
+        if self._new:
+            ids, scores = self._new_index.search(q, k, exclude=exclude)
+            hits += list(zip(ids[0], scores[0].tolist(), strict=False))
+            hits.sort(key=lambda h: -h[1])  # stable: the checkpoint's items first on ties
+            del hits[k:]
+        return hits
 
     def similar(
         self, item_id: str, k: int, *, exclude: Collection[str] | None = None
@@ -321,4 +373,5 @@ class ItemIndex:
             "new_items": len(self._new),
             "source": None if self.source is None else str(self.source),
             "index": self._index.stats(),
+            "scan": {"kind": "flat"} if self._scan is None else self._scan.stats(),
         }

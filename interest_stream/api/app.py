@@ -64,7 +64,7 @@ def _load_items(settings: Settings, model_dir: Path | str | None) -> ItemIndex |
             "and audience by item_id answer 503"
         )
         return None
-    return ItemIndex.from_checkpoint(folder)
+    return ItemIndex.from_checkpoint(folder, scan=settings.item_scan)
 
 
 def create_app(

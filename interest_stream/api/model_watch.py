@@ -64,7 +64,10 @@ class ModelWatch:
         if version is None or version == current.model_version or version in self._refused:
             return False
         try:
-            new = await anyio.to_thread.run_sync(ItemIndex.from_checkpoint, self.folder)
+            folder, scan = self.folder, self.state.settings.item_scan
+            new = await anyio.to_thread.run_sync(
+                lambda: ItemIndex.from_checkpoint(folder, scan=scan)
+            )
         except InterestStreamError as exc:
             self._report(version, "new checkpoint %s in %s cannot be loaded yet: %s",
                          version, self.folder, exc)  # fmt: skip

@@ -238,6 +238,13 @@ class Settings(BaseSettings):
     index_threads: int = Field(
         1, ge=1, le=256, description="FAISS threads per search (1 is best for many small queries)."
     )
+    item_scan: Literal["auto", "flat", "sq8", "fp16"] = Field(
+        "auto",
+        description="How the API searches the catalogue: sq8/fp16 = a compressed copy "
+        "(8-bit/16-bit codes) scanned, then the best candidates re-scored on the float32 "
+        "vectors until the top k is proven exact (the same answers, fewer bytes read); "
+        "flat = the float32 index alone; auto = sq8 from 20,000 items on, else flat.",
+    )
     worker_urls: str = Field(
         "",
         description="Comma-separated web addresses of the workers (e.g. http://127.0.0.1:6066), "

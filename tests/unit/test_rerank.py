@@ -236,6 +236,30 @@ def test_api_default_is_rerank_and_rank_vector_keeps_the_vector(
     assert app_state.items is items
 
 
+def test_compressed_scan_serves_the_same_rankings(served: dict[str, Any]) -> None:
+    """The API's default item scan (8-bit codes, exact re-scoring) gives the float32 index's
+    answers on a trained model's vectors: the vector ranking and the re-ranked one."""
+    folder = served["items"].source
+    flat = ItemIndex.from_checkpoint(folder, scan="flat")
+    scanned = ItemIndex.from_checkpoint(folder, scan="sq8")
+    assert scanned.stats()["scan"]["kind"] == "sq8"
+    users, alpha = served["users"], served["alpha"]
+    for user in served["split"].users[:30]:
+        rec = users.get(user)
+        vec = users.vector(user, "blend")
+        for k in (5, 50):
+            a, b = (
+                flat.search(vec, k, exclude=rec.recent_items[:3]),
+                scanned.search(vec, k, exclude=rec.recent_items[:3]),
+            )
+            assert [i for i, _ in a] == [i for i, _ in b]
+            np.testing.assert_allclose([s for _, s in a], [s for _, s in b], rtol=1e-5, atol=1e-6)
+        want, got = rerank(flat, rec, alpha, 10, ()), rerank(scanned, rec, alpha, 10, ())
+        assert got.items == want.items
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-6)
+    assert scanned.stats()["scan"]["searches"] >= 90
+
+
 @pytest.mark.parametrize("query", ["rank=bogus", "rank=", "rank=rerank&horizon=short"])
 def test_api_bad_rank_is_422(api: TestClient, served: dict[str, Any], query: str) -> None:
     user = served["split"].users[0]
