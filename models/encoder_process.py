@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -185,6 +185,19 @@ class ProcessEncoder:
             return []
         out: list[tuple[np.ndarray, np.ndarray]] = self._submit(_child_variants_many, list(jobs))
         return out
+
+    def submit_variants_many(self, jobs: Sequence[Any]) -> Future[Any]:
+        """:meth:`encode_variants_many` without waiting: the child's future, for an event
+        loop to await (``asyncio.wrap_future``) without a thread of its own in between.
+
+        Raises:
+            EncoderProcessError: The encoder process is closed. A dead child surfaces as
+                ``BrokenProcessPool`` from the future (:meth:`encode_variants_many` replaces it).
+        """
+        pool = self._pool
+        if pool is None:
+            raise EncoderProcessError("the encoder process is closed")
+        return pool.submit(_child_variants_many, list(jobs))
 
     def encode_short(self, histories: Sequence[Sequence[Interaction]]) -> np.ndarray:
         """Short-term vectors, float32 ``[B, dim]`` (computed in the child)."""

@@ -236,10 +236,10 @@ def align(plan: Plan, s: np.ndarray | None, lo: np.ndarray | None, dim: int) -> 
 
 
 def encode_batch(model: Any, plans: Sequence[Plan]) -> list[Variants]:
-    """Encode several windows' variants: one call of a :class:`BatchVariantEncoder`, else
-    one ``encode_variants`` (or plain ``encode_short``/``encode_long``) per window."""
+    """Encode windows' variants: one call of a :class:`BatchVariantEncoder`, else one
+    ``encode_variants`` (or plain ``encode_short``/``encode_long``) per window."""
     dim = int(model.dim)
-    if len(plans) > 1 and isinstance(model, BatchVariantEncoder):
+    if plans and isinstance(model, BatchVariantEncoder):  # a lone window too (older group exact)
         got = model.encode_variants_many([p.job for p in plans])
         return [align(p, s, lo, dim) for p, (s, lo) in zip(plans, got, strict=True)]
     out = []

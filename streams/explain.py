@@ -16,6 +16,7 @@ import logging
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from interest_stream.streams.attribution import (
     VariantEncoder,
     Variants,
     VectorScorer,
+    align,
     encode_batch,
     encode_units,
     explain_window,
@@ -264,7 +266,6 @@ class Explainer:
 
     async def _run_batches(self) -> None:
         """Encode the queue batch by batch (one encoder call per batch, same model)."""
-        loop = asyncio.get_running_loop()
         while self._queue:
             model = self._queue[0].model
             batch = [j for j in self._queue if j.model is model][: self.batch_max]
@@ -274,9 +275,7 @@ class Explainer:
             if self.metrics is not None and hasattr(self.metrics, "explain_batch"):
                 self.metrics.explain_batch.observe(len(batch))
             try:
-                got = await loop.run_in_executor(
-                    self._executor, encode_batch, model, [j.plan for j in batch]
-                )
+                got = await self._encode(model, [j.plan for j in batch])
             except Exception as exc:  # every waiting request gets the encoder's error
                 for j in batch:
                     if not j.future.done():
@@ -285,6 +284,22 @@ class Explainer:
             for j, v in zip(batch, got, strict=True):
                 if not j.future.done():
                     j.future.set_result(v)
+
+    async def _encode(self, model: Any, plans: list[Plan]) -> list[Variants]:
+        """One encoder call for ``plans``: an encoder process's future awaited on the loop
+        (no thread hop), else :func:`encode_batch` on the explain thread (also when the
+        child died: that path replaces it and retries once)."""
+        loop = asyncio.get_running_loop()
+        submit = getattr(model, "submit_variants_many", None)
+        if callable(submit):
+            try:
+                raw = await asyncio.wrap_future(submit([p.job for p in plans]))
+            except BrokenProcessPool:
+                log.warning("the explanations' encoder process died; retrying once")
+            else:
+                dim = int(model.dim)
+                return [align(p, s, lo, dim) for p, (s, lo) in zip(plans, raw, strict=True)]
+        return await loop.run_in_executor(self._executor, encode_batch, model, plans)
 
     def close(self) -> None:
         """Stop the explain threads and the own encoder."""

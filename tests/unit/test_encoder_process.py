@@ -78,3 +78,42 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_explanations_await_the_child_directly(checkpoint: Path) -> None:
+    """The explainer awaits the child's future (``submit_variants_many``, no thread hop)
+    and gets the in-process model's explanation."""
+    import asyncio
+
+    from interest_stream.core.events import Event
+    from interest_stream.streams.explain import Explainer
+    from interest_stream.streams.window import BehaviorWindow, WindowConfig
+
+    model = models.InterestModel.load(checkpoint, device="cpu")
+    items = model.item_ids[:30]
+    window = BehaviorWindow("u", WindowConfig())
+    for k in range(70):  # newest 50 alone, the 20 older ones as the group
+        kind = ("view", "cart", "view", "purchase")[k % 4]
+        window.apply(Event("u", items[(k * 7) % 30], kind, 1_512_000_000_000 + k * 90_000))
+    targets = model.item_vectors()[:3]
+    enc = ProcessEncoder(checkpoint, "cpu", threads=1)
+    submitted: list[int] = []
+    submit = enc.submit_variants_many
+
+    def spy(jobs: list) -> object:
+        submitted.append(len(jobs))
+        return submit(jobs)
+
+    enc.submit_variants_many = spy  # type: ignore[method-assign]
+    try:
+        child = asyncio.run(Explainer(lambda: enc, cache_users=0).explain(window, targets, top=4))
+    finally:
+        enc.close()
+    local = asyncio.run(Explainer(lambda: model, cache_users=0).explain(window, targets, top=4))
+    assert submitted == [1]
+    assert child["older_events"] == local["older_events"] == 20
+    for a, b in zip(child["results"], local["results"], strict=True):
+        assert [e.get("ts") for e in a["events"]] == [e.get("ts") for e in b["events"]]
+        np.testing.assert_allclose([e["delta"] for e in a["events"]],
+                                   [e["delta"] for e in b["events"]], atol=1e-4)  # fmt: skip
+        assert a["score"] == pytest.approx(b["score"], abs=1e-4)
