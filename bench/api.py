@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,6 +124,39 @@ def _summary(lat_s: Sequence[float], errors: int, seconds: float) -> dict[str, A
 
 
 # --------------------------------------------------------------------------- server
+class _GcLog:
+    """The server's garbage collections: count and milliseconds per generation, and the
+    wall time and length of each full (generation 2) collection (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.ms = [0.0, 0.0, 0.0]
+        self.full: list[tuple[float, float]] = []
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+            return
+        gen = int(info["generation"])
+        ms = (time.perf_counter() - self._start) * 1000.0
+        self.count[gen] += 1
+        self.ms[gen] += ms
+        if gen == 2:
+            self.full.append((time.time(), round(ms, 3)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "ms": [round(m, 1) for m in self.ms], "full": self.full}
+
+
+def _gc_in(log: dict[str, Any] | None, t0: float, t1: float) -> dict[str, Any] | None:
+    """Full collections of the server between wall times ``t0`` and ``t1``."""
+    if log is None:
+        return None
+    pauses = [ms for t, ms in log["full"] if t0 <= t <= t1]
+    return {"full_collections": len(pauses), "max_ms": max(pauses, default=0.0)}
+
+
 def _recent_events(items: Any, n_users: int) -> Any:
     """Per user, 20 ``recent`` events over 8 catalogue items (re-visits, mixed types), so
     that the re-ranker's own-touch features are exercised as with real records."""
@@ -189,6 +224,16 @@ def _serve(args: argparse.Namespace) -> None:
         "offload_search": bool(args.offload),
     }
     Path(args.info).write_text(json.dumps(info, default=str))
+    gc_log = _GcLog()
+    gc.callbacks.append(gc_log)
+    gc_file = Path(args.info + ".gc")
+
+    def write_gc() -> None:  # uvicorn ends the process by re-raising SIGTERM: write as we go
+        while True:
+            time.sleep(0.5)
+            gc_file.write_text(json.dumps(gc_log.to_json()))
+
+    threading.Thread(target=write_gc, name="bench-gc-log", daemon=True).start()
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
                 server_header=False)  # fmt: skip
 
@@ -514,6 +559,7 @@ def bench_api(
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    windows: list[tuple[str, str, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         info_file = Path(tmp) / "server.json"
         cmd = _module_cmd(
@@ -547,6 +593,7 @@ def bench_api(
                                    f"for {duration:.0f}s ...")  # fmt: skip
                     cpu0 = _cpu_seconds(server.pid)
                     load0 = round(os.getloadavg()[0], 2)
+                    wall0 = time.time()
                     out = subprocess.run(
                         _module_cmd("load", "--url", url, "--endpoint", ep, "--mode", mode,
                                     "--rate", str(rate), "--duration", str(duration),
@@ -565,6 +612,7 @@ def bench_api(
                             1000 * (cpu1 - cpu0) / max(n_req, 1), 3
                         )
                     res[key]["loadavg_1m_at_start"] = load0
+                    windows.append((ep, key, wall0, time.time()))
                     _say(progress, f"{ep} {key}: {res[key]}")
                 result[ep] = res
         finally:
@@ -574,6 +622,15 @@ def bench_api(
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait(5)
+        gc_file = Path(str(info_file) + ".gc")
+        try:
+            gc_log = json.loads(gc_file.read_text())
+        except (OSError, ValueError):  # not written yet, or caught mid-write
+            gc_log = None
+    if gc_log is not None:
+        result["server_gc"] = {"count": gc_log["count"], "ms": gc_log["ms"]}
+        for ep, key, t0, t1 in windows:
+            result[ep][key]["server_full_gc"] = _gc_in(gc_log, t0, t1)
     p99 = {ep: result[ep]["fixed_rate"].get("p99_ms") for ep in endpoints}
     result["targets"] = {
         "p99_ms_at_fixed_rate": 10.0,

@@ -15,6 +15,9 @@ def test_bench_api_small() -> None:
         assert top["requests"] > 0 and top["errors"] == 0
         assert fixed["p99_ms"] > 0 and "server_cpu_ms_per_request" in top
     assert "met" in r["targets"]
+    # the server's garbage collections, per phase (a full collection is a tail-latency pause)
+    assert len(r["server_gc"]["count"]) == 3 and r["server_gc"]["count"][0] > 0
+    assert r["recommendations"]["fixed_rate"]["server_full_gc"]["full_collections"] >= 0
 
 
 def test_bench_api_mixed_routes_all_answer() -> None:
