@@ -43,12 +43,14 @@ FORGET_FILTER_USERS = 100_000
 STARTUP_SWEEP_PER_S = 2000.0
 
 
-def _load_model(path: Path, settings: Settings) -> Encoder:
-    """The worker's encoder: in a child process (default on CPU) or in this process."""
+def _load_model(path: Path, settings: Settings, nice: int = 0) -> Encoder:
+    """The worker's encoder: in a child process (default on CPU; ``nice`` added to it) or
+    in this process."""
     if settings.use_encode_process():
         from interest_stream.models.encoder_process import ProcessEncoder
 
-        return ProcessEncoder(path, settings.device, threads=settings.encode_threads or 1)
+        threads = settings.encode_threads or 1
+        return ProcessEncoder(path, settings.device, threads=threads, nice=nice)
     if settings.encode_threads > 0:
         import torch
 
@@ -218,7 +220,7 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
         lambda: reencoder.model,
         cache_users=s.explain_cache_users,
         metrics=worker.metrics,
-        loader=(lambda: _load_model(Path(str(model_dir)), s)) if own else None,
+        loader=(lambda: _load_model(Path(str(model_dir)), s, s.explain_nice)) if own else None,
     )
     # the own encoder loads on the first explanation (none at start: a worker nobody asks
     # why costs no second process, and the first run's start stays as fast)

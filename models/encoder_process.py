@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -43,9 +44,11 @@ class EncoderProcessError(InterestStreamError):
     """The encoder child process could not start or load the checkpoint."""
 
 
-def _child_init(model_dir: str, device: str, threads: int) -> None:
-    """Runs once in the child: threads, then the checkpoint."""
+def _child_init(model_dir: str, device: str, threads: int, nice: int = 0) -> None:
+    """Runs once in the child: niceness, threads, then the checkpoint."""
     global _MODEL
+    if nice > 0:
+        os.nice(nice)
     import torch
 
     if threads > 0:
@@ -94,15 +97,20 @@ class ProcessEncoder:
         model_dir: Checkpoint folder (``config.json`` names its version and dim).
         device: ``auto``, ``cpu`` or ``cuda`` (chosen in the child).
         threads: torch CPU threads of the child (0 = torch's default).
+        nice: Niceness added to the child (0 = none): a lower CPU priority than the
+            processes that serve queries, e.g. for the explanations' encoder.
 
     Raises:
         EncoderProcessError: The child did not start or could not load the checkpoint.
     """
 
-    def __init__(self, model_dir: Path | str, device: str = "auto", threads: int = 1) -> None:
+    def __init__(
+        self, model_dir: Path | str, device: str = "auto", threads: int = 1, nice: int = 0
+    ) -> None:
         self.model_dir = Path(model_dir)
         self.device = device
         self.threads = threads
+        self.nice = nice
         self._pool: ProcessPoolExecutor | None = None
         try:  # torch-free: the checkpoint's short window, for the worker to cut windows with
             config = read_config(self.model_dir)
@@ -120,7 +128,7 @@ class ProcessEncoder:
             max_workers=1,
             mp_context=ctx,
             initializer=_child_init,
-            initargs=(str(self.model_dir), self.device, self.threads),
+            initargs=(str(self.model_dir), self.device, self.threads, self.nice),
         )
         try:
             version, dim = self._pool.submit(_child_version).result(timeout=START_TIMEOUT_S)

@@ -210,6 +210,13 @@ class Settings(BaseSettings):
         "(more memory; explanations do not queue behind re-encoding), shared = the "
         "re-encoder's. In-process models (GPU) always share.",
     )
+    explain_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="Niceness of the explanations' own encoder process (0 = as the worker; "
+        "higher: the re-encoder and the API get the CPU first when the machine is busy).",
+    )
     allow_untested_faust: bool = Field(
         False,
         description="Start the worker on faust-streaming/aiokafka versions other than the "

@@ -82,8 +82,9 @@ print("ok")
 
 def test_explanations_await_the_child_directly(checkpoint: Path) -> None:
     """The explainer awaits the child's future (``submit_variants_many``, no thread hop)
-    and gets the in-process model's explanation."""
+    and gets the in-process model's explanation; the child runs at the niceness asked."""
     import asyncio
+    import os
 
     from interest_stream.core.events import Event
     from interest_stream.streams.explain import Explainer
@@ -96,7 +97,10 @@ def test_explanations_await_the_child_directly(checkpoint: Path) -> None:
         kind = ("view", "cart", "view", "purchase")[k % 4]
         window.apply(Event("u", items[(k * 7) % 30], kind, 1_512_000_000_000 + k * 90_000))
     targets = model.item_vectors()[:3]
-    enc = ProcessEncoder(checkpoint, "cpu", threads=1)
+    enc = ProcessEncoder(checkpoint, "cpu", threads=1, nice=3)  # the explainer's niceness
+    child_pid = next(iter(enc._pool._processes))  # type: ignore[union-attr]
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, child_pid) == min(19, mine + 3)
     submitted: list[int] = []
     submit = enc.submit_variants_many
 
