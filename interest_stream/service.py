@@ -14,7 +14,8 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +227,7 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
     # why costs no second process, and the first run's start stays as fast)
     worker.explainer = explainer
 
-    new_items = _new_item_publisher(worker)
+    new_items = _new_item_publisher(worker, lambda: reencoder.model)
 
     async def on_batch(windows: Mapping[str, BehaviorWindow]) -> None:
         await reencoder.submit(windows, worker.produced_at)
@@ -249,8 +250,11 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
     return reencoder
 
 
-def _new_item_publisher(worker: ReencodingWorker) -> NewItemPublisher | None:
-    """The publisher of new items' vectors to the item-vectors topic (needs a checkpoint)."""
+def _new_item_publisher(
+    worker: ReencodingWorker, current: Callable[[], Encoder]
+) -> NewItemPublisher | None:
+    """The publisher of new items' vectors to the item-vectors topic (needs a checkpoint);
+    the items' input embeddings go to the ``current()`` encoder after each publication."""
     s, app = worker.settings, worker.app
     if s.model_dir is None:
         return None
@@ -260,8 +264,36 @@ def _new_item_publisher(worker: ReencodingWorker) -> NewItemPublisher | None:
         futures = [await app.producer.send(topic, k, v, None, None, None) for k, v in records]
         await asyncio.gather(*futures)
 
+    async def feed(ids: Sequence[str], inputs: Any) -> None:
+        model = current()
+        update = getattr(model, "update_extra_items", None)
+        if update is None:  # the model in this process (a GPU worker)
+            from interest_stream.models.extra_items import update_in_process
+
+            update = partial(update_in_process, model)
+        try:
+            n = await asyncio.to_thread(update, list(ids), inputs)
+        except Exception:  # the vectors are published; only the encoder's input lags
+            log.exception("new items: the encoder did not take %d input rows", len(ids))
+            return
+        worker.metrics.new_item_inputs.set(n)
+
+    def known() -> tuple[Sequence[str], Any]:
+        model = current()
+        get = getattr(model, "known_item_inputs", None)
+        if get is None:  # the model in this process (a GPU worker)
+            from interest_stream.models.extra_items import known_inputs
+
+            return known_inputs(model)
+        ids, inputs = get()
+        return ids, inputs
+
     try:
-        pub = NewItemPublisher(Path(s.model_dir), publish)
+        pub = (
+            NewItemPublisher(Path(s.model_dir), publish, on_inputs=feed, known_inputs=known)
+            if s.new_item_inputs
+            else NewItemPublisher(Path(s.model_dir), publish)
+        )
     except CheckpointError as exc:
         log.warning("no vectors for new items: %s", exc)
         return None

@@ -29,6 +29,7 @@ from interest_stream.core.checkpoint import (
 )
 from interest_stream.core.errors import InterestStreamError
 from interest_stream.core.events import Interaction
+from interest_stream.core.new_items import ExtraItemInputs
 
 __all__ = ["EncoderProcessError", "ProcessEncoder"]
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 300.0
 
 _MODEL: Any = None
+_EXTRAS = ExtraItemInputs()  # new items' input rows, the child's copy
 
 
 class EncoderProcessError(InterestStreamError):
@@ -84,6 +86,18 @@ def _child_variants(
     return out
 
 
+def _child_update_extras(ids: list[str], inputs: np.ndarray) -> int:
+    _EXTRAS.merge(ids, inputs)
+    _EXTRAS.apply(_MODEL)
+    return len(_EXTRAS)
+
+
+def _child_known_inputs() -> tuple[list[str], np.ndarray]:
+    from interest_stream.models.extra_items import known_inputs
+
+    return known_inputs(_MODEL)
+
+
 def _child_variants_many(jobs: list[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
     from interest_stream.models.occlusion import encode_variants_many
 
@@ -112,6 +126,7 @@ class ProcessEncoder:
         self.threads = threads
         self.nice = nice
         self._pool: ProcessPoolExecutor | None = None
+        self._extras = ExtraItemInputs()  # re-sent to a replaced child
         try:  # torch-free: the checkpoint's short window, for the worker to cut windows with
             config = read_config(self.model_dir)
         except CheckpointError as exc:
@@ -137,6 +152,8 @@ class ProcessEncoder:
             raise EncoderProcessError(
                 f"the encoder process could not load {self.model_dir}: {exc!r}"
             ) from exc
+        if len(self._extras):
+            self._pool.submit(_child_update_extras, *self._extras.arrays(dim)).result()
         expected = checkpoint_version(self.model_dir)
         if expected is not None and expected != version:  # pragma: no cover - a race
             log.warning("checkpoint changed while loading: %s != %s", version, expected)
@@ -206,6 +223,20 @@ class ProcessEncoder:
         if pool is None:
             raise EncoderProcessError("the encoder process is closed")
         return pool.submit(_child_variants_many, list(jobs))
+
+    def known_item_inputs(self) -> tuple[list[str], np.ndarray]:
+        """The checkpoint's items and their input embeddings (from the child)."""
+        ids, inputs = self._submit(_child_known_inputs)
+        return list(ids), np.asarray(inputs)
+
+    def update_extra_items(self, ids: Sequence[str], inputs: Any) -> int:
+        """New items as encoder input in the child (merged; a replaced child gets them all).
+
+        Returns:
+            How many extra items the child now encodes from their own rows.
+        """
+        self._extras.merge(ids, inputs)
+        return int(self._submit(_child_update_extras, list(ids), np.asarray(inputs)))
 
     def encode_short(self, histories: Sequence[Sequence[Interaction]]) -> np.ndarray:
         """Short-term vectors, float32 ``[B, dim]`` (computed in the child)."""

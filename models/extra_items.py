@@ -11,18 +11,19 @@ checkpoint").
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from interest_stream.core.new_items import new_item_codes
+from interest_stream.core.new_items import ExtraItemInputs, new_item_codes
 from interest_stream.models.config import N_SPECIAL_ITEMS
 from interest_stream.models.encoder import InterestEncoder
 from interest_stream.models.errors import ModelError
 
-__all__ = ["extra_rows", "with_extra"]
+__all__ = ["extra_rows", "known_inputs", "update_in_process", "with_extra"]
 
 
 def extra_rows(
@@ -71,3 +72,22 @@ def with_extra(table: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     if rows is None:
         return table
     return torch.cat([table, rows.to(table)])
+
+
+_IN_PROCESS: weakref.WeakKeyDictionary[Any, ExtraItemInputs] = weakref.WeakKeyDictionary()
+
+
+def update_in_process(model: Any, ids: Sequence[str], inputs: Any) -> int:
+    """Merge new items into an in-process model's extras and apply them; the extras' count."""
+    extras = _IN_PROCESS.setdefault(model, ExtraItemInputs())
+    extras.merge(ids, inputs)
+    extras.apply(model)
+    return len(extras)
+
+
+def known_inputs(model: Any) -> tuple[list[str], np.ndarray]:
+    """The checkpoint's items and their input embeddings (the estimator's ``in_vectors``)."""
+    with torch.inference_mode():
+        table = model.encoder.item_table()[N_SPECIAL_ITEMS:].float().cpu().numpy()
+    ids = list(model.item_ids)
+    return ids, np.ascontiguousarray(table[: len(ids)], dtype=np.float32)

@@ -131,6 +131,12 @@ class WorkerMetrics:
             "Event-topic partitions this worker holds.",
             registry=r,
         )
+        self.new_item_inputs = Gauge(
+            "interest_worker_new_item_inputs",
+            "Items unknown to the checkpoint that the encoder reads from their estimated "
+            "input embeddings (not the OOV row).",
+            registry=r,
+        )
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

@@ -8,7 +8,9 @@ topic (:func:`~interest_stream.streams.topics.item_vectors_topic`, key = item id
 :class:`~interest_stream.core.new_items.ItemVectorRecord`). A new checkpoint re-averages the
 evidence over its vectors and re-publishes every item it still does not know. The state is
 in memory: after a restart it grows again from new traffic (the topic keeps the last
-published vectors meanwhile). Design: docs/DESIGN.md ("Items born after the checkpoint").
+published vectors meanwhile). After each publication the items' estimated input embeddings
+go to ``on_inputs`` (the worker's encoder uses them instead of the OOV row).
+Design: docs/DESIGN.md ("Items born after the checkpoint").
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from interest_stream.core.checkpoint import load_item_meta, load_item_vectors
 from interest_stream.core.events import EVENT_TYPES
@@ -29,6 +34,8 @@ __all__ = ["NewItemPublisher"]
 log = logging.getLogger(__name__)
 
 PublishItems = Callable[[Sequence[tuple[bytes, bytes | None]]], Awaitable[None]]
+FeedInputs = Callable[[Sequence[str], Any], Awaitable[None]]
+KnownInputs = Callable[[], tuple[Sequence[str], np.ndarray]]
 
 
 def _categories(meta: Mapping[str, object]) -> dict[str, str]:
@@ -49,6 +56,11 @@ class NewItemPublisher:
         params: The estimator's knobs.
         interval_s: Least seconds between two publications.
         max_users: Bound of the per-user "events already seen" marks (LRU).
+        on_inputs: Called after each publication with the published items and their
+            estimated input embeddings (the worker's encoder takes them as input).
+        known_inputs: Returns the current checkpoint's items and their input embeddings
+            (asked at the start and after each new checkpoint); without it no input
+            embeddings are estimated.
     """
 
     def __init__(
@@ -58,8 +70,12 @@ class NewItemPublisher:
         params: NewItemParams | None = None,
         interval_s: float = 5.0,
         max_users: int = 1_000_000,
+        on_inputs: FeedInputs | None = None,
+        known_inputs: KnownInputs | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.on_inputs = on_inputs
+        self._known_inputs = known_inputs
         self._publish = publish
         self.interval_s = interval_s
         self._max_users = max_users
@@ -71,8 +87,26 @@ class NewItemPublisher:
         ids, vecs, cfg = load_item_vectors(self.model_dir)
         self.model_version = str(cfg.get("model_version"))
         self.estimator = NewItemEstimator(
-            ids, vecs, None, params, _categories(load_item_meta(self.model_dir)), _codes(cfg)
-        )
+            ids, vecs, self._inputs(ids), params, _categories(load_item_meta(self.model_dir)),
+            _codes(cfg),
+        )  # fmt: skip
+
+    def _inputs(self, ids: Sequence[str]) -> np.ndarray | None:
+        """The known items' input embeddings in the row order of ``ids`` (None: unknown)."""
+        if self._known_inputs is None:
+            return None
+        try:
+            names, rows = self._known_inputs()
+        except Exception:  # the vectors are still published; only the encoder input is off
+            log.exception("new items: no input embeddings of the checkpoint's items")
+            return None
+        at = {item: r for r, item in enumerate(names)}
+        out = np.zeros((len(ids), rows.shape[1]), np.float32)
+        hit = [(k, at[i]) for k, i in enumerate(ids) if i in at]
+        if hit:
+            mine, theirs = zip(*hit, strict=True)
+            out[list(mine)] = rows[list(theirs)]
+        return out
 
     def observe(self, windows: Mapping[str, BehaviorWindow]) -> None:
         """Count the pairs of the events each window gained since it was last observed."""
@@ -106,7 +140,9 @@ class NewItemPublisher:
             return False
         self.model_dir, self.model_version = folder, version
         est = self.estimator
-        est.set_model(ids, vecs, None, _categories(load_item_meta(folder)), _codes(cfg))
+        est.set_model(
+            ids, vecs, self._inputs(ids), _categories(load_item_meta(folder)), _codes(cfg)
+        )
         self._dirty = set(est.evidence) | set(est.category)
         self._last = 0.0
         log.info("new items: model %s; %d items to re-publish", version, len(self._dirty))
@@ -134,6 +170,8 @@ class NewItemPublisher:
             self._dirty |= items
             raise
         self.published += len(out)
+        if self.on_inputs is not None and got.inp.shape[1] > 0:
+            await self.on_inputs(got.ids, got.inp)
         return len(out)
 
 

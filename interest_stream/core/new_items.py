@@ -29,6 +29,7 @@ from interest_stream.core.errors import InterestStreamError
 
 __all__ = [
     "PAIR_TYPE_WEIGHTS",
+    "ExtraItemInputs",
     "ItemVectorRecord",
     "MalformedItemRecord",
     "NewItemEstimator",
@@ -317,3 +318,34 @@ class ItemVectorRecord:
 
 class MalformedItemRecord(InterestStreamError):
     """An item-vectors record that cannot be parsed (skipped and counted by readers)."""
+
+
+class ExtraItemInputs:
+    """Extra items' input embeddings merged across live updates (the latest row per item).
+
+    The worker's encoder gets new items in increments (each publication of
+    :class:`~interest_stream.streams.new_items.NewItemPublisher`); the model's table is
+    always rebuilt from the whole set (:meth:`apply`).
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def merge(self, ids: Sequence[str], inputs: Any) -> None:
+        """Add or replace the rows of ``ids`` (float ``[len(ids), dim]``)."""
+        vecs = np.asarray(inputs, dtype=np.float32).reshape(len(ids), -1)
+        for item, row in zip(ids, vecs, strict=True):
+            self._rows[str(item)] = row
+
+    def arrays(self, width: int) -> tuple[list[str], np.ndarray]:
+        """Every item and its row (``[0, width]`` when empty)."""
+        if not self._rows:
+            return [], np.zeros((0, width), dtype=np.float32)
+        return list(self._rows), np.stack(list(self._rows.values()))
+
+    def apply(self, model: Any) -> None:
+        """``model.set_extra_items`` with the whole set."""
+        model.set_extra_items(*self.arrays(model.encoder.cfg.dim))

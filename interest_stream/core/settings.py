@@ -217,6 +217,11 @@ class Settings(BaseSettings):
         description="Niceness of the explanations' own encoder process (0 = as the worker; "
         "higher: the re-encoder and the API get the CPU first when the machine is busy).",
     )
+    new_item_inputs: bool = Field(
+        True,
+        description="Feed the estimated input embeddings of items the checkpoint does not "
+        "know to the worker's encoder (else they stay the OOV row until the next checkpoint).",
+    )
     allow_untested_faust: bool = Field(
         False,
         description="Start the worker on faust-streaming/aiokafka versions other than the "

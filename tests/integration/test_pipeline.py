@@ -125,6 +125,9 @@ def test_pipeline_versions_vectors_freshness_and_hot_reload(
         api_port=free_port(),
         worker_web_port=free_port(),
         store="rocksdb",
+        # vectors must equal the checkpoint's offline encode below: new items stay OOV
+        # (their live input rows: tests/unit/test_new_item_inputs_live.py)
+        new_item_inputs=False,
     )
     ensure_topics(s)
     logs = tmp_path / "logs"
