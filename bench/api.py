@@ -212,7 +212,8 @@ def _serve(args: argparse.Namespace) -> None:
             for j in range(s, e)
         ])  # fmt: skip
     app = create_app(settings, item_index=items, user_index=users, start_consumer=False,
-                     publisher=_NoPublisher(), offload_search=args.offload)  # fmt: skip
+                     publisher=_NoPublisher(), offload_search=args.offload,
+                     fast_path=not args.no_fast_path)  # fmt: skip
     info = {
         "users": users.count(),
         "items": items.count(),
@@ -222,6 +223,7 @@ def _serve(args: argparse.Namespace) -> None:
         "item_index": items.stats()["index"],
         "item_scan": items.stats()["scan"],
         "offload_search": bool(args.offload),
+        "fast_path": not args.no_fast_path,
     }
     Path(args.info).write_text(json.dumps(info, default=str))
     gc_log = _GcLog()
@@ -533,6 +535,7 @@ def bench_api(
     seed: int = 0,
     progress: bool = True,
     offload: bool = False,
+    fast_path: bool = True,
 ) -> dict[str, Any]:
     """Run the API benchmark; returns the figures (JSON-able).
 
@@ -552,6 +555,7 @@ def bench_api(
         seed: Seed of the request mix.
         progress: Print progress to stderr.
         offload: Item searches in the server's thread pool (``create_app(offload_search=)``).
+        fast_path: ``create_app(fast_path=)`` (plain ``/recommendations`` before FastAPI).
 
     Returns:
         ``{"server", "params", "machine", "targets"}`` plus, per endpoint,
@@ -570,6 +574,8 @@ def bench_api(
             cmd += ["--model-dir", str(model_dir)]
         if offload:
             cmd.append("--offload")
+        if not fast_path:
+            cmd.append("--no-fast-path")
         _say(progress, f"starting the server ({n_users:,} users) on {url} ...")
         server = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         try:
@@ -651,6 +657,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     s.add_argument("--model-dir", default=None)
     s.add_argument("--info", required=True)
     s.add_argument("--offload", action="store_true", help="item searches in the thread pool")
+    s.add_argument("--no-fast-path", action="store_true", help="create_app(fast_path=False)")
     ld = sub.add_parser("load")
     ld.add_argument("--url", required=True)
     ld.add_argument("--endpoint", choices=sorted(ENDPOINTS), required=True)
@@ -672,6 +679,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     r.add_argument("--client", choices=["raw", "httpx"], default="raw")
     r.add_argument("--endpoints", default="interest,recommendations", help="comma-separated")
     r.add_argument("--offload", action="store_true", help="item searches in the thread pool")
+    r.add_argument("--no-fast-path", action="store_true", help="create_app(fast_path=False)")
     args = p.parse_args(argv)
     if args.cmd == "serve":
         _serve(args)
@@ -679,7 +687,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _load(args)
     else:
         out = bench_api(args.users, args.model_dir, args.rate, args.duration, client=args.client,
-                        endpoints=args.endpoints.split(","), offload=args.offload)  # fmt: skip
+                        endpoints=args.endpoints.split(","), offload=args.offload,
+                        fast_path=not args.no_fast_path)  # fmt: skip
         print(json.dumps(out, indent=2))
 
 

@@ -20,7 +20,7 @@ from interest_stream.api.state import ApiState, require_items
 from interest_stream.core.records import Horizon, InterestOut, Ranking, RecommendationsOut
 from interest_stream.streams.explain_rerank import rerank_spec
 
-__all__ = ["EXCLUDE_TOKENS", "ExplainEvents", "UserId", "blend_weight", "users_router"]
+__all__ = ["EXCLUDE_TOKENS", "ExplainEvents", "UserId", "blend_weight", "recommend", "users_router"]
 
 EXCLUDE_TOKENS = ("none", "recent", "purchased", "seen")
 
@@ -129,42 +129,61 @@ def users_router(state: ApiState) -> APIRouter:
     ) -> dict[str, Any]:
         """Items nearest the user's interest vector, best first (with ``explain=true``:
         per item, the user's events that contributed most to its score)."""
-        items = require_items(state)
-        if rank == "rerank" and horizon != "blend":
-            raise ApiError(422, "invalid_request", "query.rank: rerank needs horizon=blend")
-        rec = None
-        if (exclude and exclude.strip().lower() != "none") or (
-            rank != "vector" and horizon == "blend" and items.reranker is not None
-        ):
-            rec = await state.users_call(state.users.get, user_id)
-        skip = _exclusions(exclude, rec.recent_items, rec.purchased) if rec else set()
-        if rec is None:
-            _exclusions(exclude, (), ())
-        ranking: Ranking = "vector"
-        if rec is not None and horizon == "blend":
-            ranking = choose_ranking(items, rank, rec)
-        cand: list[str] | None = None
-        if ranking == "rerank" and rec is not None:
-            user = rec
-            weight = blend_weight(state)
-            ranked, cand = await state.search(
-                lambda: rerank_candidates(items, user, weight, k, skip)
-            )
-            hits = list(zip(ranked.items, ranked.scores.tolist(), strict=True))
-        else:
-            vec = await state.users_call(state.users.vector, user_id, horizon)
-            hits = await state.search(lambda: items.search(vec, k, exclude=skip))
-        out: dict[str, Any] = {
-            "user_id": user_id,
-            "horizon": horizon,
-            "ranking": ranking,
-            "items": [{"item_id": i, "score": s} for i, s in hits],
-        }
-        if explain and hits:
+        out, cand = await recommend(state, user_id, k, horizon, exclude, rank)
+        if explain and out["items"]:
             await _explain_items(state, user_id, out, horizon, explain_events, cand)
         return out
 
     return router
+
+
+async def recommend(
+    state: ApiState,
+    user_id: str,
+    k: int,
+    horizon: Horizon,
+    exclude: str | None,
+    rank: Ranking | None,
+) -> tuple[dict[str, Any], list[str] | None]:
+    """``/recommendations``' answer without explanations (the route and the fast path's).
+
+    Returns:
+        The answer and, when the re-ranker answered, the candidate list it scored.
+
+    Raises:
+        ApiError: 422 for ``rank=rerank`` with another horizon or an unknown ``exclude``
+            token, 404 for an unknown user, 503 without a model.
+    """
+    items = require_items(state)
+    if rank == "rerank" and horizon != "blend":
+        raise ApiError(422, "invalid_request", "query.rank: rerank needs horizon=blend")
+    rec = None
+    if (exclude and exclude.strip().lower() != "none") or (
+        rank != "vector" and horizon == "blend" and items.reranker is not None
+    ):
+        rec = await state.users_call(state.users.get, user_id)
+    skip = _exclusions(exclude, rec.recent_items, rec.purchased) if rec else set()
+    if rec is None:
+        _exclusions(exclude, (), ())
+    ranking: Ranking = "vector"
+    if rec is not None and horizon == "blend":
+        ranking = choose_ranking(items, rank, rec)
+    cand: list[str] | None = None
+    if ranking == "rerank" and rec is not None:
+        user = rec
+        weight = blend_weight(state)
+        ranked, cand = await state.search(lambda: rerank_candidates(items, user, weight, k, skip))
+        hits = list(zip(ranked.items, ranked.scores.tolist(), strict=True))
+    else:
+        vec = await state.users_call(state.users.vector, user_id, horizon)
+        hits = await state.search(lambda: items.search(vec, k, exclude=skip))
+    out: dict[str, Any] = {
+        "user_id": user_id,
+        "horizon": horizon,
+        "ranking": ranking,
+        "items": [{"item_id": i, "score": s} for i, s in hits],
+    }
+    return out, cand
 
 
 async def _explain_items(

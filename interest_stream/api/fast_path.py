@@ -1,0 +1,110 @@
+"""The lean path of the hottest request: ``GET /v1/users/{id}/recommendations`` without
+``explain``, answered before FastAPI's middleware, routing, parameter solving and
+response validation (~29% of that request's server time in a py-spy profile: docs/RESULTS.md,
+issue #13 "API latency").
+
+Only requests whose parameters are plainly valid take it; anything else (other routes,
+``explain``, a value FastAPI would refuse or coerce, a repeated parameter) and any error
+(unknown user, no model, a bad ``exclude`` token) goes through the app, which answers as
+before. The answer is the route's (:func:`~.routes_users.recommend`), timed under the
+route's label like every other request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from interest_stream.api.routes_users import recommend
+from interest_stream.api.state import ApiState
+from interest_stream.core.records import HORIZONS
+
+__all__ = ["FastRecommendations", "fast_params"]
+
+_PREFIX: Final = "/v1/users/"
+_SUFFIX: Final = "/recommendations"
+_ROUTE: Final = "/v1/users/{user_id}/recommendations"
+_INT = re.compile(r"[1-9][0-9]{0,5}")
+_KNOWN: Final = frozenset({"k", "horizon", "exclude", "rank", "explain", "explain_events"})
+
+
+def fast_params(path: str, query: bytes, max_k: int) -> dict[str, Any] | None:
+    """The route's arguments when the request is plainly valid, else ``None`` (the app
+    then parses it: its answers, 422s included, stay the reference)."""
+    user_id = path[len(_PREFIX) : -len(_SUFFIX)]
+    if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)) or not 1 <= len(user_id) <= 128:
+        return None
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True) if query else []
+    got = {key: value for key, value in pairs if key in _KNOWN}
+    if len(got) != sum(1 for key, _ in pairs if key in _KNOWN):
+        return None  # a repeated parameter
+    out: dict[str, Any] = {"user_id": user_id, "k": 10, "horizon": "blend", "exclude": None,
+                           "rank": None}  # fmt: skip
+    for key, value in got.items():
+        if key == "k":
+            if not _INT.fullmatch(value) or int(value) > max_k:
+                return None
+            out["k"] = int(value)
+        elif key == "horizon":
+            if value not in HORIZONS:
+                return None
+            out["horizon"] = value
+        elif key == "rank":
+            if value not in ("rerank", "vector"):
+                return None
+            out["rank"] = value
+        elif key == "exclude":
+            out["exclude"] = value
+        elif key == "explain":
+            if value not in ("false", "0"):
+                return None
+        elif not _INT.fullmatch(value) or int(value) > 20:  # explain_events: 1..20
+            return None
+    return out
+
+
+class FastRecommendations:
+    """ASGI middleware: answers plain ``/recommendations`` requests itself (see the module)."""
+
+    def __init__(self, app: ASGIApp, state: ApiState) -> None:
+        """Wrap ``app``."""
+        self.app = app
+        self.state = state
+        self.max_k = int(state.settings.max_k)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and scope["path"].endswith(_SUFFIX)
+            and not scope.get("root_path")
+        ):
+            start = time.perf_counter()
+            params = fast_params(scope["path"], scope.get("query_string", b""), self.max_k)
+            if params is not None:
+                try:
+                    out, _cand = await recommend(self.state, **params)
+                except Exception:  # the app answers it: errors are its job
+                    out = None
+                if out is not None:
+                    await self._answer(send, out, start)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, send: Send, out: dict[str, Any], start: float) -> None:
+        body = json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        await send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(body)).encode()),
+                        (b"content-type", b"application/json")],
+        })  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+        ms = (time.perf_counter() - start) * 1000.0
+        self.state.metrics.latency.labels("GET", _ROUTE, "200").observe(ms)
