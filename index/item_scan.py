@@ -108,6 +108,9 @@ class ItemScan:
         self._delta = delta
         self._absmax = np.abs(x).max(axis=0).astype(np.float64) + delta + span
         self._rel = (2 * dim + 8) * 2.0**-24
+        # sum_d |q_d| w_d is the bound: one float32 product per query, 0.1% added for its
+        # own rounding (relative error below dim * 2^-24)
+        self._bound_w = ((delta + self._rel * self._absmax) * 1.001).astype(np.float32)
         self._lock = threading.Lock()
         self.counts = {"searches": 0, "regrown": 0, "fallbacks": 0}
         logger.info(
@@ -131,8 +134,7 @@ class ItemScan:
 
     def error_bound(self, query: npt.NDArray[np.float32]) -> float:
         """Largest difference between an approximate and an exact score for ``query``."""
-        qa = np.abs(query.astype(np.float64))
-        return float(qa @ self._delta + self._rel * (qa @ self._absmax)) + 1e-30
+        return float(np.abs(query) @ self._bound_w) + 1e-30
 
     def _count(self, key: str) -> None:
         with self._lock:
@@ -160,7 +162,7 @@ class ItemScan:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         bound = self.error_bound(q[0])
         qm = q * self._span  # the mapped codes' query; + offset = the approximate score
-        offset = float(q[0].astype(np.float64) @ self._lo.astype(np.float64))
+        offset = float(q[0] @ self._lo)
         wanted = k + (0 if skip_arr is None else skip_arr.size)
         fetch = min(self._n, int(_FETCH[self.kind] * wanted) + self.margin)
         apply_threads()
