@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,10 @@ import numpy as np
 from kafka import KafkaProducer
 
 from bench.api import _cpu_seconds, load_phase
+from bench.serve_sweep import ef_sweep, segments, wait_merges
 from interest_stream.core.kafka import free_port
 from interest_stream.core.settings import Settings, settings_environ
-from interest_stream.index.opensearch_store import OpenSearchStore
+from interest_stream.index.opensearch_store import HnswParams, OpenSearchStore
 from interest_stream.sink import sink_group
 from interest_stream.streams.topics import ensure_topics
 
@@ -64,7 +66,12 @@ def synthetic_vectors(n: int, dim: int, seed: int) -> np.ndarray:
     return out
 
 
+def _vec6(v: np.ndarray) -> str:
+    return "[" + ",".join(["%.6g" % x for x in v.tolist()]) + "]"  # noqa: UP031 (fastest)
+
+
 def _record(uid: str, version: int, short: np.ndarray, long: np.ndarray) -> bytes:
+    """The output record of a synthetic user (vectors rounded to 6 significant digits)."""
     now = int(time.time() * 1000)
     rec = {
         "user_id": uid,
@@ -72,12 +79,11 @@ def _record(uid: str, version: int, short: np.ndarray, long: np.ndarray) -> byte
         "event_time": now,
         "updated_at": now,
         "model_version": "bench",
-        "short": [float(f"{x:.6g}") for x in short.tolist()],
-        "long": [float(f"{x:.6g}") for x in long.tolist()],
         "recent": [],
         "purchased": [],
     }
-    return json.dumps(rec).encode()
+    head = json.dumps(rec)[:-1]
+    return f'{head}, "short": {_vec6(short)}, "long": {_vec6(long)}}}'.encode()
 
 
 def _produce(settings: Settings, short: np.ndarray, long: np.ndarray) -> float:
@@ -248,15 +254,23 @@ def _sink(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def _sink_phase(
-    settings: Settings, n: int, sinks: int, log_dir: Path, *, dim: int, refresh: str | None
+    settings: Settings,
+    n: int,
+    sinks: int,
+    log_dir: Path,
+    *,
+    dim: int,
+    refresh: str | None,
+    hnsw: HnswParams,
 ) -> tuple[dict[str, Any], OpenSearchStore]:
     """Run ``sinks`` sink processes over the backlog until the group's lag is 0.
 
-    ``refresh``: the index's refresh interval while the backlog is written (then 1 s again).
+    ``refresh``: the index's refresh interval while the backlog is written (then 1 s
+    again); ``hnsw``: the index's graphs (created here, before the sinks start).
     """
-    store = OpenSearchStore(settings.opensearch_url, settings.opensearch_index)
+    store = OpenSearchStore(settings.opensearch_url, settings.opensearch_index, hnsw=hnsw)
+    store.ensure_index(dim)
     if refresh is not None:
-        store.ensure_index(dim)
         store.client.indices.put_settings(
             index=store.index, body={"index": {"refresh_interval": refresh}}
         )
@@ -303,6 +317,8 @@ def _sink_phase(
     store_bytes = int(size["_all"]["primaries"]["store"]["size_in_bytes"])
     return {
         "sinks": sinks,
+        "hnsw": asdict(hnsw),
+        "segments": segments(store),
         "refresh_interval": refresh or "1s",
         "upserts": n,
         "seconds": round(seconds, 1),
@@ -351,6 +367,8 @@ def bench_serve(
     probes: int = 10,
     sinks: int = 1,
     refresh: str | None = None,
+    hnsw: HnswParams | None = None,
+    efs: Sequence[int] = (),
     seed: int = 0,
 ) -> dict[str, Any]:
     """Measure both user stores on the same synthetic users (see the module docstring)."""
@@ -361,6 +379,7 @@ def bench_serve(
             "app_id": ns,
             "opensearch_index": ns,
             "model_dir": None,
+            "opensearch_ef_search": None if hnsw is None else hnsw.ef_search,
         }
     )
     ensure_topics(s)
@@ -384,8 +403,16 @@ def bench_serve(
         logs = Path(tmp)
         store = None
         if "opensearch" in stores:
-            sink_res, store = _sink_phase(s, n_users, sinks, logs, dim=dim, refresh=refresh)
+            sink_res, store = _sink_phase(
+                s, n_users, sinks, logs, dim=dim, refresh=refresh, hnsw=hnsw or HnswParams()
+            )
             res["opensearch"] = {"sink": sink_res}
+            # the GETs and queries below measure a settled index (merges after the load done)
+            res["opensearch"]["merges_wait_s"] = wait_merges(store)
+            if efs:  # straight to the cluster, before the APIs start
+                mats = {"blend": blend, "short": short, "long": long}
+                res["opensearch"]["ef_sweep"] = ef_sweep(store, mats, qs, efs, k)
+                res["opensearch"]["segments_after_sweep"] = segments(store)
         # a sink that follows the topic for the write->searchable probes (joined by then)
         follower = _sink(settings_environ(s), logs / "sink-follow.log") if store else None
         with _multi_api(s, stores, logs) as apis:

@@ -7,7 +7,7 @@ parameters, versioning fields) are in docs/DESIGN.md, "OpenSearch user store".
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -17,18 +17,73 @@ from interest_stream.core.records import HORIZONS, UserRecord
 from interest_stream.index.errors import VectorIndexError
 
 __all__ = [
+    "READ_EXCLUDES",
     "VECTOR_FIELDS",
     "Engine",
+    "HnswParams",
     "WriteOutcome",
     "index_body",
     "ip_from_score",
     "outcome",
     "record_from_source",
+    "vector_json",
     "vector_list",
 ]
 
 Engine = Literal["faiss", "lucene"]
 VECTOR_FIELDS: Final[tuple[str, ...]] = HORIZONS
+#: What a read of a user leaves out of ``_source`` (the record needs none of it).
+READ_EXCLUDES: Final = "blend,life,kp,tomb,blend_weight"
+
+
+@dataclass(frozen=True, slots=True)
+class HnswParams:
+    """The user index's HNSW graphs (built by the cluster) and the queries' candidate list.
+
+    ``m``, ``ef_construction`` and ``encoder`` (``sq``: Lucene's 7-bit scalar
+    quantization) are fixed when the index is created; ``ef_search`` is a query
+    parameter. Defaults and the sweep behind them: docs/DESIGN.md, "OpenSearch user store".
+    """
+
+    m: int = 32
+    ef_construction: int = 256
+    ef_search: int = 800
+    encoder: Literal["none", "sq"] = "none"
+
+    @classmethod
+    def parse(cls, text: str) -> HnswParams:
+        """``"m=16,ef_construction=128,ef_search=800,encoder=sq"`` (any subset; defaults else).
+
+        Raises:
+            ValueError: An unknown key or a bad value.
+        """
+        values: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, _, value = part.partition("=")
+            key = key.strip()
+            if key == "encoder":
+                if value not in ("none", "sq"):
+                    raise ValueError(f"encoder must be none or sq, got {value!r}")
+                values[key] = value
+            elif key in ("m", "ef_construction", "ef_search"):
+                values[key] = int(value)
+                if values[key] < 2:
+                    raise ValueError(f"{key} must be >= 2, got {value}")
+            else:
+                raise ValueError(f"unknown HNSW parameter {key!r}")
+        return replace(cls(), **values)
+
+    def method(self, engine: Engine) -> dict[str, Any]:
+        """The ``knn_vector`` field's ``method`` (inner product)."""
+        params: dict[str, Any] = {"m": self.m, "ef_construction": self.ef_construction}
+        if self.encoder == "sq":
+            params["encoder"] = {"name": "sq"}
+        return {
+            "name": "hnsw",
+            "space_type": "innerproduct",
+            "engine": engine,
+            "parameters": params,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +104,13 @@ def ip_from_score(score: float) -> float:
 
 
 def index_body(
-    dim: int, *, engine: Engine = "lucene", shards: int = 1, m: int = 32, ef_construction: int = 256
+    dim: int, *, engine: Engine = "lucene", shards: int = 1, hnsw: HnswParams | None = None
 ) -> dict[str, Any]:
     """Settings and mapping of the user index (``dim``-dimensional vectors)."""
     vector = {
         "type": "knn_vector",
         "dimension": dim,
-        "method": {
-            "name": "hnsw",
-            "space_type": "innerproduct",
-            "engine": engine,
-            "parameters": {"m": m, "ef_construction": ef_construction},
-        },
+        "method": (hnsw or HnswParams()).method(engine),
     }
     stored = {"type": "keyword", "index": False, "doc_values": False}
     return {
@@ -97,6 +147,17 @@ def index_body(
 def vector_list(values: npt.NDArray[np.float32]) -> list[float]:
     out: list[float] = values.astype(np.float64).tolist()
     return out
+
+
+def vector_json(values: npt.NDArray[np.float32]) -> str:
+    """A float32 vector as a JSON array of 9-digit decimals (they read back exactly).
+
+    About 60% of the text of float64 reprs (``0.300000012`` rather than
+    ``0.30000001192092896``), so less for the node to parse, and a third of the sink's
+    CPU of ``json.dumps``; finite values only.
+    """
+    vals = np.asarray(values, dtype=np.float32).tolist()
+    return "[" + ",".join(["%.9g" % x for x in vals]) + "]"  # noqa: UP031 (fastest)
 
 
 def outcome(user_id: str, item: Mapping[str, Any]) -> WriteOutcome:

@@ -13,6 +13,7 @@ store": why, and why not real deletes).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,17 +28,21 @@ from interest_stream.core.records import UserRecord
 from interest_stream.core.vectors import blend
 from interest_stream.index.errors import DimensionMismatch, StoreUnavailable
 from interest_stream.index.opensearch_mapping import (
+    READ_EXCLUDES,
     VECTOR_FIELDS,
     Engine,
+    HnswParams,
     WriteOutcome,
     index_body,
     ip_from_score,
     outcome,
     record_from_source,
+    vector_json,
     vector_list,
 )
 
 __all__ = [
+    "HnswParams",
     "Life",
     "OpenSearchStore",
     "StoreUnavailable",
@@ -102,7 +107,7 @@ class OpenSearchStore:
         blend_weight: float = 0.5,
         engine: Engine = "lucene",
         shards: int = 1,
-        ef_search: int = 400,
+        hnsw: HnswParams | None = None,
         timeout_s: float = 30.0,
         max_retries: int = 0,
         pool_size: int = 1,
@@ -114,6 +119,7 @@ class OpenSearchStore:
         failed to connect or timed out to the next URL (readers: idempotent requests).
         ``pool_size``: connections kept open per node, one per thread that calls at once
         (urllib3 opens and drops a new connection for each call beyond it).
+        ``hnsw``: the graphs of an index this store creates, and the queries' ``ef_search``.
         """
         if not 0.0 <= blend_weight <= 1.0:
             raise ValueError(f"blend_weight must be within 0..1, got {blend_weight}")
@@ -122,7 +128,12 @@ class OpenSearchStore:
         self.blend_weight = blend_weight
         self.engine: Engine = engine
         self.shards = shards
-        self.ef_search = ef_search
+        self.hnsw = hnsw or HnswParams()
+        self.ef_search = self.hnsw.ef_search
+        self.hosts = hosts
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.pool_size = pool_size
         self.client = client or OpenSearch(
             hosts=hosts,
             timeout=timeout_s,
@@ -151,7 +162,7 @@ class OpenSearchStore:
             if not self.client.indices.exists(index=self.index):
                 if dim is None:
                     return None
-                body = index_body(dim, engine=self.engine, shards=self.shards)
+                body = index_body(dim, engine=self.engine, shards=self.shards, hnsw=self.hnsw)
                 try:
                     self.client.indices.create(index=self.index, body=body)
                     logger.info(
@@ -182,9 +193,10 @@ class OpenSearchStore:
         self.client.indices.refresh(index=self.index)
 
     # ------------------------------------------------------------------ writes
-    def _doc(self, up: Upsert) -> dict[str, Any]:
+    def _doc(self, up: Upsert) -> str:
+        """The document of ``up`` as JSON text (vectors as float32 decimals)."""
         rec = up.record
-        return {
+        meta = {
             "user_id": rec.user_id,
             "version": rec.version,
             "event_time": rec.event_time,
@@ -194,14 +206,18 @@ class OpenSearchStore:
             "recent_items": list(rec.recent_items),
             "purchased": list(rec.purchased),
             "blend_weight": self.blend_weight,
-            "short": vector_list(rec.short),
-            "long": vector_list(rec.long),
-            "blend": vector_list(blend(rec.short, rec.long, self.blend_weight)),
             "life": up.life.base if up.life else 0,
             "kp": up.partition,
             "tomb": up.life.tomb if up.life else -1,
             "deleted": False,
         }
+        vectors = (
+            ("short", rec.short),
+            ("long", rec.long),
+            ("blend", blend(rec.short, rec.long, self.blend_weight)),
+        )
+        text = json.dumps(meta, separators=(",", ":"), ensure_ascii=False)[:-1]
+        return text + "".join(f',"{name}":{vector_json(v)}' for name, v in vectors) + "}"
 
     def write(self, upserts: Iterable[Upsert]) -> list[WriteOutcome]:
         """Bulk-write records (one per user) with external versions; one outcome per user.
@@ -214,21 +230,18 @@ class OpenSearchStore:
         ups = list(upserts)
         if not ups:
             return []
-        body: list[dict[str, Any]] = []
+        lines: list[str] = []
         for up in ups:
-            body.append(
-                {
-                    "index": {
-                        "_index": self.index,
-                        "_id": up.record.user_id,
-                        "version": up.external_version,
-                        "version_type": "external_gte",
-                    }
-                }
-            )
-            body.append(self._doc(up))
-        try:
-            resp = self.client.bulk(body=body)
+            head = {
+                "_index": self.index,
+                "_id": up.record.user_id,
+                "version": up.external_version,
+                "version_type": "external_gte",
+            }
+            lines.append(json.dumps({"index": head}, separators=(",", ":"), ensure_ascii=False))
+            lines.append(self._doc(up))
+        try:  # NDJSON text: the client sends it as is
+            resp = self.client.bulk(body="\n".join(lines) + "\n")
         except OpenSearchException as exc:
             raise StoreUnavailable(f"bulk write of {len(ups)} users failed: {exc}") from exc
         return [
@@ -400,7 +413,7 @@ class OpenSearchStore:
         """
         try:
             found = self.client.get(
-                index=self.index, id=user_id, params={"_source_excludes": "blend"}
+                index=self.index, id=user_id, params={"_source_excludes": READ_EXCLUDES}
             )
         except NotFoundError:
             return None

@@ -10,7 +10,7 @@ forgets: a DELETE publishes the tombstone, which the sink turns into a marker).
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,8 @@ from interest_stream.core.records import HORIZONS, UserRecord
 from interest_stream.core.vectors import blend
 from interest_stream.index.base import Vectors, as_matrix
 from interest_stream.index.errors import UnknownId
+from interest_stream.index.opensearch_async import AsyncGetter
+from interest_stream.index.opensearch_mapping import record_from_source
 from interest_stream.index.opensearch_store import OpenSearchStore
 
 __all__ = ["OpenSearchUsers"]
@@ -31,12 +33,53 @@ class OpenSearchUsers:
     #: Every call is a request to the cluster: the API runs them off its event loop.
     remote = True
 
-    def __init__(self, store: OpenSearchStore, *, count_ttl_s: float = 5.0) -> None:
-        """Wrap ``store``; the dimension is the index's (read when first needed)."""
+    def __init__(
+        self,
+        store: OpenSearchStore,
+        *,
+        count_ttl_s: float = 5.0,
+        getter: AsyncGetter | None = None,
+    ) -> None:
+        """Wrap ``store``; the dimension is the index's (read when first needed).
+
+        ``getter``: reads by id on the event loop (:meth:`async_method`); ``None``
+        leaves every call to the thread pool.
+        """
         self.store = store
         self.model_version: str | None = None
         self.count_ttl_s = count_ttl_s
+        self.getter = getter
         self._count: tuple[float, int] = (0.0, 0)
+
+    def async_method(self, fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]] | None:
+        """The coroutine version of the bound method ``fn`` of this store, if it has one.
+
+        ``get`` and ``vector`` read on the event loop through :attr:`getter`
+        (``ApiState.users_call`` awaits them instead of a thread-pool call).
+        """
+        if self.getter is None or getattr(fn, "__self__", None) is not self:
+            return None
+        return {"get": self.aget, "vector": self.avector}.get(getattr(fn, "__name__", ""))
+
+    async def aget(self, user_id: str) -> UserRecord:
+        """:meth:`get` on the event loop.
+
+        Raises:
+            UnknownId: The user is not held (or was forgotten).
+            StoreUnavailable: No node answered.
+        """
+        if self.getter is None:  # not handed out by async_method: the blocking read
+            return self.get(user_id)
+        src = await self.getter.source(user_id)
+        if src is None or src.get("deleted"):
+            raise UnknownId(user_id, "user")
+        return record_from_source(src)
+
+    async def avector(self, user_id: str, horizon: str = "blend") -> npt.NDArray[np.float32]:
+        """:meth:`vector` on the event loop."""
+        if horizon not in HORIZONS:
+            raise ValueError(f"horizon must be one of {HORIZONS}, got {horizon!r}")
+        return self._horizon(await self.aget(user_id), horizon)
 
     @property
     def dim(self) -> int | None:
@@ -104,7 +147,9 @@ class OpenSearchUsers:
         """
         if horizon not in HORIZONS:
             raise ValueError(f"horizon must be one of {HORIZONS}, got {horizon!r}")
-        rec = self.get(user_id)
+        return self._horizon(self.get(user_id), horizon)
+
+    def _horizon(self, rec: UserRecord, horizon: str) -> npt.NDArray[np.float32]:
         if horizon == "short":
             return rec.short
         if horizon == "long":
@@ -166,4 +211,6 @@ class OpenSearchUsers:
 
     def close(self) -> None:
         """Close the store's connections."""
+        if self.getter is not None:
+            self.getter.close()
         self.store.close()

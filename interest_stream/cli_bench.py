@@ -192,6 +192,12 @@ def bench_index_cmd(users: int, dim: int, as_json: bool) -> None:
 @click.option("--refresh", default=None,
               help="OpenSearch refresh interval while the sink writes the users (e.g. 30s; "
               "default: the index's 1s).")  # fmt: skip
+@click.option("--index", "hnsw", default="",
+              help="The OpenSearch index's HNSW and the API's ef_search, e.g. m=16,"
+              "ef_construction=128,ef_search=800,encoder=sq (default: the store's).")  # fmt: skip
+@click.option("--ef-sweep", default="",
+              help="Comma-separated ef_search values: recall@100 and latency of each, per "
+              "horizon, straight against the cluster.")  # fmt: skip
 @bootstrap_option
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the JSON here.")
 @json_option
@@ -205,6 +211,8 @@ def bench_serve_cmd(
     sinks: int,
     probes: int,
     refresh: str | None,
+    hnsw: str,
+    ef_sweep: str,
     bootstrap: str | None,
     out: Path | None,
     as_json: bool,
@@ -213,13 +221,17 @@ def bench_serve_cmd(
     recall@100, write->searchable delay (needs a broker and, for opensearch, a cluster)."""
 
     def run() -> dict[str, Any]:
+        from interest_stream.index.opensearch_mapping import HnswParams
+
         bench_serve = load_bench("serve").bench_serve
 
         s = cli_settings(kafka_bootstrap=bootstrap)
         stores = ("faiss", "opensearch") if store == "both" else (store,)
+        efs = [int(x) for x in ef_sweep.split(",") if x.strip()]
         res = bench_serve(
             s, stores=stores, n_users=users, dim=dim, rate=rate, seconds=seconds,
             queries=queries, sinks=sinks, probes=probes, refresh=refresh,
+            hnsw=HnswParams.parse(hnsw) if hnsw else None, efs=efs,
         )  # fmt: skip
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)

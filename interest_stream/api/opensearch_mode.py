@@ -1,7 +1,8 @@
 """The API with ``INTEREST_USER_STORE=opensearch``: users read from the cluster, none in memory.
 
-Every call to the cluster runs off the event loop (``ApiState.users_call``, the thread
-pool), bounded by :data:`READ_TIMEOUT_S` and :data:`READ_RETRIES`.
+Reads by id run on the event loop (pooled aiohttp, :class:`AsyncGetter`); every other
+call to the cluster runs off it (``ApiState.users_call``, the thread pool); both are
+bounded by :data:`READ_TIMEOUT_S` and :data:`READ_RETRIES`.
 
 :func:`opensearch_users` builds the user store the routes call
 (:class:`~interest_stream.index.opensearch_users.OpenSearchUsers`: real-time GET by id,
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from interest_stream.api.consumer import ApplyStats
 from interest_stream.core.settings import Settings
 from interest_stream.index.item_index import ItemIndex
+from interest_stream.index.opensearch_async import AsyncGetter
 from interest_stream.index.opensearch_store import OpenSearchStore, StoreUnavailable
 from interest_stream.index.opensearch_users import OpenSearchUsers
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from interest_stream.index.user_index import UserIndex
 
 __all__ = [
+    "ASYNC_POOL",
     "READ_POOL",
     "READ_RETRIES",
     "READ_TIMEOUT_S",
@@ -46,6 +49,8 @@ READ_RETRIES = 2
 #: Connections kept open per node: one per thread of the API's pool (anyio's default 40),
 #: else every concurrent call beyond the pool opens and drops a TCP connection.
 READ_POOL = 40
+#: Connections per node of the event loop's GETs by id (``/interest``, ``/recommendations``).
+ASYNC_POOL = 64
 
 
 def opensearch_users(settings: Settings, items: ItemIndex | None) -> OpenSearchUsers:
@@ -58,7 +63,16 @@ def opensearch_users(settings: Settings, items: ItemIndex | None) -> OpenSearchU
         max_retries=READ_RETRIES,
         pool_size=READ_POOL,
     )
-    users = OpenSearchUsers(store)
+    if settings.opensearch_ef_search is not None:
+        store.ef_search = settings.opensearch_ef_search
+    getter = AsyncGetter(
+        store.hosts,
+        store.index,
+        timeout_s=READ_TIMEOUT_S,
+        retries=READ_RETRIES,
+        pool_size=ASYNC_POOL,
+    )
+    users = OpenSearchUsers(store, getter=getter)
     users.model_version = None if items is None else items.model_version
     return users
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -74,10 +74,14 @@ class ApiState:
     async def users_call(self, fn: Callable[..., T], *args: Any) -> T:
         """Call ``fn(*args)`` on the user store: in the thread pool when it is remote.
 
-        A remote store (OpenSearch, ``users.remote``) answers over the network; the
-        in-process one is called directly.
+        A remote store (OpenSearch, ``users.remote``) answers over the network: on the
+        event loop when it has a coroutine for ``fn`` (``users.async_method``), else in
+        the thread pool; the in-process one is called directly.
         """
         if getattr(self.users, "remote", False):
+            coro = getattr(self.users, "async_method", lambda _fn: None)(fn)
+            if coro is not None:  # reads the store answers on the event loop
+                return cast(T, await coro(*args))
             return await anyio.to_thread.run_sync(fn, *args)
         return fn(*args)
 

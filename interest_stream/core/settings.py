@@ -286,6 +286,13 @@ class Settings(BaseSettings):
     opensearch_index: str = Field(
         "user-interest", description="OpenSearch index holding the users (user store)."
     )
+    opensearch_ef_search: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="HNSW candidates per audience query in opensearch mode (recall vs "
+        "latency; a query parameter, no re-index); unset = the store's default.",
+    )
 
     # --- logging ---------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

@@ -2,19 +2,25 @@
 
 External versions (a stale write is a 409, i.e. done; a tie is applied), real-time GET
 returns the record as written, a forget stays when an old record is replayed, a new
-life comes back, k-NN audience per horizon against exact search.
+life comes back, k-NN audience per horizon against exact search; reads by id on the
+event loop (the API's path) answer the same and fail over to the next node.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
+from interest_stream.core.kafka import free_port
 from interest_stream.core.records import UserRecord
+from interest_stream.index.errors import StoreUnavailable, UnknownId
+from interest_stream.index.opensearch_async import AsyncGetter
 from interest_stream.index.opensearch_store import Life, OpenSearchStore, Upsert
+from interest_stream.index.opensearch_users import OpenSearchUsers
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +102,31 @@ def test_store_versions_forget_and_audience(store: OpenSearchStore) -> None:
         by_id = {u.user_id: float(e) for u, e in zip(users, exact, strict=True)}
         for uid, score in got:
             assert score == pytest.approx(by_id[uid], rel=1e-3, abs=1e-3)
+
+
+def test_reads_on_the_event_loop_fail_over_to_the_next_node(store: OpenSearchStore) -> None:
+    rng = np.random.default_rng(11)
+    store.ensure_index(DIM)
+    rec, gone = _rec("x/1 é", 2, rng), _rec("gone", 4, rng)
+    store.write([Upsert(rec, 0, 1), Upsert(gone, 0, 2)])
+    store.forget("gone", 0, 3)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: refused, the next node answers
+    users = OpenSearchUsers(store, getter=AsyncGetter([dead, *store.hosts], store.index))
+    assert users.async_method(users.get) == users.aget and users.async_method(users.count) is None
+
+    async def reads() -> None:
+        assert users.getter is not None
+        try:
+            assert _same(await users.aget("x/1 é"), rec)  # real-time, no refresh
+            for uid in ("gone", "nobody"):
+                with pytest.raises(UnknownId):
+                    await users.aget(uid)
+            blend = await users.avector("x/1 é", "blend")
+            assert np.allclose(blend, 0.25 * rec.short + 0.75 * rec.long)
+            users.getter.urls = [dead]
+            with pytest.raises(StoreUnavailable):
+                await users.aget("x/1 é")
+        finally:
+            await users.getter.aclose()
+
+    asyncio.run(reads())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from interest_stream.core.records import UserRecord
-from interest_stream.index.opensearch_mapping import index_body, ip_from_score, outcome
+from interest_stream.index.opensearch_mapping import HnswParams, index_body, ip_from_score, outcome
 from interest_stream.index.opensearch_store import Life, Upsert
 
 
@@ -51,3 +51,16 @@ def test_external_version_adds_the_life() -> None:
     )
     assert rec.external_version == 3
     assert Upsert(rec.record, 0, 9, Life(40, 8)).external_version == 43
+
+
+def test_hnsw_params_parse_into_the_mapping() -> None:
+    hnsw = HnswParams.parse("m=16, ef_construction=100,encoder=sq")
+    assert (hnsw.m, hnsw.ef_construction, hnsw.encoder) == (16, 100, "sq")
+    assert hnsw.ef_search == HnswParams().ef_search  # unset: the default
+    method = index_body(8, hnsw=hnsw)["mappings"]["properties"]["blend"]["method"]
+    assert method["parameters"] == {"m": 16, "ef_construction": 100, "encoder": {"name": "sq"}}
+    plain = index_body(8)["mappings"]["properties"]["short"]["method"]["parameters"]
+    assert "encoder" not in plain and plain["m"] == HnswParams().m
+    for bad in ("m=1", "efs=3", "encoder=pq"):
+        with pytest.raises(ValueError):
+            HnswParams.parse(bad)
