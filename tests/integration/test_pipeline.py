@@ -204,3 +204,36 @@ def test_pipeline_versions_vectors_freshness_and_hot_reload(
     finally:
         api.stop()
         worker.stop()
+
+
+def test_the_worker_feeds_new_items_to_its_encoder(
+    make_settings: Callable[..., Settings], tiny_model: Path, small_events: object, tmp_path: Path
+) -> None:
+    """Default settings: the items the checkpoint never saw reach the worker's encoder child
+    as input rows (its gauge counts them) a publication after they were seen."""
+    import pandas as pd
+
+    df = small_events
+    assert isinstance(df, pd.DataFrame)
+    s = make_settings(model_dir=tiny_model, flush_ms=10, worker_web_port=free_port())
+    assert s.new_item_inputs
+    ensure_topics(s)
+    worker = Service.cli("worker", ["worker"], s, tmp_path / "logs").start()
+    url = f"http://127.0.0.1:{s.worker_web_port}/metrics"
+    try:
+        wait_http(url, timeout=120)
+        replay_events(df, s)
+        deadline, fed = time.monotonic() + 120, 0.0
+        while time.monotonic() < deadline and fed == 0:
+            worker.check()
+            time.sleep(1.0)
+            _, text = http_get_json(url)
+            for line in str(text).splitlines():
+                if line.startswith("interest_worker_new_item_inputs "):
+                    fed = float(line.split()[1])
+        known = set(json.loads((tiny_model / "items.json").read_text()))
+        new = set(df["item_id"].astype(str)) - known
+        assert 0 < fed <= len(new), (fed, len(new))
+        print(f"\n{int(fed)} of {len(new)} new items fed to the encoder as input rows")
+    finally:
+        worker.stop()
