@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+import numpy as np
+
 from interest_stream.core.records import Ranking, UserRecord
 from interest_stream.core.rerank import RankedItems, candidate_ids
 from interest_stream.core.vectors import blend
 from interest_stream.index.item_index import ItemIndex
 
-__all__ = ["choose_ranking", "rerank", "rerank_candidates"]
+__all__ = ["choose_ranking", "rerank", "rerank_candidates", "rerank_query", "rerank_top"]
 
 
 def choose_ranking(items: ItemIndex, rank: Ranking | None, rec: UserRecord) -> Ranking:
@@ -55,10 +57,32 @@ def rerank_candidates(
 ) -> tuple[RankedItems, list[str]]:
     """:func:`rerank` and the whole candidate list it scored (what ``explain=true`` sends
     the worker: ``z_blend`` is standardised over it)."""
+    vec, n = rerank_query(items, rec, weight, k, exclude)
+    return rerank_top(items, rec, vec, [i for i, _s in items.search(vec, n)], k, exclude)
+
+
+def rerank_query(
+    items: ItemIndex, rec: UserRecord, weight: float, k: int, exclude: Collection[str]
+) -> tuple[np.ndarray, int]:
+    """The first stage's search: the blended vector and how many items to fetch with it."""
+    assert items.reranker is not None
+    model = items.reranker[0]
+    return blend(rec.short, rec.long, weight), min(
+        items.count(), max(model.n_candidates, k + len(exclude))
+    )
+
+
+def rerank_top(
+    items: ItemIndex,
+    rec: UserRecord,
+    vec: np.ndarray,
+    top: list[str],
+    k: int,
+    exclude: Collection[str],
+) -> tuple[RankedItems, list[str]]:
+    """The second stage: ``top`` (the search of :func:`rerank_query`, best first) and the
+    user's recent items re-scored; the ranked items and the candidate list."""
     assert items.reranker is not None
     model, catalogue = items.reranker
-    vec = blend(rec.short, rec.long, weight)
-    n = min(items.count(), max(model.n_candidates, k + len(exclude)))
-    top = [i for i, _s in items.search(vec, n)]
     ranked = model.rank(catalogue, rec.short, rec.long, vec, top, rec.recent, k, exclude)
     return ranked, candidate_ids(top, rec.recent, max(model.n_candidates, len(top)))

@@ -15,7 +15,7 @@ from fastapi import Path as PathParam
 from interest_stream.api.dashboard import CATEGORY_POOL, top_categories
 from interest_stream.api.errors import ApiError
 from interest_stream.api.explain import category_targets, info
-from interest_stream.api.ranking import choose_ranking, rerank_candidates
+from interest_stream.api.ranking import choose_ranking, rerank_query, rerank_top
 from interest_stream.api.state import ApiState, require_items
 from interest_stream.core.records import Horizon, InterestOut, Ranking, RecommendationsOut
 from interest_stream.streams.explain_rerank import rerank_spec
@@ -172,7 +172,11 @@ async def recommend(
     if ranking == "rerank" and rec is not None:
         user = rec
         weight = blend_weight(state)
-        ranked, cand = await state.search(lambda: rerank_candidates(items, user, weight, k, skip))
+        # only the search may leave the event loop (offload_search): FAISS releases the
+        # interpreter lock there, the re-scoring in Python would fight the loop for it
+        vec, n = rerank_query(items, user, weight, k, skip)
+        top = await state.search(lambda: [i for i, _s in items.search(vec, n)])
+        ranked, cand = rerank_top(items, user, vec, top, k, skip)
         hits = list(zip(ranked.items, ranked.scores.tolist(), strict=True))
     else:
         vec = await state.users_call(state.users.vector, user_id, horizon)
