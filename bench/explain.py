@@ -399,7 +399,7 @@ def _py_spy(targets: list[tuple[str, int | None]], seconds: float) -> list[Any]:
     for name, pid in targets:
         if pid is None:
             continue
-        cmd = [spy, "record", "--nonblocking", "--subprocesses", "-r", "50", "-f", "raw",
+        cmd = [spy, "record", "--nonblocking", "--subprocesses", "-r", "20", "-f", "raw",
                "-d", str(int(seconds)), "-p", str(pid), "-o", f"{folder}/{name}.txt"]  # fmt: skip
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 

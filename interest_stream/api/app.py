@@ -203,7 +203,7 @@ def _make_app(state: ApiState, fast_path: bool = True) -> FastAPI:
     app.state.api = state
     install_error_handlers(app)
     # innermost: an explanation refused at the door is still timed and counted
-    limit = int(setting(state.settings, "explain_max_inflight", 8))
+    limit = int(setting(state.settings, "explain_max_inflight", 3))
     app.add_middleware(ExplainAdmission, limit=limit)
     app.add_middleware(TimingMiddleware, metrics=state.metrics)
     app.add_middleware(

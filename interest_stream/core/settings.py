@@ -266,7 +266,7 @@ class Settings(BaseSettings):
         5.0, gt=0, le=120, description="Seconds the API waits for a worker's explanation."
     )
     explain_max_inflight: int = Field(
-        8,
+        3,
         ge=0,
         le=10_000,
         description="`explain=true` requests the API works on at once; one more is answered "
