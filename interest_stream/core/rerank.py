@@ -204,38 +204,46 @@ def candidate_features(
     sd = float(np.sqrt(np.add.reduce(dev * dev) / n))
     x[:, _COL["z_blend"]] = dev / sd if sd > 0 else 0.0
     if recent:
-        pos = {item: k for k, item in enumerate(cand)}
-        newest_ts = max(ts for _i, _t, ts in recent)
-        counts = np.zeros((n, len(EVENT_TYPES)), dtype=np.float64)
-        last_pos = np.full(n, -1, dtype=np.int64)
-        last_ts = np.zeros(n, dtype=np.int64)
-        m = len(recent)
-        for j, (item, etype, ts) in enumerate(recent):
-            k = pos.get(item)
-            if k is None:
-                continue
-            t = _TYPE_COL.get(etype)
-            if t is not None:
-                counts[k, t - _TYPE_COL[EVENT_TYPES[0]]] += 1.0
-            back = m - 1 - j
-            if last_pos[k] < 0 or back < last_pos[k]:
-                last_pos[k] = back
-                last_ts[k] = ts
-        touched = last_pos >= 0
-        x[:, _COL["in_recent"]] = touched
-        last_item = pos.get(recent[-1][0])
-        if last_item is not None:
-            x[last_item, _COL["is_last"]] = 1.0
-        first_type = _TYPE_COL[EVENT_TYPES[0]]
-        x[:, first_type : first_type + len(EVENT_TYPES)] = np.log1p(counts)
-        x[:, _COL["log_touches"]] = np.log1p(counts.sum(axis=1))
-        age_h = np.maximum(newest_ts - last_ts[touched], 0) / 3_600_000.0
-        x[touched, _COL["pos_decay"]] = 1.0 / (1.0 + last_pos[touched])
-        x[touched, _COL["age_decay_1h"]] = np.exp(-age_h)
-        x[touched, _COL["age_decay_1d"]] = np.exp(-age_h / 24.0)
-        x[:, _COL["recent_x_long"]] = x[:, _COL["in_recent"]] * x[:, _COL["s_long"]]
-        x[:, _COL["recent_x_pop"]] = x[:, _COL["in_recent"]] * x[:, _COL["log_pop"]]
+        _touch_features(x, cand, recent)
     return x
+
+
+def _touch_features(
+    x: npt.NDArray[np.float64], cand: Sequence[str], recent: Sequence[RecentEvent]
+) -> None:
+    """Fill the own-touch columns of ``x`` (in place) from the user's recent events."""
+    n = len(cand)
+    pos = {item: k for k, item in enumerate(cand)}
+    newest_ts = max(ts for _i, _t, ts in recent)
+    counts = np.zeros((n, len(EVENT_TYPES)), dtype=np.float64)
+    last_pos = np.full(n, -1, dtype=np.int64)
+    last_ts = np.zeros(n, dtype=np.int64)
+    m = len(recent)
+    for j, (item, etype, ts) in enumerate(recent):
+        k = pos.get(item)
+        if k is None:
+            continue
+        t = _TYPE_COL.get(etype)
+        if t is not None:
+            counts[k, t - _TYPE_COL[EVENT_TYPES[0]]] += 1.0
+        back = m - 1 - j
+        if last_pos[k] < 0 or back < last_pos[k]:
+            last_pos[k] = back
+            last_ts[k] = ts
+    touched = last_pos >= 0
+    x[:, _COL["in_recent"]] = touched
+    last_item = pos.get(recent[-1][0])
+    if last_item is not None:
+        x[last_item, _COL["is_last"]] = 1.0
+    first_type = _TYPE_COL[EVENT_TYPES[0]]
+    x[:, first_type : first_type + len(EVENT_TYPES)] = np.log1p(counts)
+    x[:, _COL["log_touches"]] = np.log1p(counts.sum(axis=1))
+    age_h = np.maximum(newest_ts - last_ts[touched], 0) / 3_600_000.0
+    x[touched, _COL["pos_decay"]] = 1.0 / (1.0 + last_pos[touched])
+    x[touched, _COL["age_decay_1h"]] = np.exp(-age_h)
+    x[touched, _COL["age_decay_1d"]] = np.exp(-age_h / 24.0)
+    x[:, _COL["recent_x_long"]] = x[:, _COL["in_recent"]] * x[:, _COL["s_long"]]
+    x[:, _COL["recent_x_pop"]] = x[:, _COL["in_recent"]] * x[:, _COL["log_pop"]]
 
 
 def item_stats(
