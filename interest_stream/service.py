@@ -232,7 +232,7 @@ def attach_reencoder(worker: ReencodingWorker, model: Encoder) -> Reencoder:
     async def on_batch(windows: Mapping[str, BehaviorWindow]) -> None:
         await reencoder.submit(windows, worker.produced_at)
         if new_items is not None:  # items born after the checkpoint (streams/new_items.py)
-            new_items.follow(reencoder.model.model_version)
+            await new_items.follow_async(reencoder.model.model_version)
             new_items.observe(windows)
 
     async def on_forget(users: Mapping[str, int]) -> None:

@@ -15,10 +15,12 @@ Design: docs/DESIGN.md ("Items born after the checkpoint").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,19 @@ log = logging.getLogger(__name__)
 PublishItems = Callable[[Sequence[tuple[bytes, bytes | None]]], Awaitable[None]]
 FeedInputs = Callable[[Sequence[str], Any], Awaitable[None]]
 KnownInputs = Callable[[], tuple[Sequence[str], np.ndarray]]
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A checkpoint folder as the estimator needs it."""
+
+    folder: Path
+    version: str
+    ids: list[str]
+    vecs: np.ndarray
+    inputs: np.ndarray | None
+    categories: dict[str, str]
+    codes: tuple[int, int] | None
 
 
 def _categories(meta: Mapping[str, object]) -> dict[str, str]:
@@ -131,21 +146,40 @@ class NewItemPublisher:
         self._tried = model_version
         return self.reload()
 
+    async def follow_async(self, model_version: str) -> bool:
+        """:meth:`follow` with the reading (files, the encoder's input rows) in a thread.
+
+        The event loop never waits for the checkpoint's files or the encoder child's
+        round trip; only the swap of the estimator's model runs on it.
+        """
+        if model_version in (self.model_version, self._tried):
+            return False
+        self._tried = model_version
+        return self._apply(await asyncio.to_thread(self._load, self.model_dir))
+
     def reload(self, model_dir: Path | None = None) -> bool:
         """Follow a new checkpoint in ``model_dir``; True if the version changed."""
-        folder = Path(model_dir or self.model_dir)
+        return self._apply(self._load(Path(model_dir or self.model_dir)))
+
+    def _load(self, folder: Path) -> _Loaded | None:
+        """Read a checkpoint folder (``None``: the version is the one followed already)."""
         ids, vecs, cfg = load_item_vectors(folder)
         version = str(cfg.get("model_version"))
         if version == self.model_version:
+            return None
+        meta = _categories(load_item_meta(folder))
+        return _Loaded(folder, version, ids, vecs, self._inputs(ids), meta, _codes(cfg))
+
+    def _apply(self, got: _Loaded | None) -> bool:
+        """Swap the estimator onto a loaded checkpoint; True if the version changed."""
+        if got is None or got.version == self.model_version:
             return False
-        self.model_dir, self.model_version = folder, version
+        self.model_dir, self.model_version = got.folder, got.version
         est = self.estimator
-        est.set_model(
-            ids, vecs, self._inputs(ids), _categories(load_item_meta(folder)), _codes(cfg)
-        )
+        est.set_model(got.ids, got.vecs, got.inputs, got.categories, got.codes)
         self._dirty = set(est.evidence) | set(est.category)
         self._last = 0.0
-        log.info("new items: model %s; %d items to re-publish", version, len(self._dirty))
+        log.info("new items: model %s; %d items to re-publish", got.version, len(self._dirty))
         return True
 
     async def maybe_publish(self, force: bool = False) -> int:

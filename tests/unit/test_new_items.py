@@ -183,6 +183,13 @@ def test_publisher_publishes_only_changed_items_and_follows_a_new_checkpoint(
     again = ItemVectorRecord.from_json(sent[-1][1] or b"")
     assert again.model_version == "v2"
     np.testing.assert_allclose(again.vector, [0, 1.0, 1.0, 0, 0], atol=1e-6)
+    # the worker's path: the folder is read in a thread, the estimator swapped on the loop
+    write_item_vectors(tmp_path / "m", ids, 3 * np.eye(5, dtype=np.float32), model_version="v3")
+    assert asyncio.run(pub.follow_async("v3")) and not asyncio.run(pub.follow_async("v3"))
+    assert pub.model_version == "v3" and asyncio.run(pub.maybe_publish()) == 1
+    third = ItemVectorRecord.from_json(sent[-1][1] or b"")
+    assert third.model_version == "v3"
+    np.testing.assert_allclose(third.vector, [0, 1.5, 1.5, 0, 0], atol=1e-6)
 
 
 def test_publisher_reads_only_the_window_tail_and_counts_what_a_full_pass_counts(
