@@ -81,12 +81,16 @@ def faithfulness(
     long_events: int = 50,
     seed: int = 0,
     progress: bool = False,
+    exact_events: int | None = -1,
 ) -> dict[str, Any]:
-    """The deletion test and curves (see the module docstring)."""
+    """The deletion test and curves (see the module docstring); the variants are
+    encoded as the worker's encoder process does (``encode_variants_many`` with
+    ``exact_events``; -1: its default), the deletions re-encoded exactly."""
     import torch
 
     from interest_stream.core.vectors import blend
     from interest_stream.models import InterestModel
+    from interest_stream.models.occlusion import EXACT_EVENTS
     from interest_stream.streams.explain import (
         VectorScorer,
         encode_units,
@@ -103,6 +107,8 @@ def faithfulness(
     chosen = [pool[i] for i in rng.choice(len(pool), size=min(users, len(pool)), replace=False)]
     items = model.item_vectors().astype(np.float32)
     w = model.blend_alpha
+    exact = EXACT_EVENTS if exact_events == -1 else exact_events
+    worker = _WorkerPath(model, exact)
     per_user: list[list[bool]] = []
     top_curve: list[np.ndarray] = []
     rand_curve: list[np.ndarray] = []
@@ -119,7 +125,7 @@ def faithfulness(
         targets = items[top_items]
         te = time.perf_counter()
         units, _ = occlusion_units(len(h), start, "blend", long_events)
-        variants = encode_units(model, h, start, units, "blend")
+        variants = encode_units(worker, h, start, units, "blend")
         res = explain_window(variants, VectorScorer("blend", w), targets, top=len(units))
         t_explain.append(time.perf_counter() - te)
         # the variants to re-encode: per pair, the top-m and random-m removals, m = 0..max_m
@@ -169,6 +175,7 @@ def faithfulness(
         "k": k,
         "top_m": top_m,
         "long_events": long_events,
+        "exact_events": exact,
         "seed": seed,
         "pass_fraction": round(float(np.mean(allp)), 4),
         "pass_ci95": [round(lo, 4), round(hi, 4)],
@@ -187,6 +194,20 @@ def faithfulness(
         },
         "curve_scale": "(score after removal - full score) / |full score - empty-window score|",
     }
+
+
+class _WorkerPath:
+    """The in-process model encoding variants as the worker's encoder process does."""
+
+    def __init__(self, model: Any, exact_events: int | None) -> None:
+        self.model, self.exact_events = model, exact_events
+        self.dim, self.model_version = model.dim, model.model_version
+
+    def encode_variants_many(self, jobs: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``models.occlusion.encode_variants_many`` with this path's ``exact_events``."""
+        from interest_stream.models.occlusion import encode_variants_many
+
+        return encode_variants_many(self.model, jobs, self.exact_events)
 
 
 def chart(result: dict[str, Any], out: Path) -> Path:

@@ -26,8 +26,19 @@ from torch import Tensor
 from interest_stream.core.events import Interaction
 from interest_stream.models.config import N_SPECIAL_ITEMS, OOV_INDEX, type_index
 from interest_stream.models.encoder import InterestEncoder
+from interest_stream.models.short_variants import short_variants
 
-__all__ = ["VariantJob", "encode_variants_many", "exact_long_occlusion", "occludable"]
+__all__ = [
+    "EXACT_EVENTS",
+    "VariantJob",
+    "encode_variants_many",
+    "exact_long_occlusion",
+    "occludable",
+]
+
+EXACT_EVENTS = 8
+"""Single events of the long path occluded exactly per window (screened: the largest
+first-order changes); the others keep their first-order change. ``None``: all exact."""
 
 
 VariantJob = tuple[
@@ -37,25 +48,26 @@ VariantJob = tuple[
 
 
 def encode_variants_many(
-    model: Any, jobs: Sequence[VariantJob]
+    model: Any, jobs: Sequence[VariantJob], exact_events: int | None = EXACT_EVENTS
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``model.encode_variants`` of several users in one pass (same results).
+    """``model.encode_variants`` of several users in one pass (same results with
+    ``exact_events=None``; else see :func:`exact_long_occlusion`'s ``screen``).
 
-    The short variants of every job go through one ``encode_short`` call and the long
-    variants the exact formula does not cover (the older-events group) through one
-    ``encode_long`` call: the per-call cost of a forward pass is paid once per batch,
-    not once per user.
+    The short variants of every job go through one lean forward pass
+    (:func:`~interest_stream.models.short_variants.short_variants`) and the long
+    variants the exact formula does not cover through one ``encode_long`` call: the
+    per-call cost of a forward pass is paid once per batch, not once per user.
 
     Args:
         model: An ``InterestModel``.
         jobs: Per user ``(short, short_drops, long, long_drops)``.
+        exact_events: Single long-path events occluded exactly per window.
 
     Returns:
         Per job ``(float32 [len(short_drops), dim], float32 [len(long_drops), dim])``.
     """
     dim = int(model.dim)
-    short_all = [_drop(short, d) for short, drops, _l, _ld in jobs for d in drops]
-    short_vecs = model.encode_short(short_all) if short_all else np.zeros((0, dim), np.float32)
+    short_vecs = short_variants(model, [(short, drops) for short, drops, _l, _ld in jobs])
     longs = [np.empty((len(ld), dim), dtype=np.float32) for _s, _sd, _l, ld in jobs]
     rest: list[tuple[int, int]] = []  # (job, row) encoded by one forward per variant
     lookup = getattr(model, "_lookup", model.item_index)
@@ -70,7 +82,7 @@ def encode_variants_many(
                 vecs = exact_long_occlusion(
                     model.encoder, long, [long_drops[r][0] for r in singles], lookup,
                     model._item_table(),  # noqa: SLF001 - the model's cached table
-                    prefix=prefix,
+                    prefix=prefix, screen=exact_events,
                 ).cpu().numpy()  # fmt: skip
             out[singles] = vecs[1 : 1 + len(singles)]
             whole = [r for r, d in enumerate(long_drops) if not d]
@@ -126,6 +138,7 @@ def exact_long_occlusion(
     item_index: dict[str, int],
     table: Tensor,
     prefix: int = 0,
+    screen: int | None = None,
 ) -> Tensor:
     """Long vectors of ``history`` and of ``history`` without each single event of ``drops``.
 
@@ -137,6 +150,10 @@ def exact_long_occlusion(
         table: ``enc.item_table()``.
         prefix: With ``0 < prefix < len(history)``, one more row: the history without
             its ``prefix`` oldest events (the occlusion's group of older events).
+        screen: With a number ``M < len(drops)``, only the ``M`` drops whose
+            first-order change (the event's own pooled term removed, the later events'
+            hidden states unchanged) moves the vector most are exact; the other rows
+            are that first-order change. ``None``: every row exact.
 
     Returns:
         float32 ``[1 + len(drops) (+ 1), out_dim]``: row 0 the whole history, row
@@ -172,14 +189,21 @@ def exact_long_occlusion(
     ctx_full = (big_n / big_d[..., None]).transpose(0, 1).reshape(n, h * dh)
     hidden = block(ctx_full, x).double()  # [n, d]
     drop = torch.tensor(list(drops), dtype=torch.long, device=dev)
-    # every (later event i, removed event j) pair: i's softmax without key j
-    pj, pi = torch.nonzero(drop[:, None] < ar[None, :], as_tuple=True)  # row of drop, i
+    keep = torch.ones(1 + len(drop), n, dtype=torch.float64, device=dev)
+    keep[1 + torch.arange(len(drop), device=dev), drop] = 0.0
+    exact = torch.arange(len(drop), device=dev)
+    if screen is not None and screen < len(drops):
+        none = torch.zeros(0, dtype=torch.long, device=dev)
+        first = _pooled(enc, items, types, ts, keep, hidden, none, none, hidden[:0], table)
+        moved = (first[1:] - first[0]).norm(dim=1)
+        exact = torch.argsort(moved, descending=True, stable=True)[: max(0, screen)]
+    # every (later event i, removed event j) pair of the exact rows: i's softmax without j
+    pe, pi = torch.nonzero(drop[exact, None] < ar[None, :], as_tuple=True)
+    pj = exact[pe]  # row of drop
     jj = drop[pj]
     e_ij = e[:, pi, jj]  # [h, P]
     ctx = (big_n[:, pi] - e_ij[..., None] * v[:, jj]) / (big_d[:, pi] - e_ij)[..., None]
     changed = block(ctx.transpose(0, 1).reshape(-1, h * dh), x[pi]).double() - hidden[pi]
-    keep = torch.ones(1 + len(drop), n, dtype=torch.float64, device=dev)
-    keep[1 + torch.arange(len(drop), device=dev), drop] = 0.0
     rows = pj + 1
     if 0 < prefix < n:  # the later events attend to the remaining keys only
         g = prefix

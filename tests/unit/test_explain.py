@@ -19,6 +19,7 @@ from interest_stream.core.events import Event, Interaction
 from interest_stream.core.vectors import blend
 from interest_stream.models import InterestModel
 from interest_stream.models.occlusion import encode_variants_many
+from interest_stream.models.short_variants import short_variants
 from interest_stream.streams.explain import (
     Explainer,
     ExplainError,
@@ -81,6 +82,35 @@ def test_batched_variants_with_the_older_group_equal_reencodes(model: InterestMo
     ):
         np.testing.assert_allclose(s_fast, s_slow, atol=TOL)
         np.testing.assert_allclose(l_fast, l_slow, atol=TOL)
+
+
+def test_lean_short_variants_equal_encode_short(model: InterestModel) -> None:
+    """Windows of different lengths in one padded batch: every single-event drop, the
+    whole and the empty window equal encode_short of the shortened window."""
+    jobs, slow = [], []
+    for seed, n in ((41, 12), (42, 3), (43, 1)):
+        short = model.short_window(_history(model, n, seed=seed))
+        drops = [[], *([i] for i in range(len(short))), list(range(len(short)))]
+        jobs.append((short, drops))
+        slow.append(model.encode_short([_without(short, set(d)) for d in drops]))
+    np.testing.assert_allclose(short_variants(model, jobs), np.concatenate(slow), atol=TOL)
+
+
+def test_screened_long_occlusion_is_exact_for_the_screened_events(model: InterestModel) -> None:
+    """exact_events=M: M single-event rows equal the re-encodes (the M largest first-order
+    changes), the whole window and the older group stay exact; M=None: every row."""
+    n = 40
+    h = _history(model, n, seed=44)
+    singles = [[i] for i in range(n - 20, n)]
+    long_drops = [[], *singles, list(range(n - 20)), list(range(n))]
+    slow = model.encode_long([_without(h, set(d)) for d in long_drops])
+    ((_, every),) = encode_variants_many(model, [([], [], h, long_drops)], None)
+    np.testing.assert_allclose(every, slow, atol=TOL)
+    ((_, screened),) = encode_variants_many(model, [([], [], h, long_drops)], 5)
+    exact_rows = np.abs(screened - slow).max(axis=1) <= TOL
+    assert exact_rows[[0, -2, -1]].all()
+    if model.encoder.cfg.n_layers_long == 1:  # the exact formula's case
+        assert int(exact_rows[1:-2].sum()) >= 5
 
 
 @pytest.mark.parametrize("horizon", ["short", "long", "blend"])
