@@ -193,10 +193,7 @@ def exact_long_occlusion(
     keep[1 + torch.arange(len(drop), device=dev), drop] = 0.0
     exact = torch.arange(len(drop), device=dev)
     if screen is not None and screen < len(drops):
-        none = torch.zeros(0, dtype=torch.long, device=dev)
-        first = _pooled(enc, items, types, ts, keep, hidden, none, none, hidden[:0], table)
-        moved = (first[1:] - first[0]).norm(dim=1)
-        exact = torch.argsort(moved, descending=True, stable=True)[: max(0, screen)]
+        exact = _screen(enc, items, types, ts, keep, hidden, table, screen)
     # every (later event i, removed event j) pair of the exact rows: i's softmax without j
     pe, pi = torch.nonzero(drop[exact, None] < ar[None, :], as_tuple=True)
     pj = exact[pe]  # row of drop
@@ -214,6 +211,24 @@ def exact_long_occlusion(
         pi = torch.cat([pi, ar[g:]])
         keep = torch.cat([keep, (ar >= g).to(torch.float64)[None]])
     return _pooled(enc, items, types, ts, keep, hidden, rows, pi, changed, table)
+
+
+def _screen(
+    enc: InterestEncoder,
+    items: Tensor,
+    types: Tensor,
+    ts: Tensor,
+    keep: Tensor,
+    hidden: Tensor,
+    table: Tensor,
+    screen: int,
+) -> Tensor:
+    """Rows of the ``screen`` drops whose first-order change (their own pooled term
+    removed, the other hidden states kept) moves the long vector most (L2)."""
+    none = torch.zeros(0, dtype=torch.long, device=hidden.device)
+    first = _pooled(enc, items, types, ts, keep, hidden, none, none, hidden[:0], table)
+    moved = (first[1:] - first[0]).norm(dim=1)
+    return torch.argsort(moved, descending=True, stable=True)[: max(0, screen)]
 
 
 def _attention(layer: Any, x: Tensor) -> tuple[int, int, Tensor, Tensor, Tensor, Tensor]:
