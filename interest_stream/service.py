@@ -277,6 +277,8 @@ def _new_item_publisher(
             log.exception("new items: the encoder did not take %d input rows", len(ids))
             return
         worker.metrics.new_item_inputs.set(n)
+        if worker.explainer is not None:  # its own encoder process too
+            await asyncio.to_thread(worker.explainer.update_extra_items, list(ids), inputs)
 
     def known() -> tuple[Sequence[str], Any]:
         model = current()

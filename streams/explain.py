@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from interest_stream.core.errors import InterestStreamError
+from interest_stream.core.new_items import ExtraItemInputs
 from interest_stream.core.records import HORIZONS
 from interest_stream.streams.attribution import (
     Plan,
@@ -129,6 +131,9 @@ class Explainer:
     _pending_load: Any = None
     _loaded_for: str | None = None
     _queue: list[_Job] = field(default_factory=list)
+    _extras: ExtraItemInputs = field(default_factory=ExtraItemInputs)
+    _extras_for: str | None = None
+    _extras_lock: threading.Lock = field(default_factory=threading.Lock)
     _drain: asyncio.Task[None] | None = None
     hits: int = 0
     misses: int = 0
@@ -158,12 +163,36 @@ class Explainer:
         except Exception:
             log.exception("loading the explanations' own encoder failed; using the shared one")
             return
-        old, self._own = self._own, new
+        with self._extras_lock:
+            old, self._own = self._own, new
+            ids, rows = self._extras.arrays(0) if new.model_version == self._extras_for else ([], 0)
+        self._send_extras(new, ids, rows)
         if new.model_version != version:
             log.info("explanations' encoder %s loaded (shared: %s)", new.model_version, version)
         close = getattr(old, "close", None)
         if callable(close):
             close()
+
+    def update_extra_items(self, ids: list[str], inputs: Any) -> None:
+        """New items' input rows (as the re-encoder's encoder gets them): kept, and sent to
+        the own encoder (now if loaded, else when it loads; blocking: call off the loop)."""
+        version = self.model().model_version  # the rows are the shared checkpoint's
+        with self._extras_lock:
+            if version != self._extras_for:
+                self._extras, self._extras_for = ExtraItemInputs(), version
+            self._extras.merge(ids, inputs)
+            own = self._own
+        if own is not None and own.model_version == version:
+            self._send_extras(own, ids, inputs)
+
+    @staticmethod
+    def _send_extras(encoder: Any, ids: list[str], inputs: Any) -> None:
+        update = getattr(encoder, "update_extra_items", None)
+        if ids and callable(update):
+            try:
+                update(ids, inputs)
+            except Exception:  # explanations then see those items as unknown (OOV)
+                log.exception("the explanations' encoder did not take %d new items", len(ids))
 
     def start(self) -> None:
         """Start loading the own encoder (when there is a loader)."""

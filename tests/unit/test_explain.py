@@ -307,3 +307,39 @@ def test_concurrent_explanations_are_batched_and_bounded(model: InterestModel) -
     assert busy.rejected == 3
     ex.close()
     busy.close()
+
+
+def test_explainer_gives_new_items_to_its_own_encoder(model: InterestModel) -> None:
+    """New items' input rows reach the explanations' own encoder: those merged before it
+    loads when it loads, later ones at once (models/extra_items.py on a real model)."""
+    import copy
+
+    from interest_stream.models.extra_items import update_in_process
+
+    own_model = copy.deepcopy(model)  # the module's model keeps no extras
+
+    class Own:
+        model_version, dim = own_model.model_version, own_model.dim
+
+        def update_extra_items(self, ids: list[str], inputs: np.ndarray) -> int:
+            return update_in_process(own_model, ids, inputs)
+
+        def encode_variants(self, *job: object) -> tuple[np.ndarray, np.ndarray]:
+            return own_model.encode_variants(*job)  # type: ignore[arg-type]
+
+    width = model.encoder.cfg.dim
+    ex = Explainer(lambda: model, cache_users=0, loader=Own)
+    ex.update_extra_items(["new-a"], np.full((1, width), 0.3, dtype=np.float32))
+    ex.start()
+    ex._pending_load.result(timeout=30)
+    assert "new-a" in own_model._lookup and "new-a" not in model._lookup
+    ex.update_extra_items(["new-b"], np.full((1, width), -0.3, dtype=np.float32))
+    assert {"new-a", "new-b"} <= set(own_model._lookup)
+    window = BehaviorWindow("u-new", WindowConfig())
+    for i, item in enumerate([*model.item_ids[:5], "new-b"]):
+        window.apply(Event(user_id="u-new", item_id=item, event_type="view", ts=1_000 * (i + 1)))
+    targets = model.item_vectors()[:2]
+    got = asyncio.run(ex.explain(window, targets, horizon="long", top=10))
+    newest = [e for e in got["results"][0]["events"] if e.get("item_id") == "new-b"]
+    assert newest and isinstance(ex._encoder(), Own)
+    ex.close()
