@@ -18,7 +18,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl
@@ -46,6 +46,9 @@ _JSON = {"Content-Type": "application/json"}
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
 _EXPLAINED = ("/recommendations", "/interest")
 
+FastAnswer = Callable[[Scope, Send], Awaitable[bool]]
+"""Answers a request itself (``True``) or leaves it to the app (``False``)."""
+
 
 def _asks_explain(scope: Scope) -> bool:
     """Whether a request is ``GET /v1/users/{id}/recommendations|interest?explain=true``."""
@@ -71,17 +74,23 @@ class ExplainAdmission:
     Audience explanations (``POST /v1/audience``, explain in the body) are not counted.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        """Wrap ``app``."""
+    def __init__(self, app: ASGIApp, limit: int, fast: FastAnswer | None = None) -> None:
+        """Wrap ``app``; ``fast`` answers an admitted explanation without the app when it
+        can (:class:`~.explain_fast.FastExplain`; it returns ``False`` when it cannot)."""
         self.app = app
         self.limit = limit
+        self.fast = fast
         self.inflight = 0
         self.refused = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
-        if scope["type"] != "http" or self.limit <= 0 or not _asks_explain(scope):
+        if scope["type"] != "http" or not _asks_explain(scope):
             await self.app(scope, receive, send)
+            return
+        if self.limit <= 0:
+            if self.fast is None or not await self.fast(scope, send):
+                await self.app(scope, receive, send)
             return
         if self.inflight >= self.limit:
             self.refused += 1
@@ -89,7 +98,8 @@ class ExplainAdmission:
             return
         self.inflight += 1
         try:
-            await self.app(scope, receive, send)
+            if self.fast is None or not await self.fast(scope, send):
+                await self.app(scope, receive, send)
         finally:
             self.inflight -= 1
 

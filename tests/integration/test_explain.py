@@ -157,8 +157,19 @@ def test_recommendations_interest_and_audience_explained(stack: dict[str, Any]) 
         assert sum(f["value"] for f in b["features"]) == pytest.approx(b["score"], abs=1e-6)
         assert set(b["terms"]) == {f["name"] for f in b["features"] if f["kind"] == "item"}
         assert all(sum(e["by_kind"].values()) == pytest.approx(e["delta"]) for e in b["events"])
+    # explain=yes goes through FastAPI's route and validation, explain=true through the
+    # lean path (api/explain_fast.py): the same answer (the worker's cache: same variants)
+    again = httpx.get(
+        f"{api}/v1/users/{user}/recommendations",
+        params={"k": 10, "explain": "yes", "explain_events": 4},
+        timeout=30,
+    )
+    assert again.status_code == 200 and again.json() == body
     params = {"k": 3, "explain": "true", "rank": "vector"}
     vec = httpx.get(f"{api}/v1/users/{user}/recommendations", params=params, timeout=30).json()
+    params["explain"] = "on"
+    assert httpx.get(f"{api}/v1/users/{user}/recommendations", params=params,
+                     timeout=30).json() == vec  # fmt: skip
     assert vec["explain"]["scorer"] == "vector" and "features" not in vec["items"][0]["because"]
     assert body["explain"]["version"] == window["version"]
     assert body["explain"]["history_events"] == len(window["long"])

@@ -13,6 +13,7 @@ import pytest
 
 from interest_stream.api.app import create_app
 from interest_stream.api.explain import ExplainAdmission, _asks_explain
+from interest_stream.api.explain_fast import explain_params
 
 
 class _Gate:
@@ -42,6 +43,33 @@ class _Gate:
 def test_which_requests_are_explanations(path: str, query: str, asks: bool) -> None:
     scope = {"type": "http", "path": path, "query_string": query.encode()}
     assert _asks_explain(scope) is asks
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "expected"),
+    [
+        ("/v1/users/u1/recommendations", "explain=true", ({"k": 10, "horizon": "blend"}, 3)),
+        (
+            "/v1/users/u1/recommendations",
+            "k=5&explain=1&explain_events=7&horizon=short",
+            ({"k": 5, "horizon": "short"}, 7),
+        ),
+        ("/v1/users/u1/recommendations", "explain=yes", None),  # FastAPI's to parse
+        ("/v1/users/u1/recommendations", "explain=true&explain_events=21", None),
+        ("/v1/users/u1/recommendations", "explain=true&explain=true", None),
+        ("/v1/users/u1/recommendations", "explain=true&k=0", None),
+        ("/v1/users/u1/interest", "explain=true", None),
+    ],
+)
+def test_which_explanations_take_the_lean_path(path: str, query: str, expected: Any) -> None:
+    got = explain_params(path, query.encode(), max_k=100)
+    if expected is None:
+        assert got is None
+        return
+    assert got is not None
+    params, top = got
+    assert (top, params["user_id"]) == (expected[1], "u1")
+    assert {k: params[k] for k in expected[0]} == expected[0]
 
 
 def test_requests_over_the_bound_are_refused_at_once_and_plain_ones_pass() -> None:
