@@ -27,6 +27,7 @@ from interest_stream.api.consumer import OutputConsumer
 from interest_stream.api.dashboard import LiveHistory, dashboard_router
 from interest_stream.api.errors import install_error_handlers
 from interest_stream.api.explain import ExplainAdmission, WorkerDirectory, worker_urls
+from interest_stream.api.explain_fast import FastExplain
 from interest_stream.api.fast_path import FastRecommendations
 from interest_stream.api.forget import ForgetHook, KafkaPublisher, Publisher, worker_forget_hook
 from interest_stream.api.item_consumer import ItemVectorsConsumer
@@ -204,7 +205,9 @@ def _make_app(state: ApiState, fast_path: bool = True) -> FastAPI:
     install_error_handlers(app)
     # innermost: an explanation refused at the door is still timed and counted
     limit = int(setting(state.settings, "explain_max_inflight", 3))
-    app.add_middleware(ExplainAdmission, limit=limit)
+    app.add_middleware(
+        ExplainAdmission, limit=limit, fast=FastExplain(state) if fast_path else None
+    )
     app.add_middleware(TimingMiddleware, metrics=state.metrics)
     app.add_middleware(
         BodyLimitMiddleware,
