@@ -3,7 +3,8 @@
 External versions (a stale write is a 409, i.e. done; a tie is applied), real-time GET
 returns the record as written, a forget stays when an old record is replayed, a new
 life comes back, k-NN audience per horizon against exact search; reads by id on the
-event loop (the API's path) answer the same and fail over to the next node.
+event loop (the API's path, concurrent reads batched into ``_mget``) answer the same as
+single reads and fail over to the next node.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def test_reads_on_the_event_loop_fail_over_to_the_next_node(store: OpenSearchSto
     rng = np.random.default_rng(11)
     store.ensure_index(DIM)
     rec, gone = _rec("x/1 é", 2, rng), _rec("gone", 4, rng)
+    many = [f"m{i}" for i in range(150)]
     store.write([Upsert(rec, 0, 1), Upsert(gone, 0, 2)])
+    store.write([Upsert(_rec(u, 1, rng), 1, i) for i, u in enumerate(many)])
     store.forget("gone", 0, 3)
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: refused, the next node answers
     users = OpenSearchUsers(store, getter=AsyncGetter([dead, *store.hosts], store.index))
@@ -123,6 +126,18 @@ def test_reads_on_the_event_loop_fail_over_to_the_next_node(store: OpenSearchSto
                     await users.aget(uid)
             blend = await users.avector("x/1 é", "blend")
             assert np.allclose(blend, 0.25 * rec.short + 0.75 * rec.long)
+            # concurrent reads coalesce into _mget batches; each answer equals the single read
+            asked = ["x/1 é", "gone", "nobody", *many, "x/1 é"] * 3
+            sent, read = users.getter.requests, users.getter.reads
+            got = await asyncio.gather(*(users.aget(u) for u in asked), return_exceptions=True)
+            assert users.getter.reads - read == len(asked)
+            assert users.getter.requests - sent == 3  # 153 distinct ids, at most 64 per _mget
+            single = {u: await users.aget(u) for u in {*many, "x/1 é"}}  # one by one
+            for uid, ans in zip(asked, got, strict=True):
+                if uid in ("gone", "nobody"):
+                    assert isinstance(ans, UnknownId), uid
+                else:
+                    assert isinstance(ans, UserRecord) and _same(ans, single[uid]), uid
             users.getter.urls = [dead]
             with pytest.raises(StoreUnavailable):
                 await users.aget("x/1 é")
@@ -130,3 +145,16 @@ def test_reads_on_the_event_loop_fail_over_to_the_next_node(store: OpenSearchSto
             await users.getter.aclose()
 
     asyncio.run(reads())
+    # no index at all: nobody is held (the API before the sink's first write)
+    missing = AsyncGetter(store.hosts, f"{store.index}-none")
+
+    async def absent() -> None:
+        try:
+            assert list(await asyncio.gather(missing.source("a"), missing.source("b"))) == [
+                None,
+                None,
+            ]
+        finally:
+            await missing.aclose()
+
+    asyncio.run(absent())
