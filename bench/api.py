@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,11 @@ ENDPOINTS = {
     "recommendations_explain": "/v1/users/{user}/recommendations?k=10&explain=true",
     "mixed": "",  # see MIX
 }
+
+OPEN_CONNECTIONS = 32
+"""Connections the fixed-rate phase opens before it starts (more open on demand): the
+requests take them in turn, as many clients' would, so that several server processes on
+one port (connections spread by the kernel) share the load as they would in service."""
 
 Request = tuple[str, str, bytes | None]
 """``(method, path, body)`` of one request."""
@@ -173,9 +179,66 @@ def _recent_events(items: Any, n_users: int) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    """Child process: build the indexes and serve them with uvicorn."""
+    """Child process: build the indexes and serve them with uvicorn (``--processes`` > 1:
+    that many replicas on one socket, as ``INTEREST_API_PROCESSES`` runs ``serve``)."""
     import uvicorn
 
+    if args.processes > 1:
+        from interest_stream.api.processes import run_processes
+
+        threading.Thread(target=_merge_infos, args=(args,), daemon=True).start()
+        sys.exit(run_processes(args.processes, _serve_child, args))
+    app, info = _build(args)
+    Path(args.info).write_text(json.dumps(info, default=str))
+    _log_gc(args.info + ".gc")
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
+                server_header=False)  # fmt: skip
+
+
+def _serve_child(index: int, args: argparse.Namespace) -> None:
+    """One of ``--processes`` replicas: its own indexes, served on the shared port."""
+    import uvicorn
+
+    from interest_stream.api.processes import bind_socket
+
+    app, info = _build(args)
+    sock = bind_socket("127.0.0.1", args.port)
+    info["pid"] = os.getpid()
+    Path(f"{args.info}.{index}").write_text(json.dumps(info, default=str))
+    _log_gc(f"{args.info}.gc.{index}")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _merge_infos(args: argparse.Namespace) -> None:
+    """Write the server's info file once every replica has written its own."""
+    files = [Path(f"{args.info}.{i}") for i in range(args.processes)]
+    while not all(f.exists() for f in files):
+        time.sleep(0.2)
+    time.sleep(0.5)  # the last one's socket loop is starting
+    infos = [json.loads(f.read_text()) for f in files]
+    info = {**infos[0], "processes": args.processes, "pids": [i["pid"] for i in infos],
+            "build_s": max(i["build_s"] for i in infos),
+            "max_rss_mb": [i["max_rss_mb"] for i in infos]}  # fmt: skip
+    Path(args.info).write_text(json.dumps(info, default=str))
+
+
+def _log_gc(path: str) -> None:
+    """Record this process' garbage collections into ``path`` (``_GcLog``, every 0.5 s)."""
+    gc_log = _GcLog()
+    gc.callbacks.append(gc_log)
+    gc_file = Path(path)
+
+    def write_gc() -> None:  # uvicorn ends the process by re-raising SIGTERM: write as we go
+        while True:
+            time.sleep(0.5)
+            gc_file.write_text(json.dumps(gc_log.to_json()))
+
+    threading.Thread(target=write_gc, name="bench-gc-log", daemon=True).start()
+
+
+def _build(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The app over ``args.users`` synthetic users and the catalogue, and its info."""
     from bench.index import synthetic_users
     from interest_stream.api.app import create_app
     from interest_stream.core.settings import load_settings
@@ -224,20 +287,10 @@ def _serve(args: argparse.Namespace) -> None:
         "item_scan": items.stats()["scan"],
         "offload_search": bool(args.offload),
         "fast_path": not args.no_fast_path,
+        "processes": 1,
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    Path(args.info).write_text(json.dumps(info, default=str))
-    gc_log = _GcLog()
-    gc.callbacks.append(gc_log)
-    gc_file = Path(args.info + ".gc")
-
-    def write_gc() -> None:  # uvicorn ends the process by re-raising SIGTERM: write as we go
-        while True:
-            time.sleep(0.5)
-            gc_file.write_text(json.dumps(gc_log.to_json()))
-
-    threading.Thread(target=write_gc, name="bench-gc-log", daemon=True).start()
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
-                server_header=False)  # fmt: skip
+    return app, info
 
 
 # --------------------------------------------------------------------------- load
@@ -285,13 +338,15 @@ class _Conn:
 
 
 class _RawClient:
-    """A pool of :class:`_Conn` (opened on demand, up to ``max_conns``)."""
+    """A pool of :class:`_Conn` (opened on demand, up to ``max_conns``), reused in turn
+    (first in, first out: the requests spread over every open connection, as many
+    clients' would, so a server of several processes sees them all)."""
 
     def __init__(self, url: str, max_conns: int) -> None:
         hostport = url.split("://", 1)[1].rstrip("/")
         self.host, _, port = hostport.partition(":")
         self.port = int(port or 80)
-        self.idle: list[_Conn] = []
+        self.idle: deque[_Conn] = deque()
         self.open = 0
         self.max = max_conns
         self.freed = asyncio.Event()
@@ -302,7 +357,7 @@ class _RawClient:
             await self.freed.wait()
         reused = bool(self.idle)
         if reused:
-            conn = self.idle.pop()
+            conn = self.idle.popleft()
         else:
             self.open += 1
             try:
@@ -330,6 +385,12 @@ class _RawClient:
         self.idle.append(conn)
         self.freed.set()
         return status
+
+    async def fill(self, n: int) -> None:
+        """Open connections up to ``n`` now (the requests then take them in turn)."""
+        while self.open < min(n, self.max):
+            self.idle.append(await _Conn.open(self.host, self.port))
+            self.open += 1
 
     async def aclose(self) -> None:
         for c in self.idle:
@@ -376,6 +437,8 @@ async def _open_loop(
         else:
             errors += 1
 
+    if isinstance(client, _RawClient):
+        await client.fill(OPEN_CONNECTIONS)
     tasks = []
     late = 0
     t0 = time.perf_counter() + 0.05
@@ -517,6 +580,27 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_sum(pids: Sequence[int]) -> float | None:
+    """:func:`_cpu_seconds` summed over the server's processes."""
+    got = [_cpu_seconds(p) for p in pids]
+    return None if any(c is None for c in got) else sum(c for c in got if c is not None)
+
+
+def _read_gc(info_file: Path, processes: int) -> dict[str, Any] | None:
+    """The server's garbage-collection log (the replicas' summed with ``processes`` > 1)."""
+    names = [f"{info_file}.gc"] if processes == 1 else [f"{info_file}.gc.{i}"
+                                                         for i in range(processes)]  # fmt: skip
+    logs = []
+    for name in names:
+        try:
+            logs.append(json.loads(Path(name).read_text()))
+        except (OSError, ValueError):  # not written yet, or caught mid-write
+            return None
+    return {"count": [sum(g["count"][i] for g in logs) for i in range(3)],
+            "ms": [round(sum(g["ms"][i] for g in logs), 1) for i in range(3)],
+            "full": sorted(f for g in logs for f in g["full"])}  # fmt: skip
+
+
 def _module_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "bench.api", *args]
 
@@ -536,6 +620,7 @@ def bench_api(
     progress: bool = True,
     offload: bool = False,
     fast_path: bool = True,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """Run the API benchmark; returns the figures (JSON-able).
 
@@ -556,6 +641,8 @@ def bench_api(
         progress: Print progress to stderr.
         offload: Item searches in the server's thread pool (``create_app(offload_search=)``).
         fast_path: ``create_app(fast_path=)`` (plain ``/recommendations`` before FastAPI).
+        processes: Server processes on the one port (``INTEREST_API_PROCESSES``), each
+            holding all ``n_users``; the server CPU figures sum them.
 
     Returns:
         ``{"server", "params", "machine", "targets"}`` plus, per endpoint,
@@ -576,11 +663,15 @@ def bench_api(
             cmd.append("--offload")
         if not fast_path:
             cmd.append("--no-fast-path")
+        cmd += ["--processes", str(processes)]
         _say(progress, f"starting the server ({n_users:,} users) on {url} ...")
         server = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         try:
             _wait_ready(url, server, timeout=600)
+            while not info_file.exists():  # every replica built (--processes)
+                time.sleep(0.2)
             info = json.loads(info_file.read_text())
+            pids = [int(p) for p in info.get("pids", [server.pid])]
             _say(progress, f"server ready: {info}")
             result: dict[str, Any] = {
                 "server": info,
@@ -589,7 +680,8 @@ def bench_api(
                            else str(model_dir)},
                 "machine": {"cpus": os.cpu_count(),
                             "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
-                            "server": "uvicorn, 1 process, asyncio loop, faiss 1 thread",
+                            "server": f"uvicorn, {processes} process(es), asyncio loop, "
+                                      "faiss 1 thread",
                             "client": f"{client} asyncio client, 1 process, HTTP/1.1 keep-alive"},
             }  # fmt: skip
             for ep in endpoints:
@@ -597,7 +689,8 @@ def bench_api(
                 for mode in ("open", "closed"):
                     _say(progress, f"{ep}: {'fixed rate' if mode == 'open' else 'max throughput'} "
                                    f"for {duration:.0f}s ...")  # fmt: skip
-                    cpu0 = _cpu_seconds(server.pid)
+                    each0 = [_cpu_seconds(p) or 0.0 for p in pids]
+                    cpu0 = _cpu_sum(pids)
                     load0 = round(os.getloadavg()[0], 2)
                     wall0 = time.time()
                     out = subprocess.run(
@@ -610,13 +703,18 @@ def bench_api(
                     )  # fmt: skip
                     key = "fixed_rate" if mode == "open" else "max_throughput"
                     res[key] = json.loads(out.stdout.strip().splitlines()[-1])
-                    cpu1 = _cpu_seconds(server.pid)
+                    cpu1 = _cpu_sum(pids)
                     if cpu0 is not None and cpu1 is not None:
                         n_req = res[key]["requests"] + res[key]["errors"]
                         n_req += res[key]["warmup_requests"]
                         res[key]["server_cpu_ms_per_request"] = round(
                             1000 * (cpu1 - cpu0) / max(n_req, 1), 3
                         )
+                    if len(pids) > 1:  # how the connections spread over the processes
+                        res[key]["server_cpu_s_per_process"] = [
+                            round((_cpu_seconds(p) or 0.0) - c, 2)
+                            for p, c in zip(pids, each0, strict=True)
+                        ]
                     res[key]["loadavg_1m_at_start"] = load0
                     windows.append((ep, key, wall0, time.time()))
                     _say(progress, f"{ep} {key}: {res[key]}")
@@ -628,11 +726,7 @@ def bench_api(
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait(5)
-        gc_file = Path(str(info_file) + ".gc")
-        try:
-            gc_log = json.loads(gc_file.read_text())
-        except (OSError, ValueError):  # not written yet, or caught mid-write
-            gc_log = None
+        gc_log = _read_gc(info_file, processes)
     if gc_log is not None:
         result["server_gc"] = {"count": gc_log["count"], "ms": gc_log["ms"]}
         for ep, key, t0, t1 in windows:
@@ -658,6 +752,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     s.add_argument("--info", required=True)
     s.add_argument("--offload", action="store_true", help="item searches in the thread pool")
     s.add_argument("--no-fast-path", action="store_true", help="create_app(fast_path=False)")
+    s.add_argument("--processes", type=int, default=1, help="replicas on the one port")
     ld = sub.add_parser("load")
     ld.add_argument("--url", required=True)
     ld.add_argument("--endpoint", choices=sorted(ENDPOINTS), required=True)
@@ -680,6 +775,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     r.add_argument("--endpoints", default="interest,recommendations", help="comma-separated")
     r.add_argument("--offload", action="store_true", help="item searches in the thread pool")
     r.add_argument("--no-fast-path", action="store_true", help="create_app(fast_path=False)")
+    r.add_argument("--processes", type=int, default=1, help="server processes on the one port")
     args = p.parse_args(argv)
     if args.cmd == "serve":
         _serve(args)
@@ -688,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         out = bench_api(args.users, args.model_dir, args.rate, args.duration, client=args.client,
                         endpoints=args.endpoints.split(","), offload=args.offload,
-                        fast_path=not args.no_fast_path)  # fmt: skip
+                        fast_path=not args.no_fast_path, processes=args.processes)  # fmt: skip
         print(json.dumps(out, indent=2))
 
 

@@ -13,6 +13,7 @@ Errors are JSON ``{"error", "detail"}`` (:mod:`interest_stream.api.errors`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -78,7 +79,7 @@ def create_app(
     start_consumer: bool = True,
     publisher: Publisher | None = None,
     forget_hooks: Sequence[ForgetHook] | None = None,
-    offload_search: bool = False,
+    offload_search: bool | None = None,
     fast_path: bool = True,
 ) -> FastAPI:
     """Build the API application.
@@ -97,11 +98,11 @@ def create_app(
         forget_hooks: Called after each forgotten user (default: a forget
             command to the worker's command topic, :func:`worker_forget_hook`).
         offload_search: Also run item searches (recommendations, similar) in
-            the thread pool. Off by default: an exact search over ~50k items
-            takes ~0.5 ms, and the thread hop costs 0.1-0.4 ms of CPU more than
-            it saves on a 2-core machine (measured). Audience searches (over up
-            to millions of users, k up to ``max_k``) always run in the pool;
-            FAISS releases the GIL there.
+            the thread pool (default: ``settings.api_offload_search``, off: the
+            thread hop costs more CPU per request than it gives back on 2 cores,
+            docs/RESULTS.md issue #13). Audience searches (over up to millions of
+            users, k up to ``max_k``) always run in the pool; FAISS releases the
+            GIL there.
         fast_path: Answer plain ``/recommendations`` requests before FastAPI's routing
             and validation (:mod:`.fast_path`: the same answers, less CPU each).
 
@@ -139,7 +140,9 @@ def create_app(
         forget_hooks=list(forget_hooks)
         if forget_hooks is not None
         else [worker_forget_hook(settings)],
-        offload_search=offload_search,
+        offload_search=bool(setting(settings, "api_offload_search", False))
+        if offload_search is None
+        else offload_search,
         workers=WorkerDirectory(
             worker_urls(settings), float(setting(settings, "explain_timeout_s", 5.0))
         ),
@@ -161,6 +164,17 @@ def _empty_users(items: ItemIndex | None) -> UserIndex:
     )
 
 
+async def _freeze_when_ready(state: ApiState) -> None:
+    """Once the replica has caught up: one full collection, then every object alive moved
+    out of the collector's reach (``gc.freeze``), so later full collections do not walk the
+    users loaded at start (up to 229 ms each with 100,000 of them, measured)."""
+    while state.consumer is not None and not state.consumer.ready:
+        await asyncio.sleep(1.0)
+    gc.collect()
+    gc.freeze()
+    logger.info("gc: %d objects frozen after catch-up", gc.get_freeze_count())
+
+
 def _make_app(state: ApiState, fast_path: bool = True) -> FastAPI:
     """The FastAPI app over ``state``: lifespan, error handlers, middleware, routes.
 
@@ -176,12 +190,14 @@ def _make_app(state: ApiState, fast_path: bool = True) -> FastAPI:
             state.consumer.start()
         if state.item_consumer is not None:
             state.item_consumer.start()
-        tasks = [asyncio.create_task(history.run()), asyncio.create_task(watch.run())]
+        tasks = [asyncio.create_task(history.run()), asyncio.create_task(watch.run()),
+                 asyncio.create_task(_freeze_when_ready(state))]  # fmt: skip
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
+            gc.unfreeze()  # an app ended (tests run many in one process): collectable again
             if state.consumer is not None:
                 await anyio.to_thread.run_sync(state.consumer.stop)
             if state.item_consumer is not None:
@@ -226,11 +242,22 @@ def serve(settings: Settings | None = None, **app_options: Any) -> None:
 
     Args:
         settings: Settings (default: from the environment).
-        **app_options: Passed to :func:`create_app`.
+        **app_options: Passed to :func:`create_app` (picklable ones with
+            ``api_processes`` > 1: every process builds its own app).
     """
     import uvicorn  # lazy on purpose: only `serve` needs the server (tests, the client don't)
 
     settings = settings or load_settings()
+    n = int(setting(settings, "api_processes", 1))
+    if n > 1:  # a replica per process on one shared socket (.processes)
+        from interest_stream.api.processes import run_processes, serve_child
+
+        logger.info("serving on http://%s:%d, %d processes", settings.api_host,
+                    settings.api_port, n)  # fmt: skip
+        code = run_processes(n, serve_child, settings, app_options)
+        if code:
+            raise SystemExit(code)
+        return
     app = create_app(settings, **app_options)
     logger.info("serving on http://%s:%d", settings.api_host, settings.api_port)
     uvicorn.run(

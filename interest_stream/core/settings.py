@@ -250,6 +250,20 @@ class Settings(BaseSettings):
     index_threads: int = Field(
         1, ge=1, le=256, description="FAISS threads per search (1 is best for many small queries)."
     )
+    api_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes sharing the port, each a whole replica (its own copy of "
+        "the users and the checkpoint, its own consumer of the output topic); metrics are "
+        "per process.",
+    )
+    api_offload_search: bool = Field(
+        False,
+        description="Run the item searches of /recommendations and /similar in a thread "
+        "pool (FAISS without the interpreter lock): more throughput for rank=vector on "
+        "one process, more CPU per request.",
+    )
     item_scan: Literal["auto", "flat", "sq8", "fp16"] = Field(
         "auto",
         description="How the API searches the catalogue: sq8/fp16 = a compressed copy "
