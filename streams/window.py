@@ -14,13 +14,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import math
 import zlib
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from interest_stream.core.errors import InterestStreamError
 from interest_stream.core.events import EVENT_TYPES, Event, Interaction
@@ -356,8 +357,7 @@ class BehaviorWindow:
         }
         if self.recent_ids:
             body["h"] = base64.b64encode(b"".join(self.recent_ids)).decode("ascii")
-        raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        return _HEADER + zlib.compress(raw, 1)
+        return _HEADER + zlib.compress(orjson.dumps(body), 1)
 
     @classmethod
     def from_bytes(cls, data: bytes, config: WindowConfig | None = None) -> BehaviorWindow:
@@ -385,7 +385,7 @@ class BehaviorWindow:
             raw = dec.decompress(data[3:], _MAX_DECODED_BYTES)
             if dec.unconsumed_tail or not dec.eof:
                 raise StateCodecError("window state is truncated or too large")
-            body = json.loads(raw.decode("utf-8"))
+            body = orjson.loads(raw)
         except StateCodecError:
             raise
         except (zlib.error, UnicodeDecodeError, ValueError, RecursionError) as exc:
