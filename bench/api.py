@@ -199,8 +199,9 @@ def _serve_child(index: int, args: argparse.Namespace) -> None:
     """One of ``--processes`` replicas: its own indexes, served on the shared port."""
     import uvicorn
 
-    from interest_stream.api.processes import bind_socket
+    from interest_stream.api.processes import bind_socket, exit_with_parent
 
+    exit_with_parent()
     app, info = _build(args)
     sock = bind_socket("127.0.0.1", args.port)
     info["pid"] = os.getpid()

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-__all__ = ["bind_socket", "run_processes", "serve_child"]
+__all__ = ["bind_socket", "exit_with_parent", "run_processes", "serve_child"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,22 @@ def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
     sock.bind((host, port))
     sock.listen(backlog)
     return sock
+
+
+def exit_with_parent() -> None:
+    """Stop this child (SIGTERM to itself) when its parent is gone: a parent killed with
+    SIGKILL cannot stop its children, which would go on serving and consuming. (The
+    parent's sentinel pipe closes when it dies, even before the child got here.)"""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the parent process is gone
+        logger.warning("API parent process %s is gone: stopping", parent.pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="api-parent-watch", daemon=True).start()
 
 
 def run_processes(n: int, target: ChildTarget, *args: Any) -> int:
@@ -92,6 +110,7 @@ def serve_child(index: int, settings: Any, app_options: dict[str, Any]) -> None:
     configure_logging(str(getattr(settings, "log_level", "INFO")),
                       json_lines=bool(getattr(settings, "log_json", False)))  # fmt: skip
     logger.info("API process %d starting", index)
+    exit_with_parent()
     app = create_app(settings, **app_options)
     sock = bind_socket(settings.api_host, settings.api_port)  # once the app is built
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",

@@ -110,9 +110,7 @@ def test_two_api_processes_share_the_port(
         assert proc.wait(30) == 0, log.read_text(errors="replace")
         assert not any(Path(f"/proc/{k}").exists() and _alive(k) for k in kids)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _stop(proc)
 
 
 def test_one_process_dying_stops_the_service(
@@ -131,9 +129,14 @@ def test_one_process_dying_stops_the_service(
         assert code != 0  # the supervisor (systemd, Kubernetes) starts it again
         assert not any(Path(f"/proc/{k}").exists() and _alive(k) for k in kids)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the parent if still running; its children stop when they see it gone."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
 
 
 def _alive(pid: int) -> bool:
@@ -143,3 +146,17 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_processes_stop_when_the_parent_is_killed(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    proc, _url, log = _start(make_settings(), tmp_path)
+    try:
+        _wait(lambda: len(_children(proc.pid)) >= 2, "two API processes", log)
+        kids = _children(proc.pid)
+        proc.kill()  # SIGKILL: the parent cannot stop them; they notice it is gone
+        proc.wait(10)
+        _wait(lambda: not any(_alive(k) for k in kids), "the orphans to stop", log)
+    finally:
+        _stop(proc)
