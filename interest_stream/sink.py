@@ -291,6 +291,29 @@ class OpenSearchSink:
             self.stop_event.wait(backoff)
             backoff = min(backoff * 2, 5.0)
 
+    def _await_subscription_metadata(self, consumer: Any, timeout_s: float = 5.0) -> None:
+        """Wait until the group coordinator's metadata holds the subscribed topic.
+
+        kafka-python joins the group with the metadata it has: joined before its
+        subscription's metadata came back, a sink is assigned from an empty snapshot,
+        then rejoins as soon as the metadata arrives (a second rebalance at every
+        start, docs/RESULTS.md "Serving from OpenSearch", third pass). Uses kafka-python's
+        internals when present (pinned in constraints.txt); without them, nothing waits.
+        """
+        coord = getattr(consumer, "_coordinator", None)
+        cluster = getattr(consumer, "_cluster", None)
+        if not hasattr(coord, "_metadata_snapshot") or not hasattr(cluster, "request_update"):
+            return
+        topic = self.settings.output_topic
+        cluster.request_update()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if getattr(coord, "_metadata_snapshot", {}).get(topic):
+                return
+            if self.stop_event.wait(0.02):
+                return
+        logger.info("no metadata for %s after %.0fs: joining the group anyway", topic, timeout_s)
+
     def run(self, *, idle_exit_s: float | None = None) -> SinkStats:
         """Consume and write until :attr:`stop_event` is set (or idle for ``idle_exit_s``).
 
@@ -301,6 +324,7 @@ class OpenSearchSink:
         consumer = self._new_consumer()
         self._wait_for_topic(consumer)
         consumer.subscribe([self.settings.output_topic], listener=_Listener(self))
+        self._await_subscription_metadata(consumer)
         logger.info(
             "sink of %s into %s/%s (group %s)",
             self.settings.output_topic,

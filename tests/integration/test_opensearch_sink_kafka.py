@@ -2,11 +2,13 @@
 
 * two sink processes sharing the partitions: records with stale versions, same-version
   re-sends, tombstones and new lives → the exact end state;
-* SIGKILL of the sink mid-load, restart → the exact end state.
+* SIGKILL of the sink mid-load, restart → the exact end state;
+* a sink joins its group once (no second rebalance right after joining).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import uuid
@@ -26,6 +28,7 @@ from opensearch_helpers import (
 
 from interest_stream.core.settings import Settings
 from interest_stream.index.opensearch_store import OpenSearchStore
+from interest_stream.sink import OpenSearchSink
 from interest_stream.streams.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -80,4 +83,24 @@ def test_sink_sigkill_mid_load_then_restart_is_exact(
         wait(lambda: lag(settings) == 0, 120, "the restarted sink to catch up")
     finally:
         stop_procs([proc])
+    assert_state(store, log)
+
+
+def test_a_sink_joins_its_group_once(
+    sink_settings: tuple[Settings, OpenSearchStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """No second rebalance right after joining (kafka-python joined before the topic's
+    metadata came back, then rejoined when it did; a sink once stayed unassigned)."""
+    settings, store = sink_settings
+    log = topic_log(13, users=20, n=60)
+    produce(settings, log)
+    caplog.set_level(logging.INFO, logger="interest_stream.sink")
+    sink = OpenSearchSink(settings)
+    try:
+        sink.run(idle_exit_s=1.5)
+    finally:
+        sink.store.close()
+    assigned = [r.getMessage() for r in caplog.records if "partitions assigned" in r.getMessage()]
+    assert len(assigned) == 1, assigned
+    assert lag(settings) == 0
     assert_state(store, log)
