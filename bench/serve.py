@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -262,18 +262,25 @@ def _sink_phase(
     dim: int,
     refresh: str | None,
     hnsw: HnswParams,
+    shards: int = 1,
+    index_settings: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], OpenSearchStore]:
     """Run ``sinks`` sink processes over the backlog until the group's lag is 0.
 
     ``refresh``: the index's refresh interval while the backlog is written (then 1 s
-    again); ``hnsw``: the index's graphs (created here, before the sinks start).
+    again); ``hnsw``, ``shards``: the index's graphs and shards (created here, before the
+    sinks start); ``index_settings``: more index settings (e.g.
+    ``knn.advanced.approximate_threshold``), set before the sinks start.
     """
-    store = OpenSearchStore(settings.opensearch_url, settings.opensearch_index, hnsw=hnsw)
+    store = OpenSearchStore(
+        settings.opensearch_url, settings.opensearch_index, hnsw=hnsw, shards=shards
+    )
     store.ensure_index(dim)
+    extra = dict(index_settings or {})
     if refresh is not None:
-        store.client.indices.put_settings(
-            index=store.index, body={"index": {"refresh_interval": refresh}}
-        )
+        extra["refresh_interval"] = refresh
+    if extra:
+        store.client.indices.put_settings(index=store.index, body={"index": extra})
     node_pids = _node_pids(store)
     node_cpu0 = sum(_cpu_seconds(p) or 0.0 for p in node_pids)
     env = settings_environ(settings)
@@ -317,6 +324,8 @@ def _sink_phase(
     store_bytes = int(size["_all"]["primaries"]["store"]["size_in_bytes"])
     return {
         "sinks": sinks,
+        "shards": shards,
+        "index_settings": dict(index_settings or {}),
         "hnsw": asdict(hnsw),
         "segments": segments(store),
         "refresh_interval": refresh or "1s",
@@ -369,6 +378,8 @@ def bench_serve(
     refresh: str | None = None,
     hnsw: HnswParams | None = None,
     efs: Sequence[int] = (),
+    shards: int = 1,
+    index_settings: Mapping[str, str] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Measure both user stores on the same synthetic users (see the module docstring)."""
@@ -404,8 +415,9 @@ def bench_serve(
         store = None
         if "opensearch" in stores:
             sink_res, store = _sink_phase(
-                s, n_users, sinks, logs, dim=dim, refresh=refresh, hnsw=hnsw or HnswParams()
-            )
+                s, n_users, sinks, logs, dim=dim, refresh=refresh, hnsw=hnsw or HnswParams(),
+                shards=shards, index_settings=index_settings,
+            )  # fmt: skip
             res["opensearch"] = {"sink": sink_res}
             # the GETs and queries below measure a settled index (merges after the load done)
             res["opensearch"]["merges_wait_s"] = wait_merges(store)

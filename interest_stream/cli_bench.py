@@ -198,6 +198,11 @@ def bench_index_cmd(users: int, dim: int, as_json: bool) -> None:
 @click.option("--ef-sweep", default="",
               help="Comma-separated ef_search values: recall@100 and latency of each, per "
               "horizon, straight against the cluster.")  # fmt: skip
+@click.option("--shards", type=click.IntRange(min=1), default=1,
+              help="Primary shards of the OpenSearch index.")  # fmt: skip
+@click.option("--index-setting", "index_settings", multiple=True,
+              help="More index settings as key=value, set before the sinks start (e.g. "
+              "knn.advanced.approximate_threshold=10000); repeatable.")  # fmt: skip
 @bootstrap_option
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the JSON here.")
 @json_option
@@ -213,6 +218,8 @@ def bench_serve_cmd(
     refresh: str | None,
     hnsw: str,
     ef_sweep: str,
+    shards: int,
+    index_settings: tuple[str, ...],
     bootstrap: str | None,
     out: Path | None,
     as_json: bool,
@@ -231,7 +238,8 @@ def bench_serve_cmd(
         res = bench_serve(
             s, stores=stores, n_users=users, dim=dim, rate=rate, seconds=seconds,
             queries=queries, sinks=sinks, probes=probes, refresh=refresh,
-            hnsw=HnswParams.parse(hnsw) if hnsw else None, efs=efs,
+            hnsw=HnswParams.parse(hnsw) if hnsw else None, efs=efs, shards=shards,
+            index_settings={k: v for k, _, v in (kv.partition("=") for kv in index_settings)},
         )  # fmt: skip
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
