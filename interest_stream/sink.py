@@ -300,8 +300,8 @@ class OpenSearchSink:
         start, docs/RESULTS.md "Serving from OpenSearch", third pass). Uses kafka-python's
         internals when present (pinned in constraints.txt); without them, nothing waits.
         """
-        coord = getattr(consumer, "_coordinator", None)
-        cluster = getattr(consumer, "_cluster", None)
+        coord: Any = getattr(consumer, "_coordinator", None)
+        cluster: Any = getattr(consumer, "_cluster", None)
         if not hasattr(coord, "_metadata_snapshot") or not hasattr(cluster, "request_update"):
             return
         topic = self.settings.output_topic
