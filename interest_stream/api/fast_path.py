@@ -12,30 +12,36 @@ route's label like every other request.
 
 from __future__ import annotations
 
-import json
 import re
 import time
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
+import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from interest_stream.api.routes_users import recommend
 from interest_stream.api.state import ApiState
 from interest_stream.core.records import HORIZONS
 
-__all__ = ["FastRecommendations", "fast_params"]
+__all__ = ["ROUTE", "FastRecommendations", "fast_params", "parse_recommendations", "send_json"]
+
+Parsed = tuple[dict[str, Any], bool, int]
+"""(the route's arguments, explain, explain_events)"""
 
 _PREFIX: Final = "/v1/users/"
 _SUFFIX: Final = "/recommendations"
-_ROUTE: Final = "/v1/users/{user_id}/recommendations"
+ROUTE: Final = "/v1/users/{user_id}/recommendations"
 _INT = re.compile(r"[1-9][0-9]{0,5}")
+_BOOL: Final = {"true": True, "1": True, "false": False, "0": False}
 _KNOWN: Final = frozenset({"k", "horizon", "exclude", "rank", "explain", "explain_events"})
 
 
-def fast_params(path: str, query: bytes, max_k: int) -> dict[str, Any] | None:
-    """The route's arguments when the request is plainly valid, else ``None`` (the app
-    then parses it: its answers, 422s included, stay the reference)."""
+def parse_recommendations(path: str, query: bytes, max_k: int) -> Parsed | None:
+    """The route's arguments, ``explain`` and ``explain_events`` (default 3) of a plainly
+    valid ``/recommendations`` request, else ``None`` (the app then parses it: its answers,
+    422s included, stay the reference)."""
     user_id = path[len(_PREFIX) : -len(_SUFFIX)]
     if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)) or not 1 <= len(user_id) <= 128:
         return None
@@ -45,6 +51,7 @@ def fast_params(path: str, query: bytes, max_k: int) -> dict[str, Any] | None:
         return None  # a repeated parameter
     out: dict[str, Any] = {"user_id": user_id, "k": 10, "horizon": "blend", "exclude": None,
                            "rank": None}  # fmt: skip
+    explain, events = False, 3
     for key, value in got.items():
         if key == "k":
             if not _INT.fullmatch(value) or int(value) > max_k:
@@ -61,11 +68,36 @@ def fast_params(path: str, query: bytes, max_k: int) -> dict[str, Any] | None:
         elif key == "exclude":
             out["exclude"] = value
         elif key == "explain":
-            if value not in ("false", "0"):
+            if value not in _BOOL:
                 return None
+            explain = _BOOL[value]
         elif not _INT.fullmatch(value) or int(value) > 20:  # explain_events: 1..20
             return None
-    return out
+        else:
+            events = int(value)
+    return out, explain, events
+
+
+def fast_params(path: str, query: bytes, max_k: int) -> dict[str, Any] | None:
+    """The route's arguments of a plainly valid request without an explanation, else
+    ``None`` (see :func:`parse_recommendations`)."""
+    got = parse_recommendations(path, query, max_k)
+    return got[0] if got is not None and not got[1] else None
+
+
+async def send_json(
+    send: Send, status: int, body: Any, headers: Mapping[str, str] | None = None
+) -> None:
+    """Send a whole JSON answer (the lean paths' response, without Starlette's)."""
+    raw = orjson.dumps(body)
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-length", str(len(raw)).encode()),
+                    (b"content-type", b"application/json"), *extra],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": raw})
 
 
 class FastRecommendations:
@@ -98,13 +130,6 @@ class FastRecommendations:
         await self.app(scope, receive, send)
 
     async def _answer(self, send: Send, out: dict[str, Any], start: float) -> None:
-        body = json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        await send({
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-length", str(len(body)).encode()),
-                        (b"content-type", b"application/json")],
-        })  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 200, out)
         ms = (time.perf_counter() - start) * 1000.0
-        self.state.metrics.latency.labels("GET", _ROUTE, "200").observe(ms)
+        self.state.metrics.latency.labels("GET", ROUTE, "200").observe(ms)
