@@ -285,12 +285,18 @@ class InterestEncoder(nn.Module):
         tokens = self.short_in(emb) + self.short_age(self._age_bucket(batch.age_s))
         pos = torch.arange(width + 1, device=tokens.device).unsqueeze(0).expand(b, -1)
         hidden = self._run_bert(self.short_bert, self.short_summary, tokens, batch.types, pos, mask)
+        return self.short_head(hidden, emb, mask, batch.lengths)
+
+    def short_head(self, hidden: Tensor, emb: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        """The short vector from the short BERT's output (summary token first): the
+        summary's projection plus the copy attention over the window's item embeddings
+        ``emb [B, L, dim]``; an empty window gets the learned "no history" vector."""
         h_sum, h_tok = hidden[:, 0], hidden[:, 1:]
         score = self.short_copy_score(h_tok).squeeze(-1).masked_fill(~mask, -1e9)
         attn = torch.softmax(score, dim=-1) * mask
         copy = torch.einsum("bl,bld->bd", attn, emb)
         out = self.short_out(h_sum) + self.short_copy_gain * copy
-        empty = (batch.lengths == 0).unsqueeze(-1)
+        empty = (lengths == 0).unsqueeze(-1)
         return torch.where(empty, self.short_empty.expand_as(out), out)
 
     def long_prefix_vectors(

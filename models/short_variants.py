@@ -106,13 +106,8 @@ def _forward(
     tt = torch.cat([torch.zeros(b, 1, dtype=types.dtype), types], dim=1)
     keys = torch.cat([torch.ones(b, 1, dtype=torch.bool), mask], dim=1)
     hidden = _bert(enc.short_bert, x, tt, torch.arange(width + 1)[None], keys)
-    h_sum, h_tok = hidden[:, 0], hidden[:, 1:]
-    score = enc.short_copy_score(h_tok).squeeze(-1).masked_fill(~mask, -1e9)
-    attn = torch.softmax(score, dim=-1) * mask
-    copy = torch.einsum("bl,bld->bd", attn, emb)
-    vec: Tensor = enc.short_out(h_sum) + enc.short_copy_gain * copy
-    empty = (lengths == 0).unsqueeze(-1)
-    return torch.where(empty, enc.short_empty.expand_as(vec), vec)
+    vec: Tensor = enc.short_head(hidden, emb, mask, lengths)
+    return vec
 
 
 def _bert(bert: Any, x: Tensor, types: Tensor, positions: Tensor, keys: Tensor) -> Tensor:
