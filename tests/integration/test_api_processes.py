@@ -14,7 +14,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -75,6 +77,27 @@ def _start(settings: Settings, tmp_path: Path) -> tuple[subprocess.Popen[bytes],
     return proc, f"http://127.0.0.1:{port}", log
 
 
+@contextmanager
+def _two_processes(settings: Settings, tmp_path: Path) -> Iterator[Service]:
+    """The service with its two API processes up; killed at the end if still running."""
+    proc, url, log = _start(settings, tmp_path)
+    try:
+        _wait(lambda: len(_children(proc.pid)) >= 2, "two API processes", log)
+        yield Service(proc, url, log, _children(proc.pid))
+    finally:
+        _stop(proc)
+
+
+@dataclass
+class Service:
+    """A running ``serve`` parent, its URL, its log and its API processes."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+    kids: list[int]
+
+
 def _wait(cond: Callable[[], bool], what: str, log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,16 +113,14 @@ def _wait(cond: Callable[[], bool], what: str, log: Path, timeout: float = 60.0)
 def test_two_api_processes_share_the_port(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    proc, url, log = _start(make_settings(), tmp_path)
-    try:
-        _wait(lambda: len(_children(proc.pid)) >= 2, "two API processes", log)
-        kids = _children(proc.pid)
+    with _two_processes(make_settings(), tmp_path) as svc:
+        proc, url, kids = svc.proc, svc.url, svc.kids
 
         def ready_everywhere() -> bool:  # fresh connections: either process may accept
             return all(httpx.get(f"{url}/readyz", timeout=5).status_code == 200
                        for _ in range(8))  # fmt: skip
 
-        _wait(ready_everywhere, "both replicas ready", log)
+        _wait(ready_everywhere, "both replicas ready", svc.log)
         for i in range(USERS):  # each on a new connection, whichever process takes it
             r = httpx.get(f"{url}/v1/users/u{i}/recommendations?k=3", timeout=5)
             assert r.status_code == 200, r.text
@@ -107,29 +128,23 @@ def test_two_api_processes_share_the_port(
         assert _children(proc.pid) == kids
         assert len(kids) == 2
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log.read_text(errors="replace")
+        assert proc.wait(30) == 0, svc.log.read_text(errors="replace")
         assert not any(Path(f"/proc/{k}").exists() and _alive(k) for k in kids)
-    finally:
-        _stop(proc)
 
 
 def test_one_process_dying_stops_the_service(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    proc, url, log = _start(make_settings(), tmp_path)
-    try:
-        _wait(lambda: len(_children(proc.pid)) >= 2, "two API processes", log)
-        kids = _children(proc.pid)
-        _wait(lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200, "ready", log)
-        os.kill(kids[0], signal.SIGKILL)
+    with _two_processes(make_settings(), tmp_path) as svc:
+        _wait(lambda: httpx.get(f"{svc.url}/readyz", timeout=5).status_code == 200, "ready",
+              svc.log)  # fmt: skip
+        os.kill(svc.kids[0], signal.SIGKILL)
         try:
-            code = proc.wait(30)
+            code = svc.proc.wait(30)
         except subprocess.TimeoutExpired:
-            raise AssertionError(log.read_text(errors="replace")) from None
+            raise AssertionError(svc.log.read_text(errors="replace")) from None
         assert code != 0  # the supervisor (systemd, Kubernetes) starts it again
-        assert not any(Path(f"/proc/{k}").exists() and _alive(k) for k in kids)
-    finally:
-        _stop(proc)
+        assert not any(Path(f"/proc/{k}").exists() and _alive(k) for k in svc.kids)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -151,12 +166,7 @@ def _alive(pid: int) -> bool:
 def test_processes_stop_when_the_parent_is_killed(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    proc, _url, log = _start(make_settings(), tmp_path)
-    try:
-        _wait(lambda: len(_children(proc.pid)) >= 2, "two API processes", log)
-        kids = _children(proc.pid)
-        proc.kill()  # SIGKILL: the parent cannot stop them; they notice it is gone
-        proc.wait(10)
-        _wait(lambda: not any(_alive(k) for k in kids), "the orphans to stop", log)
-    finally:
-        _stop(proc)
+    with _two_processes(make_settings(), tmp_path) as svc:
+        svc.proc.kill()  # SIGKILL: the parent cannot stop them; they notice it is gone
+        svc.proc.wait(10)
+        _wait(lambda: not any(_alive(k) for k in svc.kids), "the orphans to stop", svc.log)
