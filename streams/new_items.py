@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,7 +71,8 @@ class NewItemPublisher:
         publish: Coroutine producing ``(key, value)`` records to the item-vectors topic.
         params: The estimator's knobs.
         interval_s: Least seconds between two publications.
-        max_users: Bound of the per-user "events already seen" marks (LRU).
+        max_users: Bound of the per-user "seen in this process" marks (LRU): a user's
+            first window after a start (or after the mark fell out) is counted whole.
         on_inputs: Called after each publication with the published items and their
             estimated input embeddings (the worker's encoder takes them as input).
         known_inputs: Returns the current checkpoint's items and their input embeddings
@@ -94,7 +96,7 @@ class NewItemPublisher:
         self._publish = publish
         self.interval_s = interval_s
         self._max_users = max_users
-        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._seen: OrderedDict[str, None] = OrderedDict()
         self._dirty: set[str] = set()
         self._last = 0.0
         self.published = 0
@@ -124,20 +126,29 @@ class NewItemPublisher:
         return out
 
     def observe(self, windows: Mapping[str, BehaviorWindow]) -> None:
-        """Count the pairs of the events each window gained since it was last observed."""
+        """Count the pairs of the events each window gained in the worker's batch.
+
+        The new events are the window's ``fresh`` record (the worker records each batch):
+        an event that arrived after later-dated ones (another topic, a late producer) is
+        found where it sits in the time-ordered history and paired with its neighbours
+        on both sides, so what is counted does not depend on the order of arrival. A user
+        not seen before in this process has the whole window counted (the estimator's
+        state is in memory: this rebuilds it after a restart).
+        """
+        span = self.estimator.params.window
         for user, w in windows.items():
-            before = self._seen.pop(user, None)
-            self._seen[user] = w.version
+            first = user not in self._seen
+            self._seen[user] = None
+            self._seen.move_to_end(user)
             if len(self._seen) > self._max_users:
                 self._seen.popitem(last=False)
-            n = len(w.items)
-            fresh = n if before is None else max(0, min(n, w.version - before))
-            if fresh == 0:
+            new = list(range(len(w.items))) if first else _positions(w)
+            if not new:
                 continue
-            # only the new events and the `window` before them can pair: not the whole window
-            start = max(0, n - fresh - self.estimator.params.window)
-            tail = [(w.items[k], _type_name(w.types[k]), w.times[k]) for k in range(start, n)]
-            self._dirty |= self.estimator.observe(tail, range(n - fresh - start, n - start))
+            # only the new events and `window` events around them can pair
+            start, end = max(0, new[0] - span), min(len(w.items), new[-1] + span + 1)
+            tail = [(w.items[k], _type_name(w.types[k]), w.times[k]) for k in range(start, end)]
+            self._dirty |= self.estimator.observe(tail, [p - start for p in new], later=True)
 
     def follow(self, model_version: str) -> bool:
         """Reload the folder once when the worker's model became ``model_version``."""
@@ -207,6 +218,19 @@ class NewItemPublisher:
         if self.on_inputs is not None and got.inp.shape[1] > 0:
             await self.on_inputs(got.ids, got.inp)
         return len(out)
+
+
+def _positions(w: BehaviorWindow) -> list[int]:
+    """Positions in ``w``'s history of its ``fresh`` events, ascending (those already
+    dropped from the bounded history are left out)."""
+    taken: set[int] = set()
+    for ts, item, code in w.fresh or ():
+        lo, hi = bisect_left(w.times, ts), bisect_right(w.times, ts)
+        for p in range(hi - 1, lo - 1, -1):  # ties: the newest insert is the rightmost
+            if p not in taken and w.items[p] == item and w.types[p] == code:
+                taken.add(p)
+                break
+    return sorted(taken)
 
 
 def _codes(cfg: Mapping[str, object]) -> tuple[int, int] | None:

@@ -149,6 +149,10 @@ class BehaviorWindow:
         event_time: Newest applied event time (ms), 0 before the first event.
         offsets: Last processed source offset per ``"topic:partition"``.
         recent_ids: Digests of the latest event ids, oldest first.
+        fresh: ``(ts, item_id, type_code)`` of the events inserted since the owner began
+            recording (it sets ``[]``; ``None``: not recording). Not serialized: the
+            worker records one batch so that its hook knows which events are new even
+            when they arrived out of time order (streams/new_items.py).
     """
 
     user_id: str
@@ -163,6 +167,7 @@ class BehaviorWindow:
     event_time: int = 0
     offsets: dict[str, int] = field(default_factory=dict)
     recent_ids: list[bytes] = field(default_factory=list)
+    fresh: list[tuple[int, str, int]] | None = None
 
     def view(self) -> BehaviorWindow:
         """A copy of what encoding and records read (history, counts, version).
@@ -257,6 +262,8 @@ class BehaviorWindow:
         ts = event.ts
         code = _TYPE_CODE[event.event_type]
         pos = bisect_right(self.times, ts)
+        if self.fresh is not None:
+            self.fresh.append((ts, event.item_id, code))
         self.times.insert(pos, ts)
         self.items.insert(pos, event.item_id)
         self.types.insert(pos, code)

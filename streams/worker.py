@@ -306,6 +306,9 @@ class WindowWorker:
             await self._call_forget_hook(res.forgotten)
         if self.on_batch is not None and res.windows:
             await self._call_hook(res.windows)
+        for slot in touched.values():
+            if slot.window is not None:
+                slot.window.fresh = None  # recorded for this batch's hook only
         self.store.committable.update(batch_pos)
         return res
 
@@ -352,12 +355,16 @@ class WindowWorker:
                 return
             forgotten = self.store.load_forgotten(event.user_id, ev)
             slot = Touched(window, ev, forgotten=forgotten)
+            if window is not None:
+                window.fresh = None  # nothing left over from a batch that failed
             touched[(msg.partition, event.user_id)] = slot
         if slot.forgotten is not None and ts_ms(msg) < slot.forgotten.at_ms:
             res.forgotten_events += 1  # pre-forget data: never applied
             return
         if slot.window is None:  # forgotten earlier in this batch: a new life
             slot.window = BehaviorWindow(event.user_id, self.config)
+        if slot.window.fresh is None:  # the batch hook's new events (streams/new_items.py)
+            slot.window.fresh = []
         if slot.window.apply(event, msg.topic, msg.partition, msg.offset):
             slot.applied += 1
             res.applied += 1

@@ -170,34 +170,53 @@ class NewItemEstimator:
             self.category[item] = str(category)
             self._cache.pop(item, None)
 
-    def observe(self, history: Sequence[Sequence[Any]], new: Iterable[int]) -> set[str]:
+    def observe(
+        self, history: Sequence[Sequence[Any]], new: Iterable[int], later: bool = False
+    ) -> set[str]:
         """Count the pairs of the events at positions ``new`` with the events before them.
 
         Args:
             history: One user's events ``(item_id, event_type, ts)``, oldest first
                 (the window after the new events were applied).
             new: Positions in ``history`` of the events not observed before.
+            later: Also pair each new event with the events up to ``window`` after it
+                that are not new (an event that arrived after later-dated ones were
+                observed sits in the middle of the history: the live worker's case).
+                Each pair with at least one new event is then counted once.
 
         Returns:
             The new items whose evidence changed.
         """
-        p, known = self.params, self.known
+        p = self.params
         touched: set[str] = set()
-        for pos in new:
-            item_b, type_b = str(history[pos][0]), str(history[pos][1])
-            b_new = item_b not in known
+        positions = sorted(set(new))
+        fresh = set(positions) if later else set()
+        n = len(history)
+        for pos in positions:
             for j in range(max(0, pos - p.window), pos):
-                item_a, type_a = str(history[j][0]), str(history[j][1])
-                if item_a == item_b or (item_a not in known) == b_new:
-                    continue  # the same item, both known or both new: nothing to learn
-                decay = p.decay ** (pos - j - 1)
-                if b_new:
-                    self._add(item_b, item_a, PAIR_TYPE_WEIGHTS.get(type_a, 1.0) * decay)
-                    touched.add(item_b)
-                else:
-                    self._add(item_a, item_b, PAIR_TYPE_WEIGHTS.get(type_b, 1.0) * decay)
-                    touched.add(item_a)
+                self._pair(history[j], history[pos], pos - j, touched)
+            if later:
+                for j in range(pos + 1, min(n, pos + p.window + 1)):
+                    if j not in fresh:
+                        self._pair(history[pos], history[j], j - pos, touched)
         return touched
+
+    def _pair(
+        self, first: Sequence[Any], second: Sequence[Any], dist: int, touched: set[str]
+    ) -> None:
+        """Count one pair of events ``dist`` apart (``first`` the earlier one)."""
+        item_a, type_a = str(first[0]), str(first[1])
+        item_b, type_b = str(second[0]), str(second[1])
+        b_new = item_b not in self.known
+        if item_a == item_b or (item_a not in self.known) == b_new:
+            return  # the same item, both known or both new: nothing to learn
+        decay = self.params.decay ** (dist - 1)
+        if b_new:
+            self._add(item_b, item_a, PAIR_TYPE_WEIGHTS.get(type_a, 1.0) * decay)
+            touched.add(item_b)
+        else:
+            self._add(item_a, item_b, PAIR_TYPE_WEIGHTS.get(type_b, 1.0) * decay)
+            touched.add(item_a)
 
     def _add(self, item: str, known_item: str, w: float) -> None:
         ev = self.evidence.setdefault(item, {})

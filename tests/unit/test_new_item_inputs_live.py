@@ -57,6 +57,7 @@ def test_the_publisher_feeds_estimated_inputs_that_the_child_encodes(checkpoint:
             on_inputs=on_inputs, known_inputs=enc.known_item_inputs,
         )  # fmt: skip
         w = BehaviorWindow("u1", WindowConfig())
+        w.fresh = []  # one batch, recorded as the worker does
         seq = [known[0], known[1], "new-1", known[2], "new-2", known[3]]
         for k, item in enumerate(seq):
             w.apply(Event("u1", item, EVENT_TYPES[0], T0 + k), "events.view", 0, k)
