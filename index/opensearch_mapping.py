@@ -18,12 +18,14 @@ from interest_stream.index.errors import VectorIndexError
 
 __all__ = [
     "READ_EXCLUDES",
+    "RECENT_MAPPING",
     "VECTOR_FIELDS",
     "Engine",
     "HnswParams",
     "WriteOutcome",
     "index_body",
     "ip_from_score",
+    "missing_mapping",
     "outcome",
     "record_from_source",
     "vector_json",
@@ -34,6 +36,13 @@ Engine = Literal["faiss", "lucene"]
 VECTOR_FIELDS: Final[tuple[str, ...]] = HORIZONS
 #: What a read of a user leaves out of ``_source`` (the record needs none of it).
 READ_EXCLUDES: Final = "blend,life,kp,tomb,blend_weight"
+#: The record's ``recent`` events (``[[item_id, event_type, ts], ...]``, the re-ranker's
+#: own-touch input): kept in ``_source`` only, never parsed into the index (``enabled``
+#: false: no field, no doc values, no mapping of its mixed-type arrays). An index created
+#: before the field existed gets it added by :func:`missing_mapping` (a writer's
+#: ``ensure_index``); its older documents have no ``recent`` and are served with the
+#: vector ranking, as the in-process store serves records without it.
+RECENT_MAPPING: Final[dict[str, Any]] = {"recent": {"type": "object", "enabled": False}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +142,7 @@ def index_body(
                 "model_version": {"type": "keyword"},
                 "recent_items": stored,
                 "purchased": stored,
+                **RECENT_MAPPING,
                 "blend_weight": {"type": "float", "index": False},
                 **{name: vector for name in VECTOR_FIELDS},
                 "life": {"type": "long"},
@@ -142,6 +152,22 @@ def index_body(
             },
         },
     }
+
+
+def missing_mapping(props: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored-only fields an existing index's mapping ``props`` lacks (added by writers).
+
+    A ``strict`` index created by an older version refuses documents with a field it
+    does not map; adding a field to a mapping is allowed at any time.
+    """
+    return {name: spec for name, spec in RECENT_MAPPING.items() if name not in props}
+
+
+def _recent(value: Any) -> tuple[tuple[str, str, int], ...]:
+    """The stored ``recent`` events as the record's tuples (empty when absent)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple((str(e[0]), str(e[1]), int(e[2])) for e in value)
 
 
 def vector_list(values: npt.NDArray[np.float32]) -> list[float]:
@@ -192,4 +218,5 @@ def record_from_source(src: Mapping[str, Any]) -> UserRecord:
         recent_items=tuple(src.get("recent_items", ())),
         purchased=tuple(src.get("purchased", ())),
         produced_at=_opt_int(src.get("produced_at")),
+        recent=_recent(src.get("recent")),
     )

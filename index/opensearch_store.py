@@ -1,7 +1,8 @@
 """The user store in OpenSearch: one document per user, versioned by the engine.
 
 Document ``_id`` = ``user_id``; fields: the record's metadata (version, times, model
-version, recent items, purchases), ``short``/``long``/``blend`` as ``knn_vector``
+version, recent items, purchases, the ``recent`` events the re-ranker reads: stored in
+``_source``, not indexed), ``short``/``long``/``blend`` as ``knn_vector``
 (inner product, HNSW), and the versioning fields ``life``, ``kp``, ``tomb``,
 ``deleted``. Writes use external versions (``version_type=external_gte``): the
 engine keeps the highest and drops stale or replayed writes. The external version
@@ -35,6 +36,7 @@ from interest_stream.index.opensearch_mapping import (
     WriteOutcome,
     index_body,
     ip_from_score,
+    missing_mapping,
     outcome,
     record_from_source,
     vector_json,
@@ -149,10 +151,13 @@ class OpenSearchStore:
         self.client.close()
 
     # ------------------------------------------------------------------ index
-    def ensure_index(self, dim: int | None) -> int | None:
+    def ensure_index(self, dim: int | None, *, upgrade: bool | None = None) -> int | None:
         """Create the index for ``dim`` if missing; return the index's dimension.
 
         With ``dim=None`` only an existing index's dimension is read (``None`` if none).
+        ``upgrade`` (default: whether ``dim`` is given, i.e. a writer): an existing
+        index of an older version gets the stored-only fields it lacks (``recent``;
+        :func:`missing_mapping`), so that this version's documents are accepted.
 
         Raises:
             DimensionMismatch: The index exists with another dimension.
@@ -185,6 +190,13 @@ class OpenSearchStore:
                 expected=have,
                 got=dim,
             )
+        add = missing_mapping(props) if (dim is not None if upgrade is None else upgrade) else {}
+        if add:  # an index of an older sink: the writer adds the stored-only fields
+            try:
+                self.client.indices.put_mapping(index=self.index, body={"properties": add})
+            except OpenSearchException as exc:
+                raise StoreUnavailable(f"OpenSearch index {self.index}: {exc}") from exc
+            logger.info("OpenSearch index %s: added the field(s) %s", self.index, sorted(add))
         self.dim = have
         return have
 
@@ -205,6 +217,7 @@ class OpenSearchStore:
             "model_version": rec.model_version,
             "recent_items": list(rec.recent_items),
             "purchased": list(rec.purchased),
+            "recent": rec.recent,
             "blend_weight": self.blend_weight,
             "life": up.life.base if up.life else 0,
             "kp": up.partition,

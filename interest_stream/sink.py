@@ -134,7 +134,9 @@ class OpenSearchSink:
     def _ensure_index(self, dim: int | None) -> None:
         if self._index_ready:
             return
-        have = self._retry("creating the index", lambda: self.store.ensure_index(dim))
+        have = self._retry(  # an index of an older sink gets the fields it lacks
+            "creating the index", lambda: self.store.ensure_index(dim, upgrade=True)
+        )
         if have is not None:
             self.dim = have
             self._index_ready = True

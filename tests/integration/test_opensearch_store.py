@@ -10,8 +10,10 @@ single reads and fail over to the next node.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from interest_stream.core.kafka import free_port
 from interest_stream.core.records import UserRecord
 from interest_stream.index.errors import StoreUnavailable, UnknownId
 from interest_stream.index.opensearch_async import AsyncGetter
+from interest_stream.index.opensearch_mapping import index_body
 from interest_stream.index.opensearch_store import Life, OpenSearchStore, Upsert
 from interest_stream.index.opensearch_users import OpenSearchUsers
 
@@ -49,6 +52,7 @@ def _rec(uid: str, version: int, rng: np.random.Generator) -> UserRecord:
         model_version="m1",
         recent_items=("i1", "i2"),
         purchased=("i2",),
+        recent=(("i1", "view", 1_700_000_000_000), ("i2", "purchase", 1_700_000_000_000 + version)),
     )
 
 
@@ -61,8 +65,54 @@ def _same(a: UserRecord | None, b: UserRecord) -> bool:
         and np.array_equal(a.long, b.long)
         and (a.event_time, a.updated_at, a.model_version)
         == (b.event_time, b.updated_at, b.model_version)
-        and (a.recent_items, a.purchased) == (b.recent_items, b.purchased)
+        and (a.recent_items, a.purchased, a.recent) == (b.recent_items, b.purchased, b.recent)
     )
+
+
+def test_recent_events_are_kept_and_an_older_index_gets_their_field(
+    store: OpenSearchStore,
+) -> None:
+    """The re-ranker's ``recent`` events round-trip (stored, not indexed); an index created
+    without the field (an older sink's) refuses them until a writer adds it, and its older
+    documents read back without events."""
+    rng = np.random.default_rng(9)
+    old = index_body(DIM)
+    old["mappings"]["properties"].pop("recent")
+    store.client.indices.create(index=store.index, body=old)
+    store.dim = DIM
+    first = _rec("a", 1, rng)
+    plain = json.loads(store._doc(Upsert(first, 0, 0)))
+    plain.pop("recent")
+    store.client.index(index=store.index, id="a", body=plain,
+                       params={"version": 1, "version_type": "external_gte"})  # fmt: skip
+    got = store.get("a")
+    assert got is not None and got.recent == () and got.version == 1
+    rec = _rec("b", 2, rng)
+    (refused,) = store.write([Upsert(rec, 0, 1)])  # strict mapping: no such field
+    assert refused.result == "failed" and "strict" in refused.reason, refused
+    assert store.ensure_index(None) == DIM  # a reader does not touch the mapping
+    assert (
+        "recent"
+        not in store.client.indices.get_mapping(index=store.index)[store.index]["mappings"][
+            "properties"
+        ]
+    )
+    assert store.ensure_index(DIM) == DIM  # a writer adds the field
+    props = store.client.indices.get_mapping(index=store.index)[store.index]["mappings"]
+    assert props["properties"]["recent"] == {"type": "object", "enabled": False}
+    assert [o.result for o in store.write([Upsert(rec, 0, 1)])] == ["applied"]
+    assert _same(store.get("b"), rec) and _same(store.get("a"), replace(first, recent=()))
+    users = OpenSearchUsers(store, getter=AsyncGetter(store.hosts, store.index))
+
+    async def read() -> list[UserRecord]:
+        return list(await asyncio.gather(users.aget("b"), users.aget("a")))
+
+    b, a = asyncio.run(read())
+    assert _same(b, rec) and b.recent == rec.recent and a.recent == ()
+    # not indexed: no query can find a user by a recent item
+    store.refresh()
+    hits = store.client.search(index=store.index, body={"query": {"term": {"recent": "i1"}}})
+    assert hits["hits"]["total"]["value"] == 0
 
 
 def test_store_versions_forget_and_audience(store: OpenSearchStore) -> None:

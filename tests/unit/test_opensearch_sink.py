@@ -49,7 +49,7 @@ class FakeStore:
         self.fail_users: set[str] = set()
         self.dim: int | None = None
 
-    def ensure_index(self, dim: int | None) -> int | None:
+    def ensure_index(self, dim: int | None, *, upgrade: bool | None = None) -> int | None:
         self.dim = self.dim or dim
         return self.dim
 
