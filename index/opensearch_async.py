@@ -15,13 +15,13 @@ client does); anything else is an answer.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
 
 import aiohttp
+import orjson
 
 from interest_stream.index.errors import StoreUnavailable
 
@@ -143,7 +143,7 @@ class AsyncGetter:
     async def _mget(self, ids: list[str]) -> dict[str, Any]:
         """``{id: source | None | StoreUnavailable}`` of one ``_mget`` (with failover)."""
         session = self._client()
-        body = json.dumps({"ids": ids}, ensure_ascii=False).encode()
+        body = orjson.dumps({"ids": ids})
         headers = {"Content-Type": "application/json"}
         last = ""
         for attempt in range(self.retries + 1):
@@ -165,7 +165,9 @@ class AsyncGetter:
                 return dict.fromkeys(ids)
             if status != 200:
                 raise StoreUnavailable(f"_mget of {len(ids)} users: HTTP {status}: {raw[:300]!r}")
-            return {doc["_id"]: _doc_source(doc) for doc in json.loads(raw)["docs"]}
+            # orjson: the whole _source of every user of the batch (two or three 192-d
+            # vectors each) parsed at ~1/5 of json.loads' CPU, to the same floats
+            return {doc["_id"]: _doc_source(doc) for doc in orjson.loads(raw)["docs"]}
         raise StoreUnavailable(f"_mget of {len(ids)} users failed on every node: {last}")
 
     async def aclose(self) -> None:

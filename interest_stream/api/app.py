@@ -29,6 +29,7 @@ from interest_stream.api.dashboard import LiveHistory, dashboard_router
 from interest_stream.api.errors import install_error_handlers
 from interest_stream.api.explain import ExplainAdmission, WorkerDirectory, worker_urls
 from interest_stream.api.explain_fast import FastExplain
+from interest_stream.api.fast_interest import FastInterest
 from interest_stream.api.fast_path import FastRecommendations
 from interest_stream.api.forget import ForgetHook, KafkaPublisher, Publisher, worker_forget_hook
 from interest_stream.api.item_consumer import ItemVectorsConsumer
@@ -231,6 +232,7 @@ def _make_app(state: ApiState, fast_path: bool = True) -> FastAPI:
     )
     if fast_path:  # outermost: plain /recommendations requests skip the stack below
         app.add_middleware(FastRecommendations, state=state)
+        app.add_middleware(FastInterest, state=state)  # and plain /interest ones (.fast_interest)
     for router in (users_router(state), items_router(state), admin_router(state),
                    ops_router(state), dashboard_router(state, history)):  # fmt: skip
         app.include_router(router)
