@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +34,7 @@ __all__ = [
     "blank",
     "changelog_records",
     "dlq_value",
+    "stop_recording",
     "ts_ms",
 ]
 
@@ -92,6 +93,17 @@ class Touched:
     applied: int = 0
     forgotten: Forgotten | None = None
     forgotten_dirty: bool = False
+
+    def __post_init__(self) -> None:
+        if self.window is not None:  # the batch's hook learns which events are new
+            self.window.fresh = []  # (BehaviorWindow.fresh; streams/new_items.py)
+
+
+def stop_recording(touched: Iterable[Touched]) -> None:
+    """After a batch's hooks: its windows stop recording the events inserted into them."""
+    for slot in touched:
+        if slot.window is not None:
+            slot.window.fresh = None
 
 
 def blank(window: BehaviorWindow) -> bool:

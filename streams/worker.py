@@ -42,6 +42,7 @@ from interest_stream.streams.batch import (
     blank,
     changelog_records,
     dlq_value,
+    stop_recording,
     ts_ms,
 )
 from interest_stream.streams.commands import command_topic
@@ -303,12 +304,10 @@ class WindowWorker:
                 self.store.remember(ck, slot.window)
         self._count(res, len(touched), started)
         if self.on_forget is not None and res.forgotten:
-            await self._call_forget_hook(res.forgotten)
+            await self._call(self.on_forget, res.forgotten, "on_forget hook failed for %d users")
         if self.on_batch is not None and res.windows:
             await self._call_hook(res.windows)
-        for slot in touched.values():
-            if slot.window is not None:
-                slot.window.fresh = None  # recorded for this batch's hook only
+        stop_recording(touched.values())
         self.store.committable.update(batch_pos)
         return res
 
@@ -355,16 +354,12 @@ class WindowWorker:
                 return
             forgotten = self.store.load_forgotten(event.user_id, ev)
             slot = Touched(window, ev, forgotten=forgotten)
-            if window is not None:
-                window.fresh = None  # nothing left over from a batch that failed
             touched[(msg.partition, event.user_id)] = slot
         if slot.forgotten is not None and ts_ms(msg) < slot.forgotten.at_ms:
             res.forgotten_events += 1  # pre-forget data: never applied
             return
         if slot.window is None:  # forgotten earlier in this batch: a new life
-            slot.window = BehaviorWindow(event.user_id, self.config)
-        if slot.window.fresh is None:  # the batch hook's new events (streams/new_items.py)
-            slot.window.fresh = []
+            slot.window = BehaviorWindow(event.user_id, self.config, fresh=[])
         if slot.window.apply(event, msg.topic, msg.partition, msg.offset):
             slot.applied += 1
             res.applied += 1
@@ -392,10 +387,6 @@ class WindowWorker:
             )
         acks = await asyncio.gather(*pending)
         st.apply_acked(self.app, records, [meta.offset for meta in acks[: len(records)]])
-
-    async def _call_forget_hook(self, users: Mapping[str, int]) -> None:
-        assert self.on_forget is not None
-        await self._call(self.on_forget, users, "on_forget hook failed for %d users")
 
     async def _call_hook(self, windows: Mapping[str, BehaviorWindow]) -> None:
         assert self.on_batch is not None
