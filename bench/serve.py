@@ -121,11 +121,22 @@ def _load_avg() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+#: An API replica without the lean paths (``create_app(fast_path=False)``): every request
+#: through FastAPI's routing and response validation (the A/B of ``lean_ab``).
+_SERVE_ROUTES_ONLY = (
+    "from interest_stream.api import serve; from interest_stream.cli_common import "
+    "cli_settings; serve(cli_settings(), fast_path=False)"
+)
+
+
 @contextmanager
 def _api(
-    settings: Settings, store: str, log: Path
+    settings: Settings, store: str, log: Path, *, fast_path: bool = True
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """An API replica (``interest-stream serve``) of ``store`` on a free port."""
+    """An API replica (``interest-stream serve``) of ``store`` on a free port.
+
+    ``fast_path=False``: the same replica without the lean paths (FastAPI answers all).
+    """
     port = free_port()
     env = settings_environ(settings)
     env.update(
@@ -134,13 +145,11 @@ def _api(
         INTEREST_LOG_LEVEL="WARNING",
     )
     env.pop("INTEREST_MODEL_DIR", None)
+    cmd = [sys.executable, "-m", "interest_stream.cli", "serve"]
+    if not fast_path:
+        cmd = [sys.executable, "-c", _SERVE_ROUTES_ONLY]
     with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "interest_stream.cli", "serve"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield f"http://127.0.0.1:{port}", proc
     finally:
@@ -381,8 +390,13 @@ def bench_serve(
     shards: int = 1,
     index_settings: Mapping[str, str] | None = None,
     seed: int = 0,
+    lean_ab: int = 0,
 ) -> dict[str, Any]:
-    """Measure both user stores on the same synthetic users (see the module docstring)."""
+    """Measure both user stores on the same synthetic users (see the module docstring).
+
+    ``lean_ab``: that many rounds of GET interest alternating between the replica and one
+    without the lean paths (:func:`_get_ab`), after the probes; 0: none.
+    """
     ns = f"bench-serve-{uuid.uuid4().hex[:8]}"
     s = settings.model_copy(
         update={
@@ -453,6 +467,13 @@ def bench_serve(
                     r["audience"] = _audience(client, url, qs, exact, k)
                 r["rss_mb_after_load"] = _rss_mb(apis[name][1].pid)
             out["write_to_searchable"] = _delay_probes(s, urls, dim, probes, seed)
+            if lean_ab:
+                for name in urls:
+                    pids = _node_pids(store) if name == "opensearch" and store else []
+                    res[name]["get_lean_ab"] = _get_ab(
+                        s, name, apis[name], logs, ids, rate=rate, seconds=seconds,
+                        rounds=lean_ab, node_pids=pids,
+                    )  # fmt: skip
         if follower is not None:
             follower.terminate()
             follower.wait(30)
@@ -462,6 +483,61 @@ def bench_serve(
     out.update(res)
     out["load_avg_end"] = _load_avg()
     return out
+
+
+def _get_ab(
+    settings: Settings,
+    name: str,
+    lean: tuple[str, subprocess.Popen[bytes]],
+    logs: Path,
+    ids: Sequence[str],
+    *,
+    rate: float,
+    seconds: float,
+    rounds: int,
+    node_pids: Sequence[int] = (),
+) -> dict[str, Any]:
+    """GET interest on the replica with the lean paths and on one without, alternating.
+
+    A second replica of ``name`` (``create_app(fast_path=False)``) beside ``lean``; then
+    ``rounds`` times a phase on each, in ABBA order (lean first in even rounds, so a drift
+    of the box's load weighs on both alike). Per phase: the load's latency, the
+    API's CPU per request (warm-up included) and, for opensearch, the nodes'.
+    """
+    phases: list[dict[str, Any]] = []
+    with _api(settings, name, logs / f"api-{name}-routes.log", fast_path=False) as route:
+        t0 = time.perf_counter()
+        _wait(lambda: _get(route[0], "/readyz") is not None, 600, f"the {name} routes-only API")
+        if name == "faiss":
+            _wait(
+                lambda: (_get(route[0], "/v1/stats") or {}).get("users", 0) >= len(ids),
+                1800,
+                "the routes-only faiss API to hold every user",
+            )
+        ready_s = round(time.perf_counter() - t0, 1)
+        for r in range(rounds):
+            order = (("lean", lean), ("routes", route))
+            for variant, (url, proc) in order if r % 2 == 0 else order[::-1]:
+                api0 = _cpu_seconds(proc.pid) or 0.0
+                node0 = sum(_cpu_seconds(p) or 0.0 for p in node_pids)
+                load0 = _load_avg()
+                got = load_phase(
+                    url, ids, ["none"], rate=rate, duration=seconds, endpoint="interest",
+                    seed=r,
+                )  # fmt: skip
+                n = got.get("requests", 0) + got.get("errors", 0) + got.get("warmup_requests", 0)
+                api = (_cpu_seconds(proc.pid) or 0.0) - api0
+                node = sum(_cpu_seconds(p) or 0.0 for p in node_pids) - node0
+                phases.append({
+                    "round": r, "variant": variant, "load_avg_start": load0,
+                    "api_cpu_ms_per_request": round(1000 * api / max(n, 1), 3),
+                    "node_cpu_ms_per_request": round(1000 * node / max(n, 1), 3)
+                    if node_pids else None,
+                    **{k: got.get(k) for k in ("requests", "errors", "throughput_rps", "p50_ms",
+                                               "p90_ms", "p99_ms", "p999_ms", "max_ms",
+                                               "client_cpu_ms_per_request")},
+                })  # fmt: skip
+    return {"routes_replica_ready_s": ready_s, "phases": phases}
 
 
 @contextmanager

@@ -203,6 +203,9 @@ def bench_index_cmd(users: int, dim: int, as_json: bool) -> None:
 @click.option("--index-setting", "index_settings", multiple=True,
               help="More index settings as key=value, set before the sinks start (e.g. "
               "knn.advanced.approximate_threshold=10000); repeatable.")  # fmt: skip
+@click.option("--lean-ab", type=click.IntRange(min=0), default=0,
+              help="Rounds of GET interest alternating between the replica and one without "
+              "the lean paths (create_app(fast_path=False)), after the probes.")  # fmt: skip
 @bootstrap_option
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the JSON here.")
 @json_option
@@ -220,6 +223,7 @@ def bench_serve_cmd(
     ef_sweep: str,
     shards: int,
     index_settings: tuple[str, ...],
+    lean_ab: int,
     bootstrap: str | None,
     out: Path | None,
     as_json: bool,
@@ -240,6 +244,7 @@ def bench_serve_cmd(
             queries=queries, sinks=sinks, probes=probes, refresh=refresh,
             hnsw=HnswParams.parse(hnsw) if hnsw else None, efs=efs, shards=shards,
             index_settings={k: v for k, _, v in (kv.partition("=") for kv in index_settings)},
+            lean_ab=lean_ab,
         )  # fmt: skip
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
