@@ -191,6 +191,8 @@ class ItemIndex:
         )  # fmt: skip
         out.config = cfg
         out.reranker = load_reranker(path, (ids, vecs))
+        if out.reranker is not None and out._scan is not None and out.reranker[1].ids == ids:
+            out.reranker[1].ids = out._scan_ids  # one list: the scan's rows are its rows
         logger.info(
             "item index: %d items, dim %d, model %s from %s%s",
             out.count(), out.dim, out.model_version, path,
@@ -329,6 +331,30 @@ class ItemIndex:
                 return hits
         ids, scores = self._index.search(query, k, exclude=exclude)
         return [(i, float(s)) for i, s in zip(ids[0], scores[0].tolist(), strict=False)]
+
+    @property
+    def checkpoint_ids(self) -> Sequence[str] | None:
+        """The checkpoint's item ids in row order (the rows :meth:`search_rows` gives),
+        ``None`` without the compressed scan."""
+        return self._scan_ids if self._scan is not None else None
+
+    def search_rows(self, query: Any, k: int) -> tuple[list[str], npt.NDArray[np.int64] | None]:
+        """The ids :meth:`search` finds (best first), and their rows in
+        :attr:`checkpoint_ids` when the compressed scan found them all (``None`` otherwise:
+        no scan, items born after the checkpoint held, or the float32 index answered).
+
+        Raises:
+            DimensionMismatch: The query has another dimension.
+            ValueError: ``k < 1`` or NaN/inf.
+        """
+        if self._scan is not None and not self._new:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ValueError(f"k must be a positive integer, got {k!r}")
+            found = self._scan.search(as_matrix(query, self.dim, what="queries")[0], k)
+            if found is not None:
+                names = self._scan_ids
+                return [names[r] for r in found[0].tolist()], found[0]
+        return [i for i, _s in self.search(query, k)], None
 
     def _scan_search(
         self, query: Any, k: int, exclude: Collection[str] | None

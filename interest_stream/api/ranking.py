@@ -13,7 +13,7 @@ from collections.abc import Collection
 import numpy as np
 
 from interest_stream.core.records import Ranking, UserRecord
-from interest_stream.core.rerank import RankedItems, candidate_ids
+from interest_stream.core.rerank import RankedItems
 from interest_stream.core.vectors import blend
 from interest_stream.index.item_index import ItemIndex
 
@@ -58,7 +58,8 @@ def rerank_candidates(
     """:func:`rerank` and the whole candidate list it scored (what ``explain=true`` sends
     the worker: ``z_blend`` is standardised over it)."""
     vec, n = rerank_query(items, rec, weight, k, exclude)
-    return rerank_top(items, rec, vec, [i for i, _s in items.search(vec, n)], k, exclude)
+    top, rows = items.search_rows(vec, n)
+    return rerank_top(items, rec, vec, top, k, exclude, rows)
 
 
 def rerank_query(
@@ -79,10 +80,17 @@ def rerank_top(
     top: list[str],
     k: int,
     exclude: Collection[str],
+    rows: np.ndarray | None = None,
 ) -> tuple[RankedItems, list[str]]:
     """The second stage: ``top`` (the search of :func:`rerank_query`, best first) and the
-    user's recent items re-scored; the ranked items and the candidate list."""
+    user's recent items re-scored; the ranked items and the candidate list.
+
+    ``rows``: ``top``'s rows in :attr:`ItemIndex.checkpoint_ids` (``search_rows``), used
+    when they are the re-ranker's rows too (it then need not look the items up).
+    """
     assert items.reranker is not None
     model, catalogue = items.reranker
-    ranked = model.rank(catalogue, rec.short, rec.long, vec, top, rec.recent, k, exclude)
-    return ranked, candidate_ids(top, rec.recent, max(model.n_candidates, len(top)))
+    if rows is not None and catalogue.ids is not items.checkpoint_ids:
+        rows = None
+    ranked = model.rank(catalogue, rec.short, rec.long, vec, top, rec.recent, k, exclude, rows)
+    return ranked, ranked.candidates

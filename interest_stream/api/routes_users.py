@@ -175,8 +175,8 @@ async def recommend(
         # only the search may leave the event loop (offload_search): FAISS releases the
         # interpreter lock there, the re-scoring in Python would fight the loop for it
         vec, n = rerank_query(items, user, weight, k, skip)
-        top = await state.search(lambda: [i for i, _s in items.search(vec, n)])
-        ranked, cand = rerank_top(items, user, vec, top, k, skip)
+        top, rows = await state.search(items.search_rows, vec, n)
+        ranked, cand = rerank_top(items, user, vec, top, k, skip, rows)
         hits = list(zip(ranked.items, ranked.scores.tolist(), strict=True))
     else:
         vec = await state.users_call(state.users.vector, user_id, horizon)

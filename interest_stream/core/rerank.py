@@ -159,6 +159,7 @@ def candidate_features(
     cand: Sequence[str],
     recent: Sequence[RecentEvent],
     hidden: Collection[str] = (),
+    rows: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[np.float64]:
     """The feature matrix ``[len(cand), len(FEATURES)]`` of one user's candidates.
 
@@ -171,6 +172,8 @@ def candidate_features(
         recent: The user's latest events, oldest first (:func:`recent_events`).
         hidden: Items treated as having no vector (training's stand-in for items born
             after the checkpoint; serving passes none).
+        rows: Each candidate's row in ``items`` (-1: none) when the caller knows them
+            (``items.rows(cand)``, which is computed otherwise); not modified.
 
     Returns:
         float64 features in :data:`FEATURES` order (see there).
@@ -179,7 +182,7 @@ def candidate_features(
     x = np.zeros((n, len(FEATURES)), dtype=np.float64)
     if n == 0:
         return x
-    rows = items.rows(cand)
+    rows = items.rows(cand) if rows is None else rows.copy() if hidden else rows
     if hidden:
         rows[[k for k, c in enumerate(cand) if c in hidden]] = -1
     known = rows >= 0
@@ -211,37 +214,46 @@ def candidate_features(
 def _touch_features(
     x: npt.NDArray[np.float64], cand: Sequence[str], recent: Sequence[RecentEvent]
 ) -> None:
-    """Fill the own-touch columns of ``x`` (in place) from the user's recent events."""
-    n = len(cand)
+    """Fill the own-touch columns of ``x`` (in place) from the user's recent events.
+
+    Only the candidates among the recent items have non-zero touch features: they are
+    computed for those rows alone (the same element-wise arithmetic as over every row).
+    """
     pos = {item: k for k, item in enumerate(cand)}
     newest_ts = max(ts for _i, _t, ts in recent)
-    counts = np.zeros((n, len(EVENT_TYPES)), dtype=np.float64)
-    last_pos = np.full(n, -1, dtype=np.int64)
-    last_ts = np.zeros(n, dtype=np.int64)
+    first_type = _TYPE_COL[EVENT_TYPES[0]]
+    n_types = len(EVENT_TYPES)
+    # candidate row -> [count per event type..., events back from the newest, its time]
+    touch: dict[int, list[int]] = {}
     m = len(recent)
     for j, (item, etype, ts) in enumerate(recent):
         k = pos.get(item)
         if k is None:
             continue
+        acc = touch.get(k)
+        if acc is None:
+            acc = touch[k] = [0] * (n_types + 2)
         t = _TYPE_COL.get(etype)
         if t is not None:
-            counts[k, t - _TYPE_COL[EVENT_TYPES[0]]] += 1.0
-        back = m - 1 - j
-        if last_pos[k] < 0 or back < last_pos[k]:
-            last_pos[k] = back
-            last_ts[k] = ts
-    touched = last_pos >= 0
-    x[:, _COL["in_recent"]] = touched
+            acc[t - first_type] += 1
+        acc[n_types] = m - 1 - j  # the latest occurrence is the newest (smallest back)
+        acc[n_types + 1] = ts
     last_item = pos.get(recent[-1][0])
     if last_item is not None:
         x[last_item, _COL["is_last"]] = 1.0
-    first_type = _TYPE_COL[EVENT_TYPES[0]]
-    x[:, first_type : first_type + len(EVENT_TYPES)] = np.log1p(counts)
-    x[:, _COL["log_touches"]] = np.log1p(counts.sum(axis=1))
-    age_h = np.maximum(newest_ts - last_ts[touched], 0) / 3_600_000.0
-    x[touched, _COL["pos_decay"]] = 1.0 / (1.0 + last_pos[touched])
-    x[touched, _COL["age_decay_1h"]] = np.exp(-age_h)
-    x[touched, _COL["age_decay_1d"]] = np.exp(-age_h / 24.0)
+    if touch:
+        at = np.fromiter(touch, dtype=np.int64, count=len(touch))
+        acc_arr = np.array(list(touch.values()), dtype=np.int64)
+        counts = acc_arr[:, :n_types].astype(np.float64)
+        last_pos = acc_arr[:, n_types]
+        last_ts = acc_arr[:, n_types + 1]
+        x[at, _COL["in_recent"]] = 1.0
+        x[at, first_type : first_type + n_types] = np.log1p(counts)
+        x[at, _COL["log_touches"]] = np.log1p(counts.sum(axis=1))
+        age_h = np.maximum(newest_ts - last_ts, 0) / 3_600_000.0
+        x[at, _COL["pos_decay"]] = 1.0 / (1.0 + last_pos)
+        x[at, _COL["age_decay_1h"]] = np.exp(-age_h)
+        x[at, _COL["age_decay_1d"]] = np.exp(-age_h / 24.0)
     x[:, _COL["recent_x_long"]] = x[:, _COL["in_recent"]] * x[:, _COL["s_long"]]
     x[:, _COL["recent_x_pop"]] = x[:, _COL["in_recent"]] * x[:, _COL["log_pop"]]
 
@@ -281,11 +293,13 @@ class RankedItems:
         items: Item ids.
         scores: The re-ranker's scores (sum of ``contributions`` per row).
         features: ``[len(items), len(FEATURES)]`` the features they were scored on.
+        candidates: The whole candidate list scored (:func:`candidate_ids`), when known.
     """
 
     items: list[str]
     scores: npt.NDArray[np.float64]
     features: npt.NDArray[np.float64]
+    candidates: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -347,6 +361,7 @@ class Reranker:
         recent: Sequence[RecentEvent],
         k: int,
         exclude: Collection[str] = (),
+        top_rows: npt.NDArray[np.int64] | None = None,
     ) -> RankedItems:
         """The ``k`` best candidates of one user (the serving path).
 
@@ -361,9 +376,16 @@ class Reranker:
             k: Items to return.
             exclude: Item ids never returned (features are computed before removing them,
                 as in training).
+            top_rows: The rows of ``top_ids`` in ``items`` when the caller has them (the
+                item scan's), which saves looking them up.
         """
-        cand = candidate_ids(top_ids, recent, max(self.n_candidates, len(top_ids)))
-        x = candidate_features(items, short, long, blend, cand, recent)
+        n_top = max(self.n_candidates, len(top_ids))
+        cand = candidate_ids(top_ids, recent, n_top)
+        rows = None
+        n_first = len(top_ids)  # <= n_top; the list starts with them unless one repeats
+        if top_rows is not None and len(top_rows) == n_first and cand[:n_first] == top_ids:
+            rows = np.concatenate([top_rows, items.rows(cand[n_first:])])
+        x = candidate_features(items, short, long, blend, cand, recent, rows=rows)
         s = self.score(x)
         if exclude:
             keep = np.fromiter((c not in exclude for c in cand), dtype=bool, count=len(cand))
@@ -372,7 +394,7 @@ class Reranker:
             idx = np.arange(len(cand))
         # best first; ties: the candidate order (vector ranking, then newest recent item)
         order = idx[np.lexsort((idx, -s[idx]))][:k]
-        return RankedItems([cand[i] for i in order], s[order], x[order])
+        return RankedItems([cand[i] for i in order], s[order], x[order], cand)
 
     def explain(self, features_row: npt.NDArray[np.float64]) -> dict[str, float]:
         """One candidate's per-feature terms as ``{feature: term}``."""

@@ -96,3 +96,21 @@ def test_wanted_scan() -> None:
     assert wanted_scan("fp16", 10) == "fp16"
     with pytest.raises(ValueError, match="item scan"):
         wanted_scan("ivf", 10)
+
+
+def test_search_rows_are_the_scans_rows_until_new_items_arrive() -> None:
+    x = catalogue(3000)
+    ids = [f"i{j}" for j in range(len(x))]
+    scanned = ItemIndex(ids, x, model_version="m", scan="sq8")
+    flat = ItemIndex(ids, x, model_version="m", scan="flat")
+    assert flat.checkpoint_ids is None and scanned.checkpoint_ids == ids
+    for q in users(x, 10):
+        top, rows = scanned.search_rows(q, 20)
+        assert rows is not None and top == [ids[r] for r in rows.tolist()]
+        assert top == [i for i, _ in flat.search(q, 20)]
+        assert flat.search_rows(q, 20) == (top, None)
+    scanned.apply_new_items([ItemVectorRecord("n0", "m", 1, x[3] * 0.5)])
+    top, rows = scanned.search_rows(users(x, 1)[0], 20)
+    assert rows is None and top == [i for i, _ in scanned.search(users(x, 1)[0], 20)]
+    with pytest.raises(ValueError, match="k must be"):
+        scanned.search_rows(x[0], 0)

@@ -288,3 +288,75 @@ def test_spent_time_budget_fits_the_first_point_without_cross_fitting(tmp_path: 
         min(rerank_fit.N_CANDIDATES_GRID),
     )
     assert load_reranker(tmp_path / "model") is not None
+
+
+def _touch_reference(cand: list[str], recent: list[tuple[str, str, int]]) -> np.ndarray:
+    """The own-touch columns straight from :data:`FEATURES`' definitions, one candidate
+    at a time (the reference the vectorised code must equal)."""
+    col = {name: j for j, name in enumerate(FEATURES)}
+    x = np.zeros((len(cand), len(FEATURES)))
+    newest = max(ts for _i, _t, ts in recent)
+    for k, item in enumerate(cand):
+        mine = [(j, t, ts) for j, (i, t, ts) in enumerate(recent) if i == item]
+        if not mine:
+            continue
+        x[k, col["in_recent"]] = 1.0
+        x[k, col["is_last"]] = float(recent[-1][0] == item)
+        for etype in EVENT_TYPES:
+            x[k, col[f"n_{etype}"]] = np.log1p(sum(1 for _j, t, _ts in mine if t == etype))
+        x[k, col["log_touches"]] = np.log1p(sum(1 for _j, t, _ts in mine if t in EVENT_TYPES))
+        j, _t, ts = mine[-1]
+        age_h = max(newest - ts, 0) / 3_600_000.0
+        x[k, col["pos_decay"]] = 1.0 / (1.0 + (len(recent) - 1 - j))
+        x[k, col["age_decay_1h"]] = np.exp(-age_h)
+        x[k, col["age_decay_1d"]] = np.exp(-age_h / 24.0)
+    return x
+
+
+def test_touch_features_follow_their_definition(served: dict[str, Any]) -> None:
+    """Random recent events (repeats, an unknown type, items outside the candidate list)."""
+    rng = np.random.default_rng(SEED + 5)
+    print(f"seed {SEED + 5}")
+    catalogue = served["items"].reranker[1]
+    dim = served["items"].dim
+    cols = [FEATURES.index(f) for f in FEATURES if f not in ("s_short", "s_long", "s_blend",
+            "z_blend", "unknown", "log_pop", "log_trend_1d", "log_trend_7d", "recent_x_long",
+            "recent_x_pop")]  # fmt: skip
+    for _ in range(50):
+        pool = [catalogue.ids[int(r)] for r in rng.choice(len(catalogue.ids), 12, replace=False)]
+        types = [*EVENT_TYPES, "other"]
+        recent = [(pool[int(rng.integers(0, 12))], types[int(rng.integers(0, 6))],
+                   1_700_000_000_000 + int(rng.integers(0, 10**8))) for _ in range(20)]  # fmt: skip
+        recent.sort(key=lambda e: e[2])
+        cand = [*pool[:9], "not-an-item"]  # 3 of the recent items are not candidates
+        vecs = rng.standard_normal((3, dim)).astype(np.float32)
+        x = candidate_features(catalogue, vecs[0], vecs[1], vecs[2], cand, recent)
+        want = _touch_reference(cand, recent)
+        np.testing.assert_allclose(x[:, cols], want[:, cols], rtol=1e-15, atol=0)
+        in_recent = x[:, FEATURES.index("in_recent")]
+        np.testing.assert_array_equal(
+            x[:, FEATURES.index("recent_x_long")], in_recent * x[:, FEATURES.index("s_long")]
+        )
+
+
+def test_scan_rows_give_the_same_ranking(served: dict[str, Any]) -> None:
+    """``rank`` with the scan's rows (the API's path) is bit-identical to looking them up."""
+    folder = served["items"].source
+    scanned = ItemIndex.from_checkpoint(folder, scan="sq8")
+    assert scanned.reranker is not None and scanned.checkpoint_ids is not None
+    model, catalogue = scanned.reranker
+    assert catalogue.ids is scanned.checkpoint_ids  # one list: rows are shared
+    users, alpha = served["users"], served["alpha"]
+    for user in served["split"].users[:30]:
+        rec = users.get(user)
+        vec = alpha * rec.short + (1 - alpha) * rec.long
+        top, rows = scanned.search_rows(vec, model.n_candidates)
+        assert rows is not None
+        assert top == [i for i, _ in scanned.search(vec, model.n_candidates)]
+        assert top == [scanned.checkpoint_ids[r] for r in rows.tolist()]
+        args = (catalogue, rec.short, rec.long, vec, top, rec.recent, 10, set(rec.recent_items[:2]))
+        a, b = model.rank(*args), model.rank(*args, rows)
+        assert a.items == b.items and a.candidates == b.candidates
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.features, b.features)
+        assert rerank(scanned, rec, alpha, 10, ()).items == model.rank(*args[:6], 10).items
