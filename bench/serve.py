@@ -521,6 +521,7 @@ def _get_ab(
                 api0 = _cpu_seconds(proc.pid) or 0.0
                 node0 = sum(_cpu_seconds(p) or 0.0 for p in node_pids)
                 load0 = _load_avg()
+                reads0 = (_get(url, "/healthz") or {}).get("consumer") or {}
                 got = load_phase(
                     url, ids, ["none"], rate=rate, duration=seconds, endpoint="interest",
                     seed=r,
@@ -528,11 +529,17 @@ def _get_ab(
                 n = got.get("requests", 0) + got.get("errors", 0) + got.get("warmup_requests", 0)
                 api = (_cpu_seconds(proc.pid) or 0.0) - api0
                 node = sum(_cpu_seconds(p) or 0.0 for p in node_pids) - node0
+                reads1 = (_get(url, "/healthz") or {}).get("consumer") or {}
+                batch = None
+                if reads1.get("read_requests") and reads0.get("read_requests") is not None:
+                    batch = round((reads1["reads"] - reads0["reads"]) / max(
+                        reads1["read_requests"] - reads0["read_requests"], 1), 2)  # fmt: skip
                 phases.append({
                     "round": r, "variant": variant, "load_avg_start": load0,
                     "api_cpu_ms_per_request": round(1000 * api / max(n, 1), 3),
                     "node_cpu_ms_per_request": round(1000 * node / max(n, 1), 3)
                     if node_pids else None,
+                    "reads_per_mget": batch,
                     **{k: got.get(k) for k in ("requests", "errors", "throughput_rps", "p50_ms",
                                                "p90_ms", "p99_ms", "p999_ms", "max_ms",
                                                "client_cpu_ms_per_request")},

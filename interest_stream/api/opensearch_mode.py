@@ -152,7 +152,8 @@ class ClusterWatch:
         self.users.close()
 
     def describe(self) -> dict[str, Any]:
-        """Status and health as JSON."""
+        """Status, health and the reads by id so far (``reads`` / ``read_requests``: the mean
+        ``_mget`` batch) as JSON."""
         return {
             "status": self.status,
             "ready": self.ready,
@@ -161,6 +162,9 @@ class ClusterWatch:
             "store": "opensearch",
             "health": self.health,
             "index": self.users.store.index,
+            # reads by id answered on the event loop and the _mget requests they took
+            "reads": getter.reads if (getter := self.users.getter) is not None else None,
+            "read_requests": getter.requests if getter is not None else None,
         }
 
 

@@ -261,6 +261,11 @@ def test_opensearch_mode_reranks_as_in_process(
             )
         print(rankings, f"re-ranked top 10 differs from the vector one for {differs} users")
         assert differs >= len(users) // 2  # the re-ranker really re-ranks
+        consumer = oa.get("/healthz").json()["consumer"]  # reads by id, batched into _mget
+        assert (
+            consumer["reads"] >= 6 * len(users)
+            and 1 <= consumer["read_requests"] <= consumer["reads"]
+        ), consumer
         for uid in old_ids:  # the older sink's documents: served, vector ranking
             got = oa.get(f"/v1/users/{uid}/recommendations?k=10")
             assert got.status_code == 200 and got.json()["ranking"] == "vector", got.text
