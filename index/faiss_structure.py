@@ -2,8 +2,11 @@
 
 Fewer than ``ivf_min_rows`` vectors: ``IndexIDMap2(IndexFlatIP)`` - exact; from there on
 ``IndexIVFFlat`` (inner product) with ``nlist ~ nlist_factor * sqrt(n)`` lists and a
-hash-table direct map (O(1) removal and reconstruction by id), ``nprobe`` tuned on a
-sample to reach ``target_recall`` (recall@``tune_k`` against exact search) unless fixed.
+hash-table direct map (O(1) removal and reconstruction by id), ``nprobe`` tuned to reach
+``target_recall`` (recall@``tune_k`` against exact search) unless fixed, on two query sets
+that must both reach it: sampled stored vectors and random directions. An audience query
+is an ad's or an item's vector, not a stored user: stored vectors alone overstate recall
+(docs/DESIGN.md, "User index").
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class FaissConfig:
         nprobe: Fixed lists probed per query; ``None`` tunes it at build time.
         target_recall: Recall@``tune_k`` that tuning must reach on the sample.
         tune_k: The k of the tuning recall (100: the audience query's k).
-        tune_queries: Sampled vectors used as tuning queries.
+        tune_queries: Tuning queries per set (sampled stored vectors; random directions).
         tune_margin: Added to ``target_recall`` while tuning (sampling noise).
         train_points_per_list: k-means sample size per list (>= 39, FAISS' minimum).
         kmeans_iters: k-means iterations.
@@ -171,25 +174,27 @@ def tune_nprobe(
     nlist: int,
     rng: np.random.Generator,
 ) -> tuple[int, float]:
-    """Smallest nprobe whose recall@tune_k on sampled vectors reaches the target."""
+    """Smallest nprobe whose recall@tune_k reaches the target on sampled stored vectors
+    and on as many random directions (the ranking of an inner-product query does not
+    depend on its norm)."""
     n = vecs.shape[0]
     k = min(cfg.tune_k, n)
-    rows = rng.choice(n, min(cfg.tune_queries, n), replace=False)
-    queries = np.ascontiguousarray(vecs[rows])
+    m = min(cfg.tune_queries, n)
+    stored = vecs[rng.choice(n, m, replace=False)]
+    directions = rng.standard_normal((m, vecs.shape[1])).astype(np.float32)
+    queries = np.ascontiguousarray(np.concatenate([stored, directions]))
     _, gt_rows = f.knn(queries, vecs, k, metric=f.METRIC_INNER_PRODUCT)
     truth = labels[gt_rows]
     target = min(1.0, cfg.target_recall + cfg.tune_margin)
     cache: dict[int, float] = {}
 
     def recall(p: int) -> float:
+        """The lower recall of the two query sets at ``nprobe = p``."""
         if p not in cache:
             ivf.nprobe = p
             _, found = ivf.search(queries, k)
-            hits = sum(
-                len(np.intersect1d(a, b, assume_unique=False))
-                for a, b in zip(found, truth, strict=True)
-            )
-            cache[p] = hits / truth.size
+            hits = np.array([len(np.intersect1d(a, b)) for a, b in zip(found, truth, strict=True)])
+            cache[p] = float(min(hits[:m].sum(), hits[m:].sum()) / (m * k))
         return cache[p]
 
     lo, hi = 0, 1
