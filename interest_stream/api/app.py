@@ -104,8 +104,9 @@ def create_app(
             docs/RESULTS.md issue #13). Audience searches (over up to millions of
             users, k up to ``max_k``) always run in the pool; FAISS releases the
             GIL there.
-        fast_path: Answer plain ``/recommendations`` requests before FastAPI's routing
-            and validation (:mod:`.fast_path`: the same answers, less CPU each).
+        fast_path: Answer plain ``/recommendations``, explained ones and ``/interest``
+            requests before FastAPI's routing and validation (:mod:`.fast_path`,
+            :mod:`.explain_fast`, :mod:`.fast_interest`: the same answers, less CPU each).
 
     Raises:
         InterestStreamError: The checkpoint cannot be read (``CheckpointError``,
@@ -230,7 +231,7 @@ def _make_app(state: ApiState, fast_path: bool = True) -> FastAPI:
         BodyLimitMiddleware,
         max_bytes=int(setting(state.settings, "api_max_body_bytes", DEFAULT_MAX_BODY_BYTES)),
     )
-    if fast_path:  # outermost: plain /recommendations requests skip the stack below
+    if fast_path:  # outermost: plain /recommendations and /interest skip the stack below
         app.add_middleware(FastRecommendations, state=state)
         app.add_middleware(FastInterest, state=state)  # and plain /interest ones (.fast_interest)
     for router in (users_router(state), items_router(state), admin_router(state),
