@@ -42,6 +42,7 @@ from bench.api import _cpu_seconds, load_phase
 from bench.serve_sweep import ef_sweep, segments, wait_merges
 from interest_stream.core.kafka import free_port
 from interest_stream.core.settings import Settings, settings_environ
+from interest_stream.index.faiss_structure import FaissConfig
 from interest_stream.index.opensearch_store import HnswParams, OpenSearchStore
 from interest_stream.sink import sink_group
 from interest_stream.streams.topics import ensure_topics
@@ -174,6 +175,22 @@ def _get(url: str, path: str) -> Any:
     except httpx.HTTPError:
         return None
     return r.json() if r.status_code == 200 else None
+
+
+def _settled_structure(url: str, n_users: int, timeout: float = 300.0) -> dict[str, Any]:
+    """The in-process user index's blend structure once its background rebuild into IVF
+    (from ``ivf_min_rows`` users on) is done: audience figures of a half-built index say
+    nothing."""
+    want = "ivf" if n_users >= FaissConfig().ivf_min_rows else "flat"
+    deadline = time.monotonic() + timeout
+    got: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        stats = _get(url, "/v1/stats") or {}
+        got = ((stats.get("user_index") or {}).get("sets") or {}).get("blend") or {}
+        if got.get("kind") == want:
+            break
+        time.sleep(1.0)
+    return {k: got.get(k) for k in ("kind", "nlist", "nprobe", "tuned_recall", "count")}
 
 
 def _audience(
@@ -463,6 +480,8 @@ def bench_serve(
                 r["get"] = load_phase(
                     url, ids, ["none"], rate=rate, duration=seconds, endpoint="interest"
                 )
+                if name == "faiss":  # the structure the audience queries meet (IVF from
+                    r["user_index"] = _settled_structure(url, n_users)  # ivf_min_rows on)
                 with httpx.Client(timeout=30.0) as client:
                     r["audience"] = _audience(client, url, qs, exact, k)
                 r["rss_mb_after_load"] = _rss_mb(apis[name][1].pid)

@@ -47,7 +47,8 @@ def ops_router(state: ApiState) -> APIRouter:
 
     @router.get("/v1/stats", tags=["ops"])
     async def stats() -> dict[str, Any]:
-        """Live figures for people and tools: users, items, lag, freshness quantiles."""
+        """Live figures for people and tools: users, items, lag, freshness quantiles, and
+        the user store's structure (in-process: exact or IVF per horizon, ``nprobe``)."""
         ok, info = state.readiness()
         return {
             "ready": ok,
@@ -56,6 +57,7 @@ def ops_router(state: ApiState) -> APIRouter:
             "model_version": None if state.items is None else state.items.model_version,
             "lag": info.get("lag"),
             "freshness": state.metrics.freshness_summary(),
+            "user_index": state.users.stats(),
         }
 
     @router.get("/metrics", tags=["ops"], response_class=Response)
