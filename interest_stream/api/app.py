@@ -104,9 +104,8 @@ def create_app(
             docs/RESULTS.md issue #13). Audience searches (over up to millions of
             users, k up to ``max_k``) always run in the pool; FAISS releases the
             GIL there.
-        fast_path: Answer plain ``/recommendations``, explained ones and ``/interest``
-            requests before FastAPI's routing and validation (:mod:`.fast_path`,
-            :mod:`.explain_fast`, :mod:`.fast_interest`: the same answers, less CPU each).
+        fast_path: Answer plain ``/recommendations`` (also explained) and ``/interest``
+            requests before FastAPI (:mod:`.fast_path`, :mod:`.fast_interest`).
 
     Raises:
         InterestStreamError: The checkpoint cannot be read (``CheckpointError``,

@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from interest_stream.api.fast_path import plain_get
 from interest_stream.api.state import ApiState
 from interest_stream.core.records import UserRecord
 
@@ -84,12 +85,7 @@ class FastInterest:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "GET"
-            and scope["path"].endswith(_SUFFIX)
-            and not scope.get("root_path")
-        ):
+        if plain_get(scope, _SUFFIX):
             start = time.perf_counter()
             user_id = interest_user(scope["path"], scope.get("query_string", b""))
             body = None

@@ -25,7 +25,14 @@ from interest_stream.api.routes_users import recommend
 from interest_stream.api.state import ApiState
 from interest_stream.core.records import HORIZONS
 
-__all__ = ["ROUTE", "FastRecommendations", "fast_params", "parse_recommendations", "send_json"]
+__all__ = [
+    "ROUTE",
+    "FastRecommendations",
+    "fast_params",
+    "parse_recommendations",
+    "plain_get",
+    "send_json",
+]
 
 Parsed = tuple[dict[str, Any], bool, int]
 """(the route's arguments, explain, explain_events)"""
@@ -78,6 +85,17 @@ def parse_recommendations(path: str, query: bytes, max_k: int) -> Parsed | None:
     return out, explain, events
 
 
+def plain_get(scope: Scope, suffix: str) -> bool:
+    """Whether ``scope`` is an HTTP GET of a path ending in ``suffix``, served at the root
+    (the request a lean path may answer)."""
+    return (
+        scope["type"] == "http"
+        and scope["method"] == "GET"
+        and scope["path"].endswith(suffix)
+        and not scope.get("root_path")
+    )
+
+
 def fast_params(path: str, query: bytes, max_k: int) -> dict[str, Any] | None:
     """The route's arguments of a plainly valid request without an explanation, else
     ``None`` (see :func:`parse_recommendations`)."""
@@ -111,12 +129,7 @@ class FastRecommendations:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "GET"
-            and scope["path"].endswith(_SUFFIX)
-            and not scope.get("root_path")
-        ):
+        if plain_get(scope, _SUFFIX):
             start = time.perf_counter()
             params = fast_params(scope["path"], scope.get("query_string", b""), self.max_k)
             if params is not None:
